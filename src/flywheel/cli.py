@@ -1,0 +1,359 @@
+"""The ``flywheel`` command: parse, call a Project verb, print with rich (or ``--json``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flywheel.errors import FlywheelError
+from flywheel.project import SCOPES, Project, TrainResult
+from flywheel.training import EpochReport
+
+app = typer.Typer(
+    name="flywheel",
+    help="Train, serve, collect feedback, retrain, gate and promote: the model loop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Scoped API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+
+ProjectOpt = Annotated[
+    Path,
+    typer.Option("--project", "-p", help="Project folder (default: the current directory)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _open(project: Path) -> Project:
+    return Project.open(project)
+
+
+class _EpochBar:
+    """A rich progress bar fed by the fit loop's per-epoch reports."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            TextColumn("epoch {task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=quiet,
+            transient=True,
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> _EpochBar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def __call__(self, r: EpochReport) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=r.epochs, info="")
+        info = f"loss {r.train_loss:.3f} val_loss {r.val_loss:.3f} val_acc {r.val_accuracy:.3f}"
+        self.progress.update(self.task, completed=r.epoch, info=info)
+
+
+def _print_train(result: TrainResult) -> None:
+    t = Table(title=f"model v{result.model.version}")
+    t.add_column("field")
+    t.add_column("value")
+    m = result.model.metrics
+    t.add_row("dataset version", str(result.model.dataset_version))
+    t.add_row("training rows", str(m["n_train"]))
+    t.add_row("epochs run (best)", f"{m['epochs_run']} ({m['best_epoch']})")
+    t.add_row("held-out accuracy", f"{result.decision.challenger_accuracy:.4f}")
+    champ = result.decision.champion_accuracy
+    t.add_row("champion accuracy", "-" if champ is None else f"{champ:.4f}")
+    t.add_row("promoted", "[green]yes[/]" if result.promoted else "[red]no[/]")
+    t.add_row("gate", result.decision.reason)
+    out.print(t)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")],
+    data: Annotated[
+        str, typer.Option("--data", help="'digits' (built in) or a folder of class folders.")
+    ] = "digits",
+    holdout: Annotated[
+        float, typer.Option(help="Share of the data kept aside for evaluation, never trained on.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out draw.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a project and import its base data as dataset version 1."""
+    from flywheel.data import resolve_source
+
+    source = resolve_source(data)
+    with Progress(
+        TextColumn("[bold]import[/]"), TextColumn("{task.completed} files"), console=err,
+        disable=as_json, transient=True,
+    ) as progress:
+        task = progress.add_task("import", total=None)
+        project = Project.init(
+            directory,
+            source,
+            holdout_fraction=holdout,
+            seed=seed,
+            on_example=lambda n: progress.update(task, completed=n),
+        )
+    info = project.dataset()
+    if as_json:
+        _print_json({"project_dir": str(project.settings.project_dir), "dataset": info.to_json()})
+        return
+    out.print(
+        f"Created project [bold]{project.settings.project_dir}[/] from {source.name}: "
+        f"{info.n_train} training and {info.n_holdout} held-out images, "
+        f"{len(info.labels)} classes."
+    )
+    if info.skipped:
+        err.print(f"[yellow]skipped {len(info.skipped)} file(s):[/]")
+        for s in info.skipped[:20]:
+            err.print(f"  {s['path']}: {s['reason']}")
+    out.print("Next: [bold]flywheel train[/] (in that folder, or with --project).")
+
+
+@app.command()
+def train(
+    project: ProjectOpt = Path("."),
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    warm_start: Annotated[
+        bool | None, typer.Option("--warm-start/--cold-start", help="Start from production.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a challenger on the newest dataset version; gate it; promote it if it passes."""
+    p = _open(project)
+    config = p.train_config(
+        epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, warm_start=warm_start
+    )
+    with _EpochBar(quiet=as_json) as bar:
+        result = p.train(config, on_epoch=bar)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        _print_train(result)
+
+
+@app.command()
+def retrain(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """One turn of the loop: curate new feedback, train, gate, promote."""
+    p = _open(project)
+    with _EpochBar(quiet=as_json) as bar:
+        result = p.retrain(on_epoch=bar)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    c = result.curation
+    out.print(
+        f"feedback: {c['answers']} answers → {c['rows']} new rows "
+        f"(dropped: {c['dropped_holdout']} held-out, {c['dropped_known']} known; "
+        f"{c['merged_duplicates']} merged duplicates)"
+    )
+    if result.train is None:
+        out.print(f"[yellow]nothing retrained:[/] {result.skipped_reason}")
+    else:
+        _print_train(result.train)
+
+
+@app.command()
+def evaluate(
+    version: Annotated[int | None, typer.Argument(help="Model version (default: production).")] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a model version on the held-out split."""
+    report = _open(project).evaluate(version)
+    if as_json:
+        _print_json(report)
+        return
+    out.print(
+        f"model v{report['model_version']} on the held-out split of dataset version "
+        f"{report['dataset_version']}: accuracy [bold]{report['accuracy']:.4f}[/] (n={report['n']})"
+    )
+    t = Table(title="per class")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        t.add_column(col, justify="right")
+    for lab, m in report["per_class"].items():
+        t.add_row(lab, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
+                  str(m["support"]))
+    out.print(t)
+    cm = Table(title="confusion matrix (rows: truth, columns: prediction)")
+    cm.add_column("")
+    for lab in report["labels"]:
+        cm.add_column(lab, justify="right")
+    for lab, row in zip(report["labels"], report["confusion_matrix"], strict=True):
+        cm.add_row(lab, *(str(v) for v in row))
+    out.print(cm)
+
+
+@app.command()
+def models(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """List model versions with their aliases, metrics and lineage."""
+    versions = _open(project).models()
+    if as_json:
+        _print_json([v.to_json() for v in versions])
+        return
+    t = Table(title="model versions")
+    for col in ("version", "aliases", "accuracy", "parent", "dataset", "created", "gate"):
+        t.add_column(col)
+    for v in versions:
+        gate = v.gate or {}
+        t.add_row(
+            str(v.version),
+            ", ".join(v.aliases),
+            f"{v.metrics.get('accuracy', 0):.4f}",
+            "-" if v.parent is None else str(v.parent),
+            str(v.dataset_version),
+            v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            "passed" if gate.get("promote") else "refused",
+        )
+    out.print(t)
+
+
+@app.command()
+def promote(
+    version: Annotated[int, typer.Argument(help="Model version to put in production.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Point the production alias at VERSION (a running server picks it up)."""
+    info = _open(project).promote(version)
+    out.print(f"production → v{info.version}")
+
+
+@app.command()
+def rollback(project: ProjectOpt = Path(".")) -> None:
+    """Point production back at the version it held before."""
+    old, new = _open(project).rollback()
+    out.print(f"production: v{old} → v{new}")
+
+
+@app.command()
+def serve(
+    project: ProjectOpt = Path("."),
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    from flywheel.serving import serve as run_server
+    from flywheel.settings import Settings
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = Settings.load(project, **overrides)
+    err.print(f"serving {settings.project_dir} on http://{settings.host}:{settings.port} "
+              "(docs at /docs)")
+    run_server(settings)
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[
+        list[str], typer.Option("--scope", help=f"One of {', '.join(SCOPES)}; repeatable.")
+    ],
+    name: Annotated[str, typer.Option(help="A name to recognise the key by.")] = "",
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key. It is shown once; only its hash is stored."""
+    key, info = _open(project).create_key(scope, name)
+    if as_json:
+        _print_json({"key": key, **info})
+        return
+    out.print(f"key [bold]{info['name']}[/] with scopes {', '.join(info['scopes'])}:")
+    out.print(key, soft_wrap=True, highlight=False)
+    err.print("[yellow]Store it now: it cannot be shown again.[/]")
+
+
+@keys_app.command("list")
+def keys_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """List API keys (never the keys themselves)."""
+    keys = _open(project).list_keys()
+    if as_json:
+        _print_json(keys)
+        return
+    t = Table(title="API keys")
+    for col in ("id", "name", "prefix", "scopes", "created", "revoked"):
+        t.add_column(col)
+    for k in keys:
+        t.add_row(str(k["id"]), k["name"], k["prefix"], ",".join(k["scopes"]), k["created_at"],
+                  "yes" if k["revoked"] else "no")
+    out.print(t)
+
+
+@app.command()
+def demo(
+    cycles: Annotated[int, typer.Option(min=1, max=20, help="Feedback → retrain cycles.")] = 3,
+    keep: Annotated[
+        Path | None, typer.Option(help="Make the demo project here (default: a temp folder).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole loop on the built-in digits, over HTTP, with simulated users."""
+    from flywheel.demo import DemoConfig, run_demo
+
+    table = Table(title="flywheel demo: digits")
+    for col in ("cycle", "calls", "feedback", "dataset", "model", "accuracy", "champion",
+                "promoted"):
+        table.add_column(col, justify="right")
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if as_json:
+            return
+        if kind == "init":
+            err.print(f"project {data['project_dir']}: {data['labelled']} labelled images, "
+                      f"{data['holdout']} held out, {data['pool']} unlabelled for the users")
+        elif kind == "traffic":
+            err.print(f"cycle {data['cycle']}: {data['predictions']} predictions, "
+                      f"{data['feedback']} answers; retraining…")
+        elif kind == "cycle":
+            champ = data["champion_accuracy"]
+            table.add_row(
+                str(data["cycle"]), str(data["predictions"]), str(data["feedback_used"]),
+                str(data["dataset_version"]), f"v{data['model_version']}",
+                f"{data['accuracy']:.4f}", "-" if champ is None else f"{champ:.4f}",
+                "[green]yes[/]" if data["promoted"] else "[red]no[/]",
+            )
+            err.print(f"cycle {data['cycle']}: v{data['model_version']} held-out accuracy "
+                      f"{data['accuracy']:.4f}, promoted: {'yes' if data['promoted'] else 'no'}")
+
+    result = run_demo(
+        DemoConfig(cycles=cycles, epochs=epochs, seed=seed), project_dir=keep, on_event=on_event
+    )
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except FlywheelError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise SystemExit(1) from None

@@ -1,0 +1,86 @@
+"""Decoding and normalising images: bytes in, float32 ``[C, H, W]`` in ``[0, 1]`` out."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from flywheel.errors import InputError
+
+__all__ = ["ImagePreprocessing", "decode_image", "encode_png", "infer_preprocessing", "probe"]
+
+# Pillow refuses images above this many pixels (decompression bombs) with an error.
+Image.MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """How every image of a dataset is brought to the model's input: mode, size, scale."""
+
+    mode: str  # "L" (one channel) or "RGB"
+    height: int
+    width: int
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "image", **asdict(self), "scale": "1/255"}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ImagePreprocessing:
+        return cls(mode=str(d["mode"]), height=int(d["height"]), width=int(d["width"]))
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise InputError("the image is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"the file is not a readable image: {exc}") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"the image is too large: {exc}") from None
+    return img
+
+
+def probe(data: bytes) -> tuple[str, int, int]:
+    """(mode, height, width) of an encoded image; ``InputError`` when it is not one."""
+    img = _open(data)
+    mode = "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+    return mode, img.height, img.width
+
+
+def decode_image(data: bytes, prep: ImagePreprocessing) -> np.ndarray:
+    img = _open(data).convert(prep.mode)
+    if img.size != (prep.width, prep.height):
+        img = img.resize((prep.width, prep.height), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[None, :, :]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 array (H, W) or (H, W, 3)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def infer_preprocessing(probes: Iterable[tuple[str, int, int]]) -> ImagePreprocessing:
+    """One channel when every image is grayscale; the most common size."""
+    probes = list(probes)
+    modes = {m for m, _, _ in probes}
+    size, _ = Counter((h, w) for _, h, w in probes).most_common(1)[0]
+    return ImagePreprocessing(mode="L" if modes == {"L"} else "RGB", height=size[0], width=size[1])

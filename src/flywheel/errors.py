@@ -1,0 +1,95 @@
+"""Errors raised by flywheel.
+
+Every error flywheel raises on purpose is a ``FlywheelError``; third-party errors
+are wrapped at the boundary so that callers catch one tree::
+
+    FlywheelError
+    ├── ConfigError            settings or flywheel.toml are invalid or unsafe
+    ├── ProjectError           no project at a path, or one already there
+    ├── DataError              a data source or an input cannot be used
+    │   └── InputError         one input (upload, JSON body, file) is invalid
+    ├── NotFoundError          a prediction, model version, job, key ... is unknown
+    ├── ModelError             a model cannot be built, trained, loaded or applied
+    │   └── NotFittedError     a model was used before it was trained
+    ├── RegistryError          a registry operation is not possible (e.g. nothing to roll back to)
+    └── AuthError              a key is missing, unknown, revoked or lacks the scope
+
+Messages name the thing, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "DataError",
+    "FlywheelError",
+    "InputError",
+    "ModelError",
+    "NotFittedError",
+    "NotFoundError",
+    "ProjectError",
+    "RegistryError",
+]
+
+
+class FlywheelError(Exception):
+    """Base of every error flywheel raises on purpose."""
+
+
+class ConfigError(FlywheelError):
+    """Settings or ``flywheel.toml`` hold an invalid or unsafe value."""
+
+
+class ProjectError(FlywheelError):
+    """There is no flywheel project where one was expected, or one already exists."""
+
+    def __init__(self, message: str, *, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DataError(FlywheelError):
+    """A data source, or an example in it, cannot be used."""
+
+    def __init__(self, message: str, *, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class InputError(DataError):
+    """One input sent for prediction or feedback is invalid."""
+
+
+class NotFoundError(FlywheelError):
+    """A named thing (prediction, model version, job, key, user) does not exist."""
+
+    def __init__(self, kind: str, ident: object) -> None:
+        super().__init__(f"{kind} {ident!r} not found")
+        self.kind = kind
+        self.ident = ident
+
+
+class ModelError(FlywheelError):
+    """A model cannot be built, trained, loaded or applied."""
+
+    def __init__(self, message: str, *, version: int | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+class NotFittedError(ModelError):
+    """A model was used for prediction before it was trained."""
+
+
+class RegistryError(FlywheelError):
+    """A registry operation cannot be carried out (e.g. no earlier version to roll back to)."""
+
+
+class AuthError(FlywheelError):
+    """An API key is missing, unknown, revoked, or lacks the scope a route needs."""
+
+    def __init__(self, message: str, *, missing_scope: str | None = None) -> None:
+        super().__init__(message)
+        #: set when the key is valid but lacks this scope (HTTP 403 rather than 401)
+        self.missing_scope = missing_scope

@@ -1,0 +1,80 @@
+"""Curation: turning users' answers into training rows for the next dataset version."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+__all__ = ["Answer", "CuratedRow", "Curation", "curate"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One usable answer: the label a user says an input has."""
+
+    feedback_id: str
+    input_hash: str
+    label: str
+    user_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CuratedRow:
+    input_hash: str
+    label: str
+    feedback_id: str
+    user_id: str | None
+    votes: int
+
+
+@dataclass
+class Curation:
+    rows: list[CuratedRow] = field(default_factory=list)
+    answers: int = 0
+    dropped_holdout: int = 0
+    dropped_known: int = 0
+    merged_duplicates: int = 0
+
+
+def curate(
+    answers: Sequence[Answer], holdout_inputs: Iterable[str], known_inputs: Iterable[str]
+) -> Curation:
+    """One row per distinct input, by majority vote of its answers.
+
+    - Inputs of the held-out split are dropped: evaluation data must never be
+      trained on, even when a user happens to send the same image.
+    - Inputs already in the dataset are dropped (they are known).
+    - Several answers about one input (the same image sent twice, or by two
+      users) become one row: each user's latest answer counts once; the most
+      common label wins, ties going to the most recent answer.
+    """
+    holdout = set(holdout_inputs)
+    known = set(known_inputs)
+    out = Curation(answers=len(answers))
+    by_input: dict[str, list[Answer]] = defaultdict(list)
+    for a in answers:
+        if a.input_hash in holdout:
+            out.dropped_holdout += 1
+        elif a.input_hash in known:
+            out.dropped_known += 1
+        else:
+            by_input[a.input_hash].append(a)
+    for digest, group in by_input.items():
+        latest_per_user: dict[str | None, Answer] = {}
+        for a in sorted(group, key=lambda a: (a.created_at, a.feedback_id)):
+            # Anonymous answers each count on their own.
+            key = a.user_id if a.user_id is not None else f"anon:{a.feedback_id}"
+            latest_per_user[key] = a
+        votes = list(latest_per_user.values())
+        out.merged_duplicates += len(group) - 1
+        counts = Counter(a.label for a in votes)
+        top = max(counts.values())
+        winner = max(
+            (a for a in votes if counts[a.label] == top), key=lambda a: (a.created_at, a.feedback_id)
+        )
+        out.rows.append(CuratedRow(digest, winner.label, winner.feedback_id, winner.user_id, top))
+    out.rows.sort(key=lambda r: r.feedback_id)
+    return out

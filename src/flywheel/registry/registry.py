@@ -1,0 +1,147 @@
+"""Model versions, aliases and their history: register, promote, rollback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from flywheel.errors import NotFoundError, RegistryError
+from flywheel.store.schema import AliasEvent, ModelAlias, ModelVersion, utcnow
+
+__all__ = [
+    "CANDIDATE",
+    "PRODUCTION",
+    "VersionInfo",
+    "aliases_of",
+    "get_alias",
+    "get_version",
+    "list_versions",
+    "promote",
+    "rollback",
+    "set_alias",
+]
+
+PRODUCTION = "production"
+CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    arch: str
+    aliases: list[str]
+    metrics: dict[str, Any]
+    created_at: datetime
+    parent: int | None
+    dataset_version: int
+    training_config: dict[str, Any]
+    gate: dict[str, Any] | None
+    artifact_dir: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "arch": self.arch,
+            "aliases": self.aliases,
+            "metrics": self.metrics,
+            "created_at": self.created_at.isoformat(),
+            "parent": self.parent,
+            "dataset_version": self.dataset_version,
+            "training_config": self.training_config,
+            "gate": self.gate,
+        }
+
+
+def aliases_of(s: Session) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for a in s.scalars(select(ModelAlias).order_by(ModelAlias.name)):
+        out.setdefault(a.version, []).append(a.name)
+    return out
+
+
+def _info(mv: ModelVersion, aliases: dict[int, list[str]]) -> VersionInfo:
+    return VersionInfo(
+        version=mv.version,
+        arch=mv.arch,
+        aliases=aliases.get(mv.version, []),
+        metrics=mv.metrics,
+        created_at=mv.created_at,
+        parent=mv.parent_version,
+        dataset_version=mv.dataset_version_id,
+        training_config=mv.training_config,
+        gate=mv.gate,
+        artifact_dir=mv.artifact_dir,
+    )
+
+
+def list_versions(s: Session) -> list[VersionInfo]:
+    aliases = aliases_of(s)
+    return [_info(mv, aliases) for mv in s.scalars(select(ModelVersion).order_by(ModelVersion.version))]
+
+
+def get_version(s: Session, version: int) -> VersionInfo:
+    mv = s.get(ModelVersion, version)
+    if mv is None:
+        raise NotFoundError("model version", version)
+    return _info(mv, aliases_of(s))
+
+
+def get_alias(s: Session, name: str) -> int | None:
+    a = s.get(ModelAlias, name)
+    return None if a is None else a.version
+
+
+def set_alias(s: Session, name: str, version: int, *, action: str, reason: str) -> int | None:
+    """Point ``name`` at ``version`` and record the move; returns the previous version."""
+    if s.get(ModelVersion, version) is None:
+        raise NotFoundError("model version", version)
+    a = s.get(ModelAlias, name, with_for_update=True)
+    previous = None if a is None else a.version
+    if a is None:
+        s.add(ModelAlias(name=name, version=version, updated_at=utcnow()))
+    else:
+        a.version = version
+        a.updated_at = utcnow()
+    s.add(
+        AliasEvent(
+            name=name, version=version, previous_version=previous, action=action, reason=reason
+        )
+    )
+    s.flush()
+    return previous
+
+
+def promote(s: Session, version: int, reason: str) -> int | None:
+    return set_alias(s, PRODUCTION, version, action="promote", reason=reason)
+
+
+def rollback(s: Session, reason: str = "rollback") -> tuple[int, int]:
+    """Point production back at the version it held before its current one.
+
+    The target is the version the most recent promotion of the current one
+    replaced, so repeated rollbacks keep going back through the history.
+    Returns (from, to).
+    """
+    current = get_alias(s, PRODUCTION)
+    if current is None:
+        raise RegistryError("there is no production model to roll back")
+    last_promotion = s.scalars(
+        select(AliasEvent)
+        .where(
+            AliasEvent.name == PRODUCTION,
+            AliasEvent.action == "promote",
+            AliasEvent.version == current,
+        )
+        .order_by(AliasEvent.id.desc())
+        .limit(1)
+    ).first()
+    if last_promotion is None or last_promotion.previous_version in (None, current):
+        raise RegistryError(f"production v{current} has no earlier version to roll back to")
+    target = last_promotion.previous_version
+    assert target is not None
+    set_alias(s, PRODUCTION, target, action="rollback", reason=reason)
+    return current, target

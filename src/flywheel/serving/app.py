@@ -1,0 +1,95 @@
+"""``create_app(settings)``: the FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from flywheel.errors import (
+    AuthError,
+    ConfigError,
+    DataError,
+    FlywheelError,
+    ModelError,
+    NotFoundError,
+    RegistryError,
+)
+from flywheel.project import Project
+from flywheel.serving.jobs import JobRunner
+from flywheel.serving.limits import BodySizeLimit
+from flywheel.serving.routers import feedback, jobs, models, predict, stats
+from flywheel.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("flywheel.serving")
+
+_STATUS: list[tuple[type[FlywheelError], int]] = [
+    (NotFoundError, 404),
+    (DataError, 422),  # includes InputError
+    (AuthError, 401),
+    (RegistryError, 409),
+    (ModelError, 503),
+    (ConfigError, 500),
+]
+
+
+async def _flywheel_error(_request: Request, exc: Exception) -> JSONResponse:
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return JSONResponse(status_code=status, content={"detail": str(exc)})
+    return JSONResponse(status_code=500, content={"detail": str(exc)})
+
+
+def _watch_production(project: Project, stop: threading.Event, interval: float) -> None:
+    """Pick up a version promoted elsewhere (CLI, another worker) without a failed request."""
+    while not stop.wait(interval):
+        try:
+            project.refresh_model()
+        except FlywheelError as exc:  # keep serving the model we have
+            log.warning("could not load the new production model: %s", exc)
+
+
+def create_app(settings: Settings, project: Project | None = None) -> FastAPI:
+    project = project or Project(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        interrupted = project.fail_interrupted_jobs()
+        if interrupted:
+            log.warning("%d job(s) of an earlier run were interrupted; marked failed", interrupted)
+        project.refresh_model()
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=_watch_production,
+            args=(project, stop, settings.reload_interval_s),
+            name="flywheel-model-watcher",
+            daemon=True,
+        )
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+            app.state.runner.shutdown()
+
+    app = FastAPI(
+        title="flywheel",
+        version="1",
+        summary="Predictions, feedback and the retraining loop of one flywheel project.",
+        lifespan=lifespan,
+    )
+    app.state.project = project
+    app.state.runner = JobRunner(project)
+    app.state.settings = settings
+    app.add_exception_handler(FlywheelError, _flywheel_error)
+    for r in (predict.router, feedback.router, models.router, jobs.router, stats.router):
+        app.include_router(r)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

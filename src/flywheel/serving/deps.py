@@ -1,0 +1,70 @@
+"""Dependencies of the routes: the project, the job runner, and scoped API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from flywheel.errors import AuthError
+from flywheel.project import Project
+from flywheel.serving.jobs import JobRunner
+from flywheel.settings import Settings
+
+__all__ = ["ProjectDep", "RunnerDep", "require"]
+
+
+def get_project(request: Request) -> Project:
+    project: Project = request.app.state.project
+    return project
+
+
+def get_runner(request: Request) -> JobRunner:
+    runner: JobRunner = request.app.state.runner
+    return runner
+
+
+ProjectDep = Annotated[Project, Depends(get_project)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+
+
+def _open(settings: Settings, scope: str) -> bool:
+    """Routes a loopback-bound server may answer without a key."""
+    if settings.requires_keys:
+        return False
+    return {
+        "predict": settings.open_predict,
+        "feedback": settings.open_feedback,
+        "read": True,
+    }.get(scope, False)
+
+
+def require(scope: str) -> Callable[[Request, Project], None]:
+    """A dependency that lets the request through only with a key of ``scope``.
+
+    ``read`` (model list, stats) accepts a key of any scope.
+    """
+
+    def check(request: Request, project: ProjectDep) -> None:
+        if _open(project.settings, scope):
+            return
+        header = request.headers.get("authorization", "")
+        kind, _, key = header.partition(" ")
+        if kind.lower() != "bearer" or not key.strip():
+            raise HTTPException(
+                status_code=401,
+                detail=f"this route needs an API key with the {scope!r} scope: "
+                "send 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            project.authenticate(key.strip(), None if scope == "read" else scope)
+        except AuthError as exc:
+            if exc.missing_scope is not None:
+                raise HTTPException(status_code=403, detail=str(exc)) from None
+            raise HTTPException(
+                status_code=401, detail=str(exc), headers={"WWW-Authenticate": "Bearer"}
+            ) from None
+
+    return check

@@ -1,0 +1,32 @@
+"""Background jobs of a serving process (retrains), one at a time, off the request path."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from flywheel.project import Project
+
+__all__ = ["JobRunner"]
+
+
+class JobRunner:
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        # One worker: retrains queue rather than compete for the same cores.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flywheel-job")
+        self.futures: dict[str, Future[None]] = {}
+
+    def submit_retrain(self, overrides: dict[str, Any]) -> str:
+        job_id = self.project.create_job("retrain", overrides)
+
+        def work() -> dict[str, Any]:
+            config = self.project.train_config(**overrides)
+            return self.project.retrain(config).to_json()
+
+        self.futures[job_id] = self._pool.submit(self.project.run_job, job_id, work)
+        return job_id
+
+    def shutdown(self) -> None:
+        """Finish the running job; queued ones are marked failed at the next start."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

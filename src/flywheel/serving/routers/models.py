@@ -1,0 +1,65 @@
+"""GET /v1/models, promote, rollback, retrain."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from flywheel.registry import VersionInfo
+from flywheel.serving.deps import ProjectDep, RunnerDep, require
+from flywheel.serving.schemas import JobAccepted, ModelPublic, RetrainRequest, RollbackPublic
+
+router = APIRouter(tags=["models"])
+
+
+def _public(v: VersionInfo) -> ModelPublic:
+    return ModelPublic(
+        version=v.version,
+        arch=v.arch,
+        aliases=v.aliases,
+        metrics=v.metrics,
+        created_at=v.created_at.isoformat(),
+        parent=v.parent,
+        dataset_version=v.dataset_version,
+        gate=v.gate,
+        training_config=v.training_config,
+    )
+
+
+@router.get(
+    "/v1/models", response_model=list[ModelPublic], dependencies=[Depends(require("read"))]
+)
+def list_models(project: ProjectDep) -> list[ModelPublic]:
+    return [_public(v) for v in project.models()]
+
+
+@router.post(
+    "/v1/models/{version}/promote",
+    response_model=ModelPublic,
+    dependencies=[Depends(require("admin"))],
+    responses={404: {"description": "Unknown model version."}},
+)
+def promote_model(project: ProjectDep, version: int) -> ModelPublic:
+    return _public(project.promote(version, reason="promoted through the API"))
+
+
+@router.post(
+    "/v1/rollback",
+    response_model=RollbackPublic,
+    dependencies=[Depends(require("admin"))],
+    responses={409: {"description": "Nothing to roll back to."}},
+)
+def rollback_model(project: ProjectDep) -> RollbackPublic:
+    old, new = project.rollback(reason="rolled back through the API")
+    return RollbackPublic(from_version=old, to_version=new)
+
+
+@router.post(
+    "/v1/retrain",
+    status_code=202,
+    response_model=JobAccepted,
+    dependencies=[Depends(require("admin"))],
+    summary="Curate feedback, train a challenger, gate it and promote it, as a background job",
+)
+def create_retrain(runner: RunnerDep, body: RetrainRequest | None = None) -> JobAccepted:
+    overrides = {} if body is None else body.model_dump(exclude_none=True)
+    return JobAccepted(job_id=runner.submit_retrain(overrides))

@@ -1,0 +1,88 @@
+"""Request and response bodies of the HTTP API (v1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "FeedbackCreate",
+    "FeedbackPublic",
+    "Health",
+    "JobAccepted",
+    "JobPublic",
+    "ModelPublic",
+    "PredictionPublic",
+    "RetrainRequest",
+    "RollbackPublic",
+]
+
+
+class PredictionPublic(BaseModel):
+    prediction_id: str
+    label: str
+    probabilities: dict[str, float]
+    model_version: int
+
+
+class FeedbackCreate(BaseModel):
+    """The true label of a prediction, or whether the prediction was correct."""
+
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str = Field(min_length=1, max_length=64)
+    label: str | None = Field(default=None, min_length=1, max_length=256)
+    correct: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> FeedbackCreate:
+        if self.label is None and self.correct is None:
+            raise ValueError("give 'label' (the true label) or 'correct' (true or false)")
+        return self
+
+
+class FeedbackPublic(BaseModel):
+    feedback_id: str
+
+
+class ModelPublic(BaseModel):
+    version: int
+    arch: str
+    aliases: list[str]
+    metrics: dict[str, Any]
+    created_at: str
+    parent: int | None
+    dataset_version: int
+    gate: dict[str, Any] | None
+    training_config: dict[str, Any]
+
+
+class RollbackPublic(BaseModel):
+    from_version: int
+    to_version: int
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int | None = Field(default=None, ge=1, le=10_000)
+    seed: int | None = None
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    kind: str
+    status: str
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class Health(BaseModel):
+    status: str
+    production_version: int | None

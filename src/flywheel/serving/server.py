@@ -1,0 +1,70 @@
+"""Running the app under uvicorn: in the foreground (``flywheel serve``) or in a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+
+from flywheel.errors import ConfigError
+from flywheel.project import Project
+from flywheel.serving.app import create_app
+from flywheel.settings import Settings
+
+__all__ = ["BackgroundServer", "check_can_serve", "serve"]
+
+
+def check_can_serve(project: Project) -> None:
+    """Bound beyond loopback, the server refuses to start without an API key to check."""
+    st = project.settings
+    if st.requires_keys and not project.has_keys():
+        raise ConfigError(
+            f"refusing to serve on {st.host}: bound beyond loopback every route needs an API key, "
+            "and this project has none; create one with `flywheel keys create --scope admin`"
+        )
+
+
+def _config(project: Project, host: str, port: int) -> uvicorn.Config:
+    app = create_app(project.settings, project)
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+
+
+def serve(settings: Settings) -> None:
+    project = Project(settings)
+    check_can_serve(project)
+    uvicorn.Server(_config(project, settings.host, settings.port)).run()
+
+
+class BackgroundServer:
+    """A server in a thread on a free loopback port; a context manager (demo, tests)."""
+
+    def __init__(self, project: Project, host: str = "127.0.0.1", port: int = 0) -> None:
+        check_can_serve(project)
+        self.server = uvicorn.Server(_config(project, host, port))
+        self.thread = threading.Thread(target=self.server.run, name="flywheel-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError("the server did not start (port taken, or startup failed)")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)

@@ -1,0 +1,145 @@
+"""One ``Settings`` object, built once and passed explicitly.
+
+Sources, highest priority first: keyword arguments, ``FLYWHEEL_*`` environment
+variables, ``<project_dir>/flywheel.toml``, defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from flywheel.errors import ConfigError
+
+__all__ = ["CONFIG_FILE", "Settings", "is_loopback"]
+
+CONFIG_FILE = "flywheel.toml"
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything flywheel can be told; see README "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="forbid", frozen=True)
+
+    project_dir: Path = Field(default_factory=Path.cwd, description="The project folder.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default: SQLite file flywheel.db in the project folder.",
+    )
+    blob_dir: Path | None = Field(
+        default=None, description="Content-addressed blob folder; default: <project>/blobs."
+    )
+    host: str = Field(default="127.0.0.1", description="Address the server binds to.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)."
+    )
+    open_predict: bool = Field(
+        default=True, description="On a loopback address, allow /v1/predict without a key."
+    )
+    open_feedback: bool = Field(
+        default=True, description="On a loopback address, allow /v1/feedback without a key."
+    )
+    gate_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="A challenger may trail the champion's held-out accuracy by at most this.",
+    )
+    auto_promote: bool = Field(
+        default=True, description="Promote a challenger that passes the gate after a retrain."
+    )
+    reload_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the server checks the production alias."
+    )
+    # Training defaults; `flywheel train` options override them per run.
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    dropout: float = Field(default=0.25, ge=0, lt=1)
+    patience: int = Field(default=5, ge=1)
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    seed: int = 0
+    warm_start: bool = Field(
+        default=True, description="Retrain from the production version's weights."
+    )
+
+    @field_validator("project_dir", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.project_dir / 'flywheel.db'}"
+
+    @property
+    def blobs(self) -> Path:
+        return self.blob_dir or self.project_dir / "blobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.project_dir / "models"
+
+    @property
+    def requires_keys(self) -> bool:
+        """Bound beyond loopback, every route needs a key of its scope."""
+        return not is_loopback(self.host)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file lives in the project folder, which itself comes from the
+        # keyword arguments or the environment, so find it before building the source.
+        init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
+        project_dir = init_kwargs.get("project_dir") or os.environ.get("FLYWHEEL_PROJECT_DIR")
+        toml_file = Path(project_dir or Path.cwd()) / CONFIG_FILE
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )
+
+    @classmethod
+    def load(cls, project_dir: str | Path | None = None, **overrides: Any) -> Settings:
+        """Build settings for a project folder; invalid values raise ``ConfigError``."""
+        kwargs = dict(overrides)
+        if project_dir is not None:
+            kwargs["project_dir"] = Path(project_dir)
+        try:
+            return cls(**kwargs)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid settings ({problems})") from exc
+        except ValueError as exc:  # a malformed flywheel.toml
+            raise ConfigError(f"cannot read {CONFIG_FILE}: {exc}") from exc

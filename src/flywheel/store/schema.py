@@ -1,0 +1,206 @@
+"""The SQL schema (SQLAlchemy 2 declarative). Changes go through an Alembic migration."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "AliasEvent",
+    "ApiKey",
+    "Base",
+    "DatasetVersion",
+    "DatasetVersionExample",
+    "Example",
+    "Feedback",
+    "Job",
+    "ModelAlias",
+    "ModelVersion",
+    "Prediction",
+    "User",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+TS = DateTime(timezone=True)
+
+
+class User(Base):
+    """An end user, known only by the pseudonymous id the client sends."""
+
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key; only its SHA-256 is stored, the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(64))  # comma-separated
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class Example(Base):
+    """One labelled input. ``origin`` is ``base`` (imported data) or ``feedback``."""
+
+    __tablename__ = "examples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    input_hash: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(256))
+    split: Mapped[str] = mapped_column(String(16))  # "train" or "holdout"
+    origin: Mapped[str] = mapped_column(String(16))  # "base" or "feedback"
+    feedback_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("feedback.id"), nullable=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(128), ForeignKey("users.id"), nullable=True, index=True
+    )
+    source_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class DatasetVersion(Base):
+    """An immutable set of examples, identified by the hash of its content."""
+
+    __tablename__ = "dataset_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    parent_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("dataset_versions.id"), nullable=True
+    )
+    source: Mapped[str] = mapped_column(Text)
+    preprocessing: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class DatasetVersionExample(Base):
+    __tablename__ = "dataset_version_examples"
+    dataset_version_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("dataset_versions.id"), primary_key=True
+    )
+    example_id: Mapped[int] = mapped_column(Integer, ForeignKey("examples.id"), primary_key=True)
+
+
+class ModelVersion(Base):
+    """A trained model: its lineage, the whole training config, metrics and gate decision."""
+
+    __tablename__ = "model_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    arch: Mapped[str] = mapped_column(String(64))
+    parent_version: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("model_versions.version"), nullable=True
+    )
+    dataset_version_id: Mapped[int] = mapped_column(Integer, ForeignKey("dataset_versions.id"))
+    training_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    artifact_dir: Mapped[str] = mapped_column(Text)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class ModelAlias(Base):
+    """A name (``production``, ``candidate``) pointing at one model version."""
+
+    __tablename__ = "model_aliases"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, ForeignKey("model_versions.version"))
+    updated_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class AliasEvent(Base):
+    """Every move of an alias, so that a rollback knows where to go back to."""
+
+    __tablename__ = "alias_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(32), index=True)
+    version: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("model_versions.version"), nullable=True
+    )
+    previous_version: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("model_versions.version"), nullable=True
+    )
+    action: Mapped[str] = mapped_column(String(16))  # promote, rollback
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class Prediction(Base):
+    """One logged call of /v1/predict."""
+
+    __tablename__ = "predictions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model_version: Mapped[int] = mapped_column(
+        Integer, ForeignKey("model_versions.version"), index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(128), ForeignKey("users.id"), nullable=True, index=True
+    )
+    input_hash: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(256), index=True)
+    probabilities: Mapped[dict[str, Any]] = mapped_column(JSON)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)
+
+
+class Feedback(Base):
+    """An end user's answer about one prediction: the true label, or correct/incorrect."""
+
+    __tablename__ = "feedback"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    prediction_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("predictions.id"), index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(128), ForeignKey("users.id"), nullable=True, index=True
+    )
+    label: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class Job(Base):
+    """A background job (retrain) and its outcome."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # queued, running, succeeded, failed
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+Index("ix_examples_origin_split", Example.origin, Example.split)
