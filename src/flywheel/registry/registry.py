@@ -101,6 +101,8 @@ def set_alias(s: Session, name: str, version: int, *, action: str, reason: str) 
         raise NotFoundError("model version", version)
     a = s.get(ModelAlias, name, with_for_update=True)
     previous = None if a is None else a.version
+    if previous == version:
+        return previous  # already there: no move, no event
     if a is None:
         s.add(ModelAlias(name=name, version=version, updated_at=utcnow()))
     else:

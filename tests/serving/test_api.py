@@ -1,0 +1,400 @@
+"""The HTTP API: status first, then fields, then the exact error detail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from flywheel import Project, Settings
+from flywheel.serving import create_app
+from flywheel.store.schema import Feedback, Prediction
+from tests.factories import digit_png, make_project
+
+LABELS = [str(d) for d in range(10)]
+
+
+@pytest.fixture(scope="function")
+def client(project: Project) -> Iterator[TestClient]:
+    with TestClient(create_app(project.settings, project)) as c:
+        yield c
+
+
+@pytest.fixture(scope="function")
+def admin(project: Project) -> dict[str, str]:
+    key, _ = project.create_key(["admin"], name="test-admin")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def predict(client: TestClient, data: bytes | None = None, **headers: str) -> dict:
+    r = client.post(
+        "/v1/predict", files={"file": ("x.png", data or digit_png(0), "image/png")},
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def count(project: Project, model: type) -> int:
+    with project.db.session() as s:
+        return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+# -- predict ----------------------------------------------------------------------------
+
+
+def test_predict_returns_label_probabilities_and_logs_the_call(
+    client: TestClient, project: Project
+) -> None:
+    r = client.post(
+        "/v1/predict", files={"file": ("d.png", digit_png(3), "image/png")},
+        headers={"X-User-Id": "alice"},
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"prediction_id", "label", "probabilities", "model_version"}
+    assert body["model_version"] == 1
+    assert sorted(body["probabilities"], key=int) == LABELS
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    with project.db.session() as s:
+        row = s.get(Prediction, body["prediction_id"])
+        assert row is not None
+        assert (row.user_id, row.model_version, row.label) == ("alice", 1, body["label"])
+        assert row.latency_ms > 0
+        assert project.blobs.get(row.input_hash) == digit_png(3)
+
+
+def test_predict_rejects_a_file_that_is_not_an_image(client: TestClient, project: Project) -> None:
+    r = client.post("/v1/predict", files={"file": ("x.png", b"not an image", "image/png")})
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("the file is not a readable image")
+    assert count(project, Prediction) == 0
+
+
+def test_predict_rejects_an_empty_file(client: TestClient) -> None:
+    r = client.post("/v1/predict", files={"file": ("x.png", b"", "image/png")})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "the image is empty (0 bytes)"
+
+
+def test_predict_without_a_file_names_the_missing_field(client: TestClient) -> None:
+    r = client.post("/v1/predict")
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["body", "file"]
+    assert err["msg"] == "Field required"
+
+
+def test_predict_rejects_a_bad_user_id(client: TestClient) -> None:
+    r = client.post(
+        "/v1/predict", files={"file": ("x.png", digit_png(0), "image/png")},
+        headers={"X-User-Id": "bad id with spaces"},
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("user id must be 1-128 characters")
+
+
+def test_body_over_the_limit_is_413_and_logs_nothing(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", settings={"max_body_bytes": 2048})
+    with TestClient(create_app(project.settings, project)) as c:
+        r = c.post("/v1/predict", files={"file": ("x.png", b"\0" * 4096, "image/png")})
+        assert r.status_code == 413
+        assert r.json() == {"detail": "request body is larger than the limit of 2048 bytes"}
+        assert predict(c)["model_version"] == 1  # a small one still passes
+    assert count(project, Prediction) == 1
+    project.close()
+
+
+def test_streamed_body_over_the_limit_is_413(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", settings={"max_body_bytes": 1024})
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(8):
+            yield b"x" * 512
+
+    with TestClient(create_app(project.settings, project)) as c:
+        r = c.post("/v1/feedback", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["detail"] == "request body is larger than the limit of 1024 bytes"
+    project.close()
+
+
+def test_predict_before_any_model_is_503(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", train=False)
+    with TestClient(create_app(project.settings, project)) as c:
+        r = c.post("/v1/predict", files={"file": ("x.png", digit_png(0), "image/png")})
+    assert r.status_code == 503
+    assert r.json()["detail"] == "no production model yet; train one with `flywheel train`"
+    project.close()
+
+
+# -- feedback ---------------------------------------------------------------------------
+
+
+def test_feedback_with_a_label_is_committed_before_201(
+    client: TestClient, project: Project
+) -> None:
+    pid = predict(client)["prediction_id"]
+    r = client.post("/v1/feedback", json={"prediction_id": pid, "label": "7"},
+                    headers={"X-User-Id": "bob"})
+    assert r.status_code == 201
+    fid = r.json()["feedback_id"]
+    # A fresh connection sees the row: it was committed before the answer.
+    fresh = Project(project.settings)
+    with fresh.db.session() as s:
+        row = s.get(Feedback, fid)
+        assert row is not None
+        assert (row.prediction_id, row.label, row.user_id) == (pid, "7", "bob")
+    fresh.close()
+
+
+def test_feedback_correct_true_and_false(client: TestClient, project: Project) -> None:
+    p = predict(client)
+    for correct in (True, False):
+        r = client.post("/v1/feedback",
+                        json={"prediction_id": p["prediction_id"], "correct": correct})
+        assert r.status_code == 201
+    with project.db.session() as s:
+        rows = s.scalars(select(Feedback).order_by(Feedback.created_at)).all()
+        assert [(f.label, f.correct) for f in rows] == [(None, True), (None, False)]
+
+
+def test_feedback_for_an_unknown_prediction_is_404(client: TestClient, project: Project) -> None:
+    r = client.post("/v1/feedback", json={"prediction_id": "nope", "label": "1"})
+    assert r.status_code == 404
+    assert r.json()["detail"] == "prediction 'nope' not found"
+    assert count(project, Feedback) == 0
+
+
+def test_feedback_with_a_label_outside_the_model_is_422(
+    client: TestClient, project: Project
+) -> None:
+    pid = predict(client)["prediction_id"]
+    r = client.post("/v1/feedback", json={"prediction_id": pid, "label": "cat"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == (
+        "label 'cat' is not one of model v1's labels: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9"
+    )
+    assert count(project, Feedback) == 0
+
+
+def test_feedback_contradicting_itself_is_422(client: TestClient) -> None:
+    p = predict(client)
+    other = next(lab for lab in LABELS if lab != p["label"])
+    r = client.post("/v1/feedback",
+                    json={"prediction_id": p["prediction_id"], "label": other, "correct": True})
+    assert r.status_code == 422
+    assert r.json()["detail"] == (
+        f"'correct': true contradicts label {other!r}: the prediction was {p['label']!r}"
+    )
+
+
+def test_feedback_malformed_json_is_422(client: TestClient) -> None:
+    r = client.post("/v1/feedback", content=b"{not json",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_feedback_without_an_answer_is_422(client: TestClient) -> None:
+    r = client.post("/v1/feedback", json={"prediction_id": "x"})
+    assert r.status_code == 422
+    assert "give 'label' (the true label) or 'correct' (true or false)" in (
+        r.json()["detail"][0]["msg"]
+    )
+
+
+def test_feedback_with_an_unknown_field_is_422(client: TestClient) -> None:
+    r = client.post("/v1/feedback", json={"prediction_id": "x", "label": "1", "lable": "2"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "lable"]
+
+
+# -- models, promote, rollback ----------------------------------------------------------
+
+
+def test_models_lists_versions_with_lineage(client: TestClient) -> None:
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    (v1,) = r.json()
+    assert v1["version"] == 1
+    assert v1["aliases"] == ["candidate", "production"]
+    assert v1["parent"] is None
+    assert v1["dataset_version"] == 1
+    assert 0 <= v1["metrics"]["accuracy"] <= 1
+    assert v1["training_config"]["epochs"] == 3
+    assert v1["gate"]["promoted"] is True
+
+
+def test_admin_routes_need_an_admin_key(client: TestClient, project: Project) -> None:
+    r = client.post("/v1/rollback")
+    assert r.status_code == 401
+    assert r.json()["detail"] == (
+        "this route needs an API key with the 'admin' scope: send 'Authorization: Bearer <key>'"
+    )
+    key, _ = project.create_key(["predict", "feedback"])
+    r = client.post("/v1/rollback", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 403
+    assert r.json()["detail"] == "this key lacks the 'admin' scope (it has: feedback, predict)"
+    r = client.post("/v1/rollback", headers={"Authorization": "Bearer fw_nothing_here"})
+    assert r.status_code == 401
+    assert r.json()["detail"] == "unknown or revoked API key"
+
+
+def test_promote_unknown_version_is_404(client: TestClient, admin: dict[str, str]) -> None:
+    r = client.post("/v1/models/99/promote", headers=admin)
+    assert r.status_code == 404
+    assert r.json()["detail"] == "model version 99 not found"
+
+
+def test_promote_with_a_non_integer_version_is_422(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    r = client.post("/v1/models/latest/promote", headers=admin)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["path", "version"]
+
+
+def test_rollback_with_nothing_earlier_is_409(client: TestClient, admin: dict[str, str]) -> None:
+    r = client.post("/v1/rollback", headers=admin)
+    assert r.status_code == 409
+    assert r.json()["detail"] == "production v1 has no earlier version to roll back to"
+
+
+def test_promote_and_rollback_swap_the_served_model(
+    client: TestClient, project: Project, admin: dict[str, str]
+) -> None:
+    project.train(project.train_config(seed=1))  # v2, promoted or not by the gate
+    r = client.post("/v1/models/2/promote", headers=admin)
+    assert r.status_code == 200
+    assert r.json()["aliases"] == ["candidate", "production"]
+    assert predict(client)["model_version"] == 2
+    r = client.post("/v1/rollback", headers=admin)
+    assert r.status_code == 200
+    assert r.json() == {"from_version": 2, "to_version": 1}
+    assert predict(client)["model_version"] == 1
+
+
+# -- retrain, jobs, stats ---------------------------------------------------------------
+
+
+def test_retrain_job_uses_feedback_and_reports_the_gate(
+    client: TestClient, project: Project, admin: dict[str, str]
+) -> None:
+    for i in range(300, 340):
+        pid = predict(client, digit_png(i), **{"X-User-Id": f"u{i % 4}"})["prediction_id"]
+        from flywheel.data import digits_arrays
+
+        label = str(digits_arrays()[1][i])
+        assert client.post("/v1/feedback", json={"prediction_id": pid, "label": label}).status_code == 201
+    r = client.post("/v1/retrain", headers=admin, json={})
+    assert r.status_code == 202
+    job_id = r.json()["job_id"]
+    client.app.state.runner.futures[job_id].result(timeout=300)  # type: ignore[attr-defined]
+    r = client.get(f"/v1/jobs/{job_id}", headers=admin)
+    assert r.status_code == 200
+    job = r.json()
+    assert job["status"] == "succeeded", job["error"]
+    res = job["result"]
+    assert res["feedback_used"] == 40
+    assert res["dataset_version"] == 2
+    assert res["model_version"] == 2
+    assert res["champion_version"] == 1
+    assert isinstance(res["promoted"], bool)
+    assert "McNemar p=" in res["reason"]
+    versions = {m["version"]: m for m in client.get("/v1/models").json()}
+    assert versions[2]["parent"] == 1
+    assert versions[2]["dataset_version"] == 2
+
+
+def test_retrain_with_no_feedback_is_skipped(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    job_id = client.post("/v1/retrain", headers=admin).json()["job_id"]
+    client.app.state.runner.futures[job_id].result(timeout=300)  # type: ignore[attr-defined]
+    job = client.get(f"/v1/jobs/{job_id}", headers=admin).json()
+    assert job["status"] == "succeeded"
+    assert job["result"]["skipped"] is True
+    assert job["result"]["reason"] == "no new feedback with a usable label since the last retrain"
+
+
+def test_unknown_job_is_404(client: TestClient, admin: dict[str, str]) -> None:
+    r = client.get("/v1/jobs/abc", headers=admin)
+    assert r.status_code == 404
+    assert r.json()["detail"] == "job 'abc' not found"
+
+
+def test_stats_counts_calls_and_feedback(client: TestClient) -> None:
+    preds = [predict(client, digit_png(i)) for i in range(5)]
+    client.post("/v1/feedback", json={"prediction_id": preds[0]["prediction_id"],
+                                      "label": preds[0]["label"]})
+    client.post("/v1/feedback", json={"prediction_id": preds[1]["prediction_id"],
+                                      "correct": False})
+    r = client.get("/v1/stats")
+    assert r.status_code == 200
+    s = r.json()
+    assert s["calls"]["total"] == 5
+    assert s["calls"]["per_version"] == {"1": 5}
+    assert sum(s["calls"]["per_label"].values()) == 5
+    assert sum(s["calls"]["per_minute"].values()) == 5
+    assert s["feedback"] == {"total": 2, "agreed": 1, "disagreed": 1}
+    (v1,) = s["versions"]
+    assert v1["calls"] == 5
+    assert v1["live_accuracy"] == 0.5
+
+
+def test_healthz_and_openapi(client: TestClient) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "production_version": 1}
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/predict", "/v1/feedback", "/v1/models", "/v1/models/{version}/promote",
+                 "/v1/rollback", "/v1/retrain", "/v1/jobs/{job_id}", "/v1/stats", "/healthz"):
+        assert path in paths
+
+
+# -- binding beyond loopback --------------------------------------------------------------
+
+
+def test_beyond_loopback_every_route_needs_a_key(project: Project) -> None:
+    settings = Settings.load(project.settings.project_dir, host="0.0.0.0")
+    key, _ = project.create_key(["predict"])
+    with TestClient(create_app(settings, Project(settings))) as c:
+        files = {"file": ("x.png", digit_png(0), "image/png")}
+        r = c.post("/v1/predict", files=files)
+        assert r.status_code == 401
+        r = c.get("/v1/models")
+        assert r.status_code == 401
+        r = c.post("/v1/predict", files=files, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200
+        pid = r.json()["prediction_id"]
+        r = c.post("/v1/feedback", json={"prediction_id": pid, "label": "1"},
+                   headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 403
+        assert r.json()["detail"] == "this key lacks the 'feedback' scope (it has: predict)"
+        r = c.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200
+
+
+def test_server_refuses_to_start_beyond_loopback_without_a_key(project: Project) -> None:
+    from flywheel.errors import ConfigError
+    from flywheel.serving import check_can_serve
+
+    other = Project(Settings.load(project.settings.project_dir, host="0.0.0.0"))
+    with pytest.raises(ConfigError, match="refusing to serve on 0.0.0.0"):
+        check_can_serve(other)
+    project.create_key(["admin"])
+    check_can_serve(other)
+    other.close()
+
+
+def test_closed_predict_on_loopback_needs_a_key(project: Project) -> None:
+    settings = Settings.load(project.settings.project_dir, open_predict=False)
+    with TestClient(create_app(settings, Project(settings))) as c:
+        r = c.post("/v1/predict", files={"file": ("x.png", digit_png(0), "image/png")})
+    assert r.status_code == 401

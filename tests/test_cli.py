@@ -1,0 +1,116 @@
+"""The CLI end to end on a tiny project: init, train, evaluate, models, promote, rollback, keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flywheel import Project
+from flywheel.cli import app, main
+from tests.factories import make_project, write_class_folders
+
+runner = CliRunner()
+
+
+def run(*args: str) -> dict | list:
+    r = runner.invoke(app, list(args), catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def test_init_train_models_evaluate_promote_rollback(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    folders = write_class_folders(
+        tmp_path / "data",
+        {
+            "dark": [np.full((12, 12, 3), 20 + i, np.uint8) for i in range(12)],
+            "light": [np.full((12, 12, 3), 220 - i, np.uint8) for i in range(12)],
+        },
+    )
+    (folders / "dark" / "broken.png").write_bytes(b"not a png")
+    out = run("init", str(root), "--data", str(folders), "--json")
+    assert out["dataset"]["labels"] == ["dark", "light"]
+    assert out["dataset"]["n_train"] + out["dataset"]["n_holdout"] == 24
+    assert out["dataset"]["skipped"] == [
+        {"path": "dark/broken.png", "reason": out["dataset"]["skipped"][0]["reason"]}
+    ]
+    assert out["dataset"]["skipped"][0]["reason"].startswith("the file is not a readable image")
+
+    t1 = run("train", "--project", str(root), "--epochs", "2", "--json")
+    assert (t1["model_version"], t1["promoted"]) == (1, True)
+    t2 = run("train", "--project", str(root), "--epochs", "2", "--seed", "3", "--json")
+    assert t2["model_version"] == 2
+    assert t2["champion_version"] == 1
+
+    models = run("models", "--project", str(root), "--json")
+    assert [m["version"] for m in models] == [1, 2]
+    assert models[1]["parent"] == 1
+    assert models[1]["training_config"]["seed"] == 3
+
+    report = run("evaluate", "1", "--project", str(root), "--json")
+    assert report["model_version"] == 1
+    assert report["labels"] == ["dark", "light"]
+    assert np.array(report["confusion_matrix"]).sum() == report["n"]
+
+    r = runner.invoke(app, ["promote", "2", "--project", str(root)])
+    assert r.exit_code == 0, r.output
+    assert "production → v2" in r.stdout
+    r = runner.invoke(app, ["rollback", "--project", str(root)])
+    assert r.exit_code == 0, r.output
+    assert Project.open(root).production_version() == 1
+
+
+def test_keys_create_shows_the_key_once_and_stores_its_hash(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", train=False)
+    root = str(project.settings.project_dir)
+    out = run("keys", "create", "--scope", "predict", "--scope", "feedback", "--project", root,
+              "--json")
+    assert out["scopes"] == ["feedback", "predict"]
+    assert out["key"].startswith(f"fw_{out['prefix']}_")
+    listed = run("keys", "list", "--project", root, "--json")
+    assert [k["prefix"] for k in listed] == [out["prefix"]]
+    assert out["key"] not in json.dumps(listed)
+    project.authenticate(out["key"], "feedback")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--project", "{missing}"], "no flywheel project in"),
+        (["init", "{tmp}/x", "--data", "{tmp}/nowhere"], "does not exist or is not a folder"),
+        (["keys", "create", "--scope", "root", "--project", "{proj}"], "scopes must be among"),
+        (["promote", "42", "--project", "{proj}"], "model version 42 not found"),
+        (["rollback", "--project", "{proj}"], "no production model to roll back"),
+    ],
+)
+def test_errors_are_one_clear_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    args: list[str], message: str,
+) -> None:
+    proj = make_project(tmp_path / "proj", train=False)
+    fill = {"missing": str(tmp_path / "missing"), "tmp": str(tmp_path),
+            "proj": str(proj.settings.project_dir)}
+    monkeypatch.setattr("sys.argv", ["flywheel", *(a.format(**fill) for a in args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "error:" in err
+    assert message in " ".join(err.split())
+    assert "Traceback" not in err
+
+
+def test_failed_init_leaves_nothing_behind(tmp_path: Path) -> None:
+    folders = write_class_folders(
+        tmp_path / "data",
+        {"a": [np.zeros((8, 8), np.uint8)], "b": [np.full((8, 8), 255, np.uint8)]},
+    )
+    for f in folders.rglob("*.png"):
+        f.write_bytes(b"corrupt")
+    r = runner.invoke(app, ["init", str(tmp_path / "p"), "--data", str(folders)])
+    assert r.exit_code != 0
+    assert not (tmp_path / "p").exists()

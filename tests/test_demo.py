@@ -1,0 +1,44 @@
+"""The demo's loop for two short cycles, over real HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from flywheel import Project
+from flywheel.demo import DemoConfig, run_demo
+from flywheel.store.schema import Example, Feedback, Prediction
+
+
+def test_demo_two_cycles_learns_from_feedback(tmp_path: Path) -> None:
+    events: list[str] = []
+    cfg = DemoConfig(cycles=2, epochs=12, requests_per_cycle=250, seed=0)
+    result = run_demo(cfg, project_dir=tmp_path / "demo", on_event=lambda k, _d: events.append(k))
+    rows = result.to_json()["cycles"]
+    assert [r["cycle"] for r in rows] == [0, 1, 2]
+    assert set(rows[1]) >= {"cycle", "feedback_used", "accuracy", "champion_accuracy",
+                            "promoted", "model_version"}
+    assert rows[0]["feedback_used"] == 0
+    assert all(r["feedback_used"] > 100 for r in rows[1:])
+    assert [r["dataset_version"] for r in rows] == [1, 2, 3]
+    assert [r["model_version"] for r in rows] == [1, 2, 3]
+    # Each challenger is gated against the model that was in production.
+    assert rows[1]["champion_accuracy"] == rows[0]["accuracy"]
+    # Users' answers make the model better than the one trained on the labelled slice.
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.05
+    assert events.count("cycle") == 3
+
+    project = Project.open(tmp_path / "demo")
+    with project.db.session() as s:
+        n_pred = s.scalar(select(func.count()).select_from(Prediction))
+        n_fb = s.scalar(select(func.count()).select_from(Feedback))
+        n_users = s.scalar(select(func.count(func.distinct(Prediction.user_id))))
+        from_feedback = s.scalar(
+            select(func.count()).select_from(Example).where(Example.origin == "feedback")
+        )
+    assert n_pred == 500
+    assert n_fb == sum(r["feedback_sent"] for r in rows)
+    assert n_users == cfg.users
+    assert from_feedback == sum(r["feedback_used"] for r in rows)
+    project.close()
