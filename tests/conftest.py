@@ -32,8 +32,12 @@ def _postgres_reason() -> str | None:
     url = make_url(POSTGRES_URL)
     try:
         with psycopg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, dbname=url.database,
-            password=url.password, connect_timeout=3,
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            dbname=url.database,
+            password=url.password,
+            connect_timeout=3,
         ):
             return None
     except psycopg.OperationalError as exc:
@@ -56,8 +60,13 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
 
     url = make_url(postgres_admin_url)
     name = f"flywheel_test_{uuid.uuid4().hex[:12]}"
-    conninfo = dict(host=url.host, port=url.port or 5432, user=url.username,
-                    dbname=url.database, password=url.password)
+    conninfo = dict(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        dbname=url.database,
+        password=url.password,
+    )
     with psycopg.connect(**conninfo, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:

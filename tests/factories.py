@@ -28,13 +28,20 @@ def digits_subset(n_train: int = 150, n_holdout: int = 60, offset: int = 0) -> l
     for j in range(n_train + n_holdout):
         i = offset + j
         split = TRAIN if j < n_train else HOLDOUT
-        out.append(RawExample(encode_png(images[i]), str(labels[i]), split=split,
-                              source_path=f"digits[{i}]"))
+        out.append(
+            RawExample(
+                encode_png(images[i]), str(labels[i]), split=split, source_path=f"digits[{i}]"
+            )
+        )
     return out
 
 
 def make_project(
-    root: Path, *, n_train: int = 150, n_holdout: int = 60, train: bool = True,
+    root: Path,
+    *,
+    n_train: int = 150,
+    n_holdout: int = 60,
+    train: bool = True,
     settings: dict[str, Any] | None = None,
 ) -> Project:
     """A project on a slice of digits; trained once (v1 in production) unless ``train=False``."""

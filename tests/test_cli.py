@@ -67,8 +67,9 @@ def test_init_train_models_evaluate_promote_rollback(tmp_path: Path) -> None:
 def test_keys_create_shows_the_key_once_and_stores_its_hash(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", train=False)
     root = str(project.settings.project_dir)
-    out = run("keys", "create", "--scope", "predict", "--scope", "feedback", "--project", root,
-              "--json")
+    out = run(
+        "keys", "create", "--scope", "predict", "--scope", "feedback", "--project", root, "--json"
+    )
     assert out["scopes"] == ["feedback", "predict"]
     assert out["key"].startswith(f"fw_{out['prefix']}_")
     listed = run("keys", "list", "--project", root, "--json")
@@ -88,12 +89,18 @@ def test_keys_create_shows_the_key_once_and_stores_its_hash(tmp_path: Path) -> N
     ],
 )
 def test_errors_are_one_clear_line_and_exit_1(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    args: list[str], message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
 ) -> None:
     proj = make_project(tmp_path / "proj", train=False)
-    fill = {"missing": str(tmp_path / "missing"), "tmp": str(tmp_path),
-            "proj": str(proj.settings.project_dir)}
+    fill = {
+        "missing": str(tmp_path / "missing"),
+        "tmp": str(tmp_path),
+        "proj": str(proj.settings.project_dir),
+    }
     monkeypatch.setattr("sys.argv", ["flywheel", *(a.format(**fill) for a in args)])
     with pytest.raises(SystemExit) as exc:
         main()

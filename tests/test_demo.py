@@ -17,8 +17,14 @@ def test_demo_two_cycles_learns_from_feedback(tmp_path: Path) -> None:
     result = run_demo(cfg, project_dir=tmp_path / "demo", on_event=lambda k, _d: events.append(k))
     rows = result.to_json()["cycles"]
     assert [r["cycle"] for r in rows] == [0, 1, 2]
-    assert set(rows[1]) >= {"cycle", "feedback_used", "accuracy", "champion_accuracy",
-                            "promoted", "model_version"}
+    assert set(rows[1]) >= {
+        "cycle",
+        "feedback_used",
+        "accuracy",
+        "champion_accuracy",
+        "promoted",
+        "model_version",
+    }
     assert rows[0]["feedback_used"] == 0
     assert all(r["feedback_used"] > 100 for r in rows[1:])
     assert [r["dataset_version"] for r in rows] == [1, 2, 3]

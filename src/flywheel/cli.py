@@ -107,8 +107,11 @@ def init(
 
     source = resolve_source(data)
     with Progress(
-        TextColumn("[bold]import[/]"), TextColumn("{task.completed} files"), console=err,
-        disable=as_json, transient=True,
+        TextColumn("[bold]import[/]"),
+        TextColumn("{task.completed} files"),
+        console=err,
+        disable=as_json,
+        transient=True,
     ) as progress:
         task = progress.add_task("import", total=None)
         project = Project.init(
@@ -182,7 +185,9 @@ def retrain(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
 
 @app.command()
 def evaluate(
-    version: Annotated[int | None, typer.Argument(help="Model version (default: production).")] = None,
+    version: Annotated[
+        int | None, typer.Argument(help="Model version (default: production).")
+    ] = None,
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
@@ -199,8 +204,9 @@ def evaluate(
     for col in ("class", "precision", "recall", "f1", "support"):
         t.add_column(col, justify="right")
     for lab, m in report["per_class"].items():
-        t.add_row(lab, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
-                  str(m["support"]))
+        t.add_row(
+            lab, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])
+        )
     out.print(t)
     cm = Table(title="confusion matrix (rows: truth, columns: prediction)")
     cm.add_column("")
@@ -264,8 +270,9 @@ def serve(
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings.load(project, **overrides)
-    err.print(f"serving {settings.project_dir} on http://{settings.host}:{settings.port} "
-              "(docs at /docs)")
+    err.print(
+        f"serving {settings.project_dir} on http://{settings.host}:{settings.port} (docs at /docs)"
+    )
     run_server(settings)
 
 
@@ -299,8 +306,14 @@ def keys_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None
     for col in ("id", "name", "prefix", "scopes", "created", "revoked"):
         t.add_column(col)
     for k in keys:
-        t.add_row(str(k["id"]), k["name"], k["prefix"], ",".join(k["scopes"]), k["created_at"],
-                  "yes" if k["revoked"] else "no")
+        t.add_row(
+            str(k["id"]),
+            k["name"],
+            k["prefix"],
+            ",".join(k["scopes"]),
+            k["created_at"],
+            "yes" if k["revoked"] else "no",
+        )
     out.print(t)
 
 
@@ -318,29 +331,47 @@ def demo(
     from flywheel.demo import DemoConfig, run_demo
 
     table = Table(title="flywheel demo: digits")
-    for col in ("cycle", "calls", "feedback", "dataset", "model", "accuracy", "champion",
-                "promoted"):
+    for col in (
+        "cycle",
+        "calls",
+        "feedback",
+        "dataset",
+        "model",
+        "accuracy",
+        "champion",
+        "promoted",
+    ):
         table.add_column(col, justify="right")
 
     def on_event(kind: str, data: dict[str, Any]) -> None:
         if as_json:
             return
         if kind == "init":
-            err.print(f"project {data['project_dir']}: {data['labelled']} labelled images, "
-                      f"{data['holdout']} held out, {data['pool']} unlabelled for the users")
+            err.print(
+                f"project {data['project_dir']}: {data['labelled']} labelled images, "
+                f"{data['holdout']} held out, {data['pool']} unlabelled for the users"
+            )
         elif kind == "traffic":
-            err.print(f"cycle {data['cycle']}: {data['predictions']} predictions, "
-                      f"{data['feedback']} answers; retraining…")
+            err.print(
+                f"cycle {data['cycle']}: {data['predictions']} predictions, "
+                f"{data['feedback']} answers; retraining…"
+            )
         elif kind == "cycle":
             champ = data["champion_accuracy"]
             table.add_row(
-                str(data["cycle"]), str(data["predictions"]), str(data["feedback_used"]),
-                str(data["dataset_version"]), f"v{data['model_version']}",
-                f"{data['accuracy']:.4f}", "-" if champ is None else f"{champ:.4f}",
+                str(data["cycle"]),
+                str(data["predictions"]),
+                str(data["feedback_used"]),
+                str(data["dataset_version"]),
+                f"v{data['model_version']}",
+                f"{data['accuracy']:.4f}",
+                "-" if champ is None else f"{champ:.4f}",
                 "[green]yes[/]" if data["promoted"] else "[red]no[/]",
             )
-            err.print(f"cycle {data['cycle']}: v{data['model_version']} held-out accuracy "
-                      f"{data['accuracy']:.4f}, promoted: {'yes' if data['promoted'] else 'no'}")
+            err.print(
+                f"cycle {data['cycle']}: v{data['model_version']} held-out accuracy "
+                f"{data['accuracy']:.4f}, promoted: {'yes' if data['promoted'] else 'no'}"
+            )
 
     result = run_demo(
         DemoConfig(cycles=cycles, epochs=epochs, seed=seed), project_dir=keep, on_event=on_event

@@ -126,13 +126,30 @@ def run_demo(
         ListSource("digits (demo: held-out split + labelled slice)", base),
         settings={"epochs": cfg.epochs, "seed": cfg.seed},
     )
-    emit("init", {"project_dir": str(root), "holdout": len(holdout), "labelled": len(labelled),
-                  "pool": len(pool)})
+    emit(
+        "init",
+        {
+            "project_dir": str(root),
+            "holdout": len(holdout),
+            "labelled": len(labelled),
+            "pool": len(pool),
+        },
+    )
     result = DemoResult(str(root))
     first = project.train(on_epoch=lambda r: emit("epoch", asdict(r)))
     result.cycles.append(
-        CycleReport(0, 0, 0, 0, first.model.dataset_version, first.decision.challenger_accuracy,
-                    None, first.promoted, first.model.version, first.decision.reason)
+        CycleReport(
+            0,
+            0,
+            0,
+            0,
+            first.model.dataset_version,
+            first.decision.challenger_accuracy,
+            None,
+            first.promoted,
+            first.model.version,
+            first.decision.reason,
+        )
     )
     emit("cycle", asdict(result.cycles[-1]))
 
@@ -150,8 +167,12 @@ def run_demo(
                 who = rng.integers(0, cfg.users, size=len(batch))
                 answers = rng.random(len(batch)) < cfg.feedback_share
 
-                def ask(j: int, batch: np.ndarray = batch, who: np.ndarray = who,
-                        answers: np.ndarray = answers) -> bool:
+                def ask(
+                    j: int,
+                    batch: np.ndarray = batch,
+                    who: np.ndarray = who,
+                    answers: np.ndarray = answers,
+                ) -> bool:
                     i = int(batch[j])
                     user = {"X-User-Id": user_ids[int(who[j])]}
                     files = {"file": (f"digit-{i}.png", encode_png(images[i]), "image/png")}

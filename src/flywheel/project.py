@@ -709,14 +709,18 @@ class Project:
                 )
             if correct is True and label is not None and label != pred.label:
                 raise InputError(
-                    f"'correct': true contradicts label {label!r}: the prediction was {pred.label!r}"
+                    f"'correct': true contradicts label {label!r}: "
+                    f"the prediction was {pred.label!r}"
                 )
             if user_id is not None:
                 ensure_user(s, user_id)
             fid = str(uuid.uuid4())
             s.add(
                 Feedback(
-                    id=fid, prediction_id=prediction_id, user_id=user_id, label=label,
+                    id=fid,
+                    prediction_id=prediction_id,
+                    user_id=user_id,
+                    label=label,
                     correct=correct if correct is not None else label == pred.label,
                 )
             )
@@ -728,7 +732,9 @@ class Project:
         with self.db.session() as s:
             per_version = dict(
                 s.execute(
-                    select(Prediction.model_version, func.count()).group_by(Prediction.model_version)
+                    select(Prediction.model_version, func.count()).group_by(
+                        Prediction.model_version
+                    )
                 ).all()
             )
             per_label = dict(
@@ -821,7 +827,9 @@ class Project:
     def has_keys(self) -> bool:
         with self.db.session() as s:
             return bool(
-                s.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None)))
+                s.scalar(
+                    select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+                )
             )
 
     def authenticate(self, key: str, scope: str | None) -> None:
@@ -922,4 +930,3 @@ def _config_template(source: str, values: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-

@@ -56,7 +56,7 @@ def test_class_folders_without_images_raise_data_error_naming_the_folder(tmp_pat
         (root / name).mkdir(parents=True)
         (root / name / "notes.txt").write_text("not an image")
     (root / "dog" / "picture.gif").write_bytes(b"GIF89a")
-    with pytest.raises(DataError, match="no .png/.jpg/.jpeg files") as info:
+    with pytest.raises(DataError, match=r"no \.png/\.jpg/\.jpeg files") as info:
         ImageFolderSource(root)
     assert str(root.resolve()) in str(info.value)
 

@@ -245,7 +245,9 @@ def test_dataset_versions_and_their_examples_roundtrip(db: Database) -> None:
         s.add_all(examples)
         s.flush()
         ids = [e.id for e in examples]
-        s.add_all(DatasetVersionExample(dataset_version_id=parent.id, example_id=i) for i in ids[:2])
+        s.add_all(
+            DatasetVersionExample(dataset_version_id=parent.id, example_id=i) for i in ids[:2]
+        )
         s.add_all(DatasetVersionExample(dataset_version_id=child.id, example_id=i) for i in ids)
     with db.session() as s:
         members = {
@@ -271,9 +273,7 @@ def test_dataset_version_example_pairs_are_unique(db: Database) -> None:
         s.add(DatasetVersionExample(dataset_version_id=dv, example_id=ex_id))
     with pytest.raises(IntegrityError), db.session() as s:
         s.execute(
-            DatasetVersionExample.__table__.insert().values(
-                dataset_version_id=dv, example_id=ex_id
-            )
+            DatasetVersionExample.__table__.insert().values(dataset_version_id=dv, example_id=ex_id)
         )
     assert _count(db, DatasetVersionExample) == 1
 
@@ -419,16 +419,7 @@ def test_jobs_roundtrip(db: Database) -> None:
     )
 
 
-def test_timestamps_come_back_timezone_aware(
-    db: Database, database_url: str, request: pytest.FixtureRequest
-) -> None:
-    if database_url.startswith("sqlite"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="bug: DateTime(timezone=True) columns come back naive on SQLite",
-            )
-        )
+def test_timestamps_come_back_timezone_aware(db: Database) -> None:
     with db.session() as s:
         s.add(User(id="u", created_at=T0))
     with db.session() as s:

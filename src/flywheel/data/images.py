@@ -45,7 +45,12 @@ def _open(data: bytes) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise InputError(
+            "the file is not a readable image: its format is not one Pillow knows "
+            "(send PNG or JPEG)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"the file is not a readable image: {exc}") from None
     except Image.DecompressionBombError as exc:
         raise InputError(f"the image is too large: {exc}") from None
@@ -64,10 +69,8 @@ def decode_image(data: bytes, prep: ImagePreprocessing) -> np.ndarray:
     if img.size != (prep.width, prep.height):
         img = img.resize((prep.width, prep.height), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[None, :, :]
-    else:
-        arr = arr.transpose(2, 0, 1)
+    # [H, W] or [H, W, C] → [C, H, W]
+    arr = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
 
 

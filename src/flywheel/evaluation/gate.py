@@ -55,9 +55,7 @@ def decide(
     n = len(challenger_correct)
     acc = float(challenger_correct.mean()) if n else 0.0
     if champion_correct is None:
-        return GateDecision(
-            True, "no production model yet", acc, None, None, margin, None, n
-        )
+        return GateDecision(True, "no production model yet", acc, None, None, margin, None, n)
     champion_correct = np.asarray(champion_correct, dtype=bool)
     if champion_correct.shape != challenger_correct.shape:
         raise ValueError("champion and challenger must be scored on the same held-out rows")

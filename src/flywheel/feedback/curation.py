@@ -73,7 +73,8 @@ def curate(
         counts = Counter(a.label for a in votes)
         top = max(counts.values())
         winner = max(
-            (a for a in votes if counts[a.label] == top), key=lambda a: (a.created_at, a.feedback_id)
+            (a for a in votes if counts[a.label] == top),
+            key=lambda a: (a.created_at, a.feedback_id),
         )
         out.rows.append(CuratedRow(digest, winner.label, winner.feedback_id, winner.user_id, top))
     out.rows.sort(key=lambda r: r.feedback_id)

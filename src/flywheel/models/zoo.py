@@ -105,19 +105,25 @@ def _seed_cnn_defaults(input_shape: tuple[int, ...]) -> dict[str, Any]:
     # Keras' default "valid" padding needs room: 3x3 convs and two 2x2 pools
     # leave nothing of an 8x8 digit, so small inputs keep their size with "same".
     small = min(input_shape[1:]) < 16
-    return {"conv": [32, 64], "dense": 128, "dropout": 0.25, "padding": "same" if small else "valid"}
+    return {
+        "conv": [32, 64],
+        "dense": 128,
+        "dropout": 0.25,
+        "padding": "same" if small else "valid",
+    }
 
 
 @register_arch("seed_cnn", _seed_cnn_defaults)
 def _build_seed_cnn(spec: ModelSpec) -> nn.Module:
     c, h, w = spec.input_shape
     hp = spec.hparams
+    c1, c2 = (int(v) for v in hp.get("conv", (32, 64)))
     return SeedCNN(
         in_channels=c,
         height=h,
         width=w,
         n_classes=len(spec.labels),
-        conv=tuple(hp.get("conv", (32, 64))),  # type: ignore[arg-type]
+        conv=(c1, c2),
         dense=int(hp.get("dense", 128)),
         dropout=float(hp.get("dropout", 0.25)),
         padding=str(hp.get("padding", "same")),

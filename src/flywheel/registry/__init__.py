@@ -27,5 +27,6 @@ __all__ = [
     "load_artifact",
     "promote",
     "rollback",
+    "save_artifact",
     "set_alias",
 ]

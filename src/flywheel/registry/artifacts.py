@@ -14,7 +14,7 @@ from torch import nn
 from flywheel.errors import ModelError
 from flywheel.models import ModelSpec, create_model
 
-__all__ = ["WEIGHTS", "SPEC", "load_artifact", "save_artifact"]
+__all__ = ["SPEC", "WEIGHTS", "load_artifact", "save_artifact"]
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"

@@ -80,7 +80,9 @@ def _info(mv: ModelVersion, aliases: dict[int, list[str]]) -> VersionInfo:
 
 def list_versions(s: Session) -> list[VersionInfo]:
     aliases = aliases_of(s)
-    return [_info(mv, aliases) for mv in s.scalars(select(ModelVersion).order_by(ModelVersion.version))]
+    return [
+        _info(mv, aliases) for mv in s.scalars(select(ModelVersion).order_by(ModelVersion.version))
+    ]
 
 
 def get_version(s: Session, version: int) -> VersionInfo:

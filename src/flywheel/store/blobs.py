@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from flywheel.errors import NotFoundError
 
 __all__ = ["BlobStore", "sha256"]
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256(data: bytes) -> str:
@@ -21,6 +24,8 @@ class BlobStore:
         self.root = root
 
     def path(self, digest: str) -> Path:
+        if not _DIGEST.fullmatch(digest):
+            raise NotFoundError("blob", digest)
         return self.root / digest[:2] / digest[2:]
 
     def put(self, data: bytes) -> str:
@@ -49,4 +54,4 @@ class BlobStore:
             raise NotFoundError("blob", digest) from None
 
     def exists(self, digest: str) -> bool:
-        return self.path(digest).exists()
+        return bool(_DIGEST.fullmatch(digest)) and self.path(digest).exists()

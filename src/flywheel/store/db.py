@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,17 +34,25 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _hide_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 def make_engine(url: str) -> Engine:
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": 10}
-            )
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise ConfigError(f"database_url {url!r} cannot be used: {exc}") from exc
+        shown = _hide_password(url)
+        raise ConfigError(
+            f"database_url {shown!r} cannot be used: {str(exc).replace(url, shown)}"
+        ) from exc
     return engine
 
 
@@ -73,8 +82,11 @@ class Database:
 
     def is_current(self) -> bool:
         head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-        with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision() == head
+        try:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision() == head
+        except OperationalError as exc:
+            raise ConfigError(f"cannot reach the database at {self.safe_url}: {exc.orig}") from exc
 
     @property
     def safe_url(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -16,7 +16,9 @@ from sqlalchemy import (
     String,
     Text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "AliasEvent",
@@ -40,10 +42,33 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
-TS = DateTime(timezone=True)
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is timezone-aware UTC on every backend.
+
+    SQLite keeps no offset and hands back naive values; this attaches UTC on the way
+    out and refuses naive values on the way in, so SQLite and PostgreSQL agree.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: store timezone-aware UTC timestamps")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+TS = UTCDateTime()
 
 
 class User(Base):
@@ -177,9 +202,7 @@ class Feedback(Base):
 
     __tablename__ = "feedback"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    prediction_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("predictions.id"), index=True
-    )
+    prediction_id: Mapped[str] = mapped_column(String(36), ForeignKey("predictions.id"), index=True)
     user_id: Mapped[str | None] = mapped_column(
         String(128), ForeignKey("users.id"), nullable=True, index=True
     )

@@ -60,9 +60,7 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def split_validation(
-    data: Arrays, fraction: float, seed: int
-) -> tuple[Arrays, Arrays]:
+def split_validation(data: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
     """A seeded, stratified train/validation split of the training rows."""
     from sklearn.model_selection import train_test_split
 

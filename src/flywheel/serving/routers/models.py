@@ -25,9 +25,7 @@ def _public(v: VersionInfo) -> ModelPublic:
     )
 
 
-@router.get(
-    "/v1/models", response_model=list[ModelPublic], dependencies=[Depends(require("read"))]
-)
+@router.get("/v1/models", response_model=list[ModelPublic], dependencies=[Depends(require("read"))])
 def list_models(project: ProjectDep) -> list[ModelPublic]:
     return [_public(v) for v in project.models()]
 

@@ -1,0 +1,142 @@
+"""The fit loop on real digits: it learns, stops early, and keeps its best epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flywheel.data import Arrays, ImagePreprocessing, decode_image
+from flywheel.models import ModelSpec, create_model, default_hparams
+from flywheel.training import EpochReport, FitResult, TrainConfig, fit, predict_proba
+from tests.factories import digits_subset
+
+LABELS = [str(d) for d in range(10)]
+PREP = ImagePreprocessing(mode="L", height=8, width=8)
+CONFIG = TrainConfig(
+    epochs=8, patience=3, learning_rate=5e-3, batch_size=16, val_fraction=0.2, seed=0
+)
+
+
+def _arrays(n_train: int, n_holdout: int) -> tuple[Arrays, Arrays]:
+    examples = digits_subset(n_train, n_holdout)
+    x = np.stack([decode_image(e.content, PREP) for e in examples])
+    y = np.array([LABELS.index(e.label) for e in examples], dtype=np.int64)
+    return (
+        Arrays(x=x[:n_train], y=y[:n_train], labels=LABELS),
+        Arrays(x=x[n_train:], y=y[n_train:], labels=LABELS),
+    )
+
+
+def _new_model(seed: int = 0) -> nn.Module:
+    spec = ModelSpec(
+        arch="seed_cnn",
+        task="image-classification",
+        input_shape=(1, 8, 8),
+        labels=tuple(LABELS),
+        hparams=default_hparams("seed_cnn", (1, 8, 8)),
+    )
+    torch.manual_seed(seed)
+    return create_model(spec)
+
+
+def _accuracy(model: nn.Module, data: Arrays) -> float:
+    return float((predict_proba(model, data.x).argmax(1) == data.y).mean())
+
+
+@dataclass
+class Run:
+    model: nn.Module
+    result: FitResult
+    reports: list[EpochReport]
+    snapshots: list[dict[str, torch.Tensor]]
+    accuracy_before: float
+    accuracy_after: float
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Arrays, Arrays]:
+    return _arrays(200, 100)
+
+
+@pytest.fixture(scope="module")
+def run(digits: tuple[Arrays, Arrays]) -> Run:
+    train, heldout = digits
+    model = _new_model()
+    before = _accuracy(model, heldout)
+    reports: list[EpochReport] = []
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def on_epoch(report: EpochReport) -> None:
+        reports.append(report)
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    result = fit(model, train, CONFIG, on_epoch=on_epoch)
+    return Run(model, result, reports, snapshots, before, _accuracy(model, heldout))
+
+
+def test_fit_improves_accuracy_over_the_untrained_model(run: Run) -> None:
+    assert run.accuracy_before < 0.2  # ten classes: chance
+    assert run.accuracy_after >= 0.6
+    assert run.accuracy_after - run.accuracy_before >= 0.4
+    assert run.result.best_val_accuracy >= 0.6
+
+
+def test_fit_reports_every_epoch_in_order(run: Run) -> None:
+    history = run.result.history
+    assert run.reports == history
+    assert [r.epoch for r in history] == list(range(1, run.result.epochs_run + 1))
+    assert all(r.epochs == CONFIG.epochs for r in history)
+    assert history[-1].train_loss < history[0].train_loss
+
+
+def test_fit_ends_with_the_weights_of_its_best_validation_epoch(run: Run) -> None:
+    result = run.result
+    val_losses = [r.val_loss for r in result.history]
+    # The run must go past its best epoch for this test to tell anything.
+    assert result.best_epoch < result.epochs_run
+    assert result.best_val_loss == min(val_losses)
+    assert result.best_epoch == val_losses.index(min(val_losses)) + 1
+    assert result.best_val_accuracy == result.history[result.best_epoch - 1].val_accuracy
+
+    final = run.model.state_dict()
+    best = run.snapshots[result.best_epoch - 1]
+    last = run.snapshots[-1]
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    assert any(not torch.equal(final[k], last[k]) for k in final)
+    assert not run.model.training
+
+
+def test_early_stopping_stops_before_epochs_when_validation_stalls(
+    digits: tuple[Arrays, Arrays],
+) -> None:
+    train, _ = digits
+    config = TrainConfig(epochs=10, patience=1, learning_rate=1e-10, batch_size=64, seed=0)
+    result = fit(_new_model(), train, config)
+    assert result.epochs_run == 2 < config.epochs
+    assert len(result.history) == 2
+    assert result.best_epoch == 1
+
+
+def test_train_config_json_round_trip() -> None:
+    config = TrainConfig(
+        arch="seed_cnn",
+        epochs=7,
+        batch_size=5,
+        learning_rate=0.02,
+        weight_decay=0.0,
+        dropout=0.5,
+        patience=2,
+        val_fraction=0.3,
+        seed=42,
+        warm_start=False,
+    )
+    data = config.to_json()
+    assert set(data) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert TrainConfig(**json.loads(json.dumps(data))) == config
+    assert TrainConfig(**TrainConfig().to_json()) == TrainConfig()
