@@ -16,6 +16,8 @@ from flywheel.errors import FlywheelError
 from flywheel.project import SCOPES, Project, TrainResult
 from flywheel.training import EpochReport
 
+__all__ = ["app", "main"]
+
 app = typer.Typer(
     name="flywheel",
     help="Train, serve, collect feedback, retrain, gate and promote: the model loop.",

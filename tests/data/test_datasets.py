@@ -39,11 +39,6 @@ def test_assign_splits_is_seeded() -> None:
     assert assign_splits(LABELS, 0.2, seed=8) != first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: sklearn's proportional allocation gives a rare class no holdout row",
-)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_assign_splits_keeps_a_rare_class_in_holdout(seed: int) -> None:
     labels = ["a"] * 20 + ["b"] * 20 + ["c"] * 2
@@ -63,11 +58,6 @@ def test_assign_splits_refuses_too_few_examples_to_train_on() -> None:
         assign_splits(["a", "b"], 0.9, seed=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: sklearn's ValueError escapes when the train side is smaller than the classes",
-)
 def test_assign_splits_never_raises_a_third_party_error() -> None:
     labels = ["a", "a", "b", "b", "c", "c"]
     try:

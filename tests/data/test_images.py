@@ -123,11 +123,6 @@ def test_digits_png_round_trip_stays_within_one_step() -> None:
     assert np.abs(decoded[:, 0] - batch / 255.0).max() <= 1 / 255
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: 16-bit grayscale images are clipped to 255 by convert('L') instead of scaled",
-)
 def test_16_bit_grayscale_keeps_its_relative_intensity() -> None:
     buf = io.BytesIO()
     Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(buf, format="PNG")

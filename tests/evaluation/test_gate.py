@@ -53,11 +53,6 @@ def test_a_challenger_worse_within_the_margin_is_promoted() -> None:
     assert "delta -0.0500" in d.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: 0.9 - 0.92 < -0.02 in floating point, so trailing by exactly the margin fails",
-)
 def test_a_challenger_trailing_by_exactly_the_margin_is_promoted() -> None:
     # 45/50 vs 46/50: one row, 0.02, which the margin allows.
     d = decide(_correct(45, 50), _correct(46, 50), margin=0.02, champion_version=1)

@@ -158,11 +158,6 @@ def test_seed_cnn_default_padding_depends_on_the_input_size(
         assert model(torch.zeros(2, *shape)).shape == (2, len(LABELS))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="bug: torch's RuntimeError escapes before SeedCNN's n_flat == 0 check",
-)
 @pytest.mark.parametrize(
     ("size", "padding"), [(8, "valid"), (9, "valid"), (6, "valid"), (2, "same")]
 )

@@ -22,29 +22,41 @@ def assign_splits(labels: Sequence[str], holdout_fraction: float, seed: int) -> 
 
     The holdout split is drawn once, when a project is created, and no training
     ever sees it: it is the common ground on which champion and challenger meet.
+    Every class with at least two examples gets at least one held-out row and
+    keeps at least one for training; the total is ``round(n * holdout_fraction)``
+    wherever those bounds allow it (largest remainders decide the rounding).
     """
-    from sklearn.model_selection import train_test_split
-
-    n = len(labels)
-    if not 0 < holdout_fraction < 1:
+    if not 0 < holdout_fraction < 1:  # also refuses NaN
         raise DataError(f"holdout_fraction must be in (0, 1); got {holdout_fraction}")
-    counts: dict[str, int] = {}
-    for lab in labels:
-        counts[lab] = counts.get(lab, 0) + 1
-    # Stratify when every class can give at least one example to each side.
-    stratify = list(labels) if min(counts.values()) >= 2 else None
-    n_holdout = max(len(counts) if stratify else 1, round(n * holdout_fraction))
-    if n - n_holdout < 1:
+    by_class: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    classes = sorted(by_class)
+    counts = np.array([len(by_class[c]) for c in classes])
+    share = counts * holdout_fraction
+    low = np.where(counts >= 2, 1, 0)
+    high = np.maximum(counts - 1, 0)
+    quota = np.clip(np.floor(share).astype(int), low, high)
+    target = round(len(labels) * holdout_fraction)
+    remainder = share - quota
+    while quota.sum() < target and (quota < high).any():
+        k = int(np.argmax(np.where(quota < high, remainder, -np.inf)))
+        quota[k] += 1
+        remainder[k] -= 1
+    while quota.sum() > target and (quota > low).any():
+        k = int(np.argmin(np.where(quota > low, remainder, np.inf)))
+        quota[k] -= 1
+        remainder[k] += 1
+    if quota.sum() == 0:
         raise DataError(
-            f"{n} examples are too few to keep {holdout_fraction:.0%} for evaluation "
-            "and still train on the rest"
+            f"{len(labels)} examples are too few to keep some for evaluation: "
+            "a class needs at least 2 examples, one to train on and one to hold out"
         )
-    _, holdout_idx = train_test_split(
-        np.arange(n), test_size=n_holdout, random_state=seed, stratify=stratify
-    )
-    splits = [TRAIN] * n
-    for i in holdout_idx:
-        splits[int(i)] = HOLDOUT
+    rng = np.random.default_rng(seed)
+    splits = [TRAIN] * len(labels)
+    for c, k in zip(classes, quota, strict=True):
+        for i in rng.permutation(by_class[c])[: int(k)]:
+            splits[int(i)] = HOLDOUT
     return splits
 
 

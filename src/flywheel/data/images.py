@@ -65,7 +65,12 @@ def probe(data: bytes) -> tuple[str, int, int]:
 
 
 def decode_image(data: bytes, prep: ImagePreprocessing) -> np.ndarray:
-    img = _open(data).convert(prep.mode)
+    img = _open(data)
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # Pillow's convert() clips 16-bit values to 8 bits; scale them instead.
+        wide = np.asarray(img, dtype=np.float32) / 257.0
+        img = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8))
+    img = img.convert(prep.mode)
     if img.size != (prep.width, prep.height):
         img = img.resize((prep.width, prep.height), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0

@@ -62,7 +62,9 @@ def decide(
     champ = float(champion_correct.mean()) if n else 0.0
     test = mcnemar(challenger_correct, champion_correct)
     delta = acc - champ
-    if delta >= -margin:
+    # Compare counts, not float differences: 45/50 against 46/50 with margin 0.02 passes.
+    shortfall = int(champion_correct.sum()) - int(challenger_correct.sum())
+    if shortfall <= margin * n + 1e-9:
         reason = (
             f"challenger accuracy {acc:.4f} vs champion v{champion_version} {champ:.4f} "
             f"(delta {delta:+.4f}, margin {margin}); McNemar p={test['p_value']:.3g}"

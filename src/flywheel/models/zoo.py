@@ -78,8 +78,11 @@ class SeedCNN(nn.Module):
             nn.MaxPool2d(2),
             nn.Flatten(),
         )
-        with torch.no_grad():
-            n_flat = self.features(torch.zeros(1, in_channels, height, width)).shape[1]
+        try:
+            with torch.no_grad():
+                n_flat = self.features(torch.zeros(1, in_channels, height, width)).shape[1]
+        except RuntimeError:  # torch: "output size is too small" / "kernel size can't be greater"
+            n_flat = 0
         if n_flat == 0:
             raise ModelError(
                 f"input {height}x{width} is too small for seed_cnn with padding={padding!r}"

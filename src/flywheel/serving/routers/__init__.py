@@ -1,0 +1,3 @@
+"""Routers, one per resource."""
+
+__all__: list[str] = []

@@ -8,6 +8,8 @@ from flywheel.serving.deps import ProjectDep, require
 from flywheel.serving.routers.predict import UserHeader
 from flywheel.serving.schemas import FeedbackCreate, FeedbackPublic
 
+__all__ = ["router"]
+
 router = APIRouter(tags=["feedback"])
 
 

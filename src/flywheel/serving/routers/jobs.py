@@ -7,6 +7,8 @@ from fastapi import APIRouter, Depends
 from flywheel.serving.deps import ProjectDep, require
 from flywheel.serving.schemas import JobPublic
 
+__all__ = ["router"]
+
 router = APIRouter(tags=["jobs"])
 
 

@@ -8,6 +8,8 @@ from flywheel.registry import VersionInfo
 from flywheel.serving.deps import ProjectDep, RunnerDep, require
 from flywheel.serving.schemas import JobAccepted, ModelPublic, RetrainRequest, RollbackPublic
 
+__all__ = ["router"]
+
 router = APIRouter(tags=["models"])
 
 

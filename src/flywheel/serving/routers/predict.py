@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, File, Header, UploadFile
 from flywheel.serving.deps import ProjectDep, require
 from flywheel.serving.schemas import PredictionPublic
 
+__all__ = ["router"]
+
 router = APIRouter(tags=["predict"])
 
 UserHeader = Annotated[

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Query
 from flywheel.serving.deps import ProjectDep, require
 from flywheel.serving.schemas import Health
 
+__all__ = ["router"]
+
 router = APIRouter(tags=["stats"])
 
 
