@@ -389,7 +389,9 @@ class Project:
             select(Example.input_hash, Example.label)
             .join(DatasetVersionExample, DatasetVersionExample.example_id == Example.id)
             .where(DatasetVersionExample.dataset_version_id == dv_id, Example.split == split)
-            .order_by(Example.id)
+            # Order by content, not by arrival: the same dataset version gives the same
+            # rows in the same order, hence (with a fixed seed) the same model.
+            .order_by(Example.input_hash, Example.label)
         )
         return [(h, lab) for h, lab in s.execute(q)]
 
