@@ -13,7 +13,7 @@ from flywheel import Project
 from flywheel.data import HOLDOUT, TRAIN, ListSource, RawExample, digits_arrays, encode_png
 
 #: Few epochs: the tests check behaviour, not accuracy.
-FAST = {"epochs": 3, "patience": 2, "batch_size": 32}
+FAST = {"epochs": 3, "patience": 2, "batch_size": 32, "image_size": 8}
 
 
 def digit_png(index: int) -> bytes:

@@ -24,11 +24,12 @@ def run(*args: str) -> dict | list:
 
 def test_init_train_models_evaluate_promote_rollback(tmp_path: Path) -> None:
     root = tmp_path / "proj"
+    rng = np.random.default_rng(0)
     folders = write_class_folders(
         tmp_path / "data",
         {
-            "dark": [np.full((12, 12, 3), 20 + i, np.uint8) for i in range(12)],
-            "light": [np.full((12, 12, 3), 220 - i, np.uint8) for i in range(12)],
+            "dark": [rng.integers(0, 90, (12, 12, 3), dtype=np.uint8) for _ in range(12)],
+            "light": [rng.integers(160, 256, (12, 12, 3), dtype=np.uint8) for _ in range(12)],
         },
     )
     (folders / "dark" / "broken.png").write_bytes(b"not a png")

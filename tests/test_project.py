@@ -83,7 +83,7 @@ def test_the_gate_refuses_a_worse_challenger_and_keeps_production(project: Proje
     # One epoch at a vanishing learning rate from a fresh start: a model no better than chance.
     bad = project.train(project.train_config(warm_start=False, epochs=1, learning_rate=1e-12))
     assert bad.promoted is False
-    assert bad.decision.challenger_accuracy < bad.decision.champion_accuracy
+    assert bad.decision.challenger_score < bad.decision.champion_score
     assert "trails champion v1" in bad.decision.reason
     assert project.production_version() == 1
     info = next(v for v in project.models() if v.version == bad.model.version)
@@ -91,14 +91,14 @@ def test_the_gate_refuses_a_worse_challenger_and_keeps_production(project: Proje
     assert info.gate is not None
     assert info.gate["promoted"] is False
     assert (
-        info.gate["mcnemar"]["champion_only_correct"]
-        > info.gate["mcnemar"]["challenger_only_correct"]
+        info.gate["test"]["champion_only_correct"]
+        > info.gate["test"]["challenger_only_correct"]
     )
 
 
 def test_the_gate_promotes_a_challenger_that_does_not_lose(project: Project) -> None:
     good = project.train(project.train_config(epochs=6))
-    acc = np.round([good.decision.challenger_accuracy, good.decision.champion_accuracy], 6)
+    acc = np.round([good.decision.challenger_score, good.decision.champion_score], 6)
     assert acc[0] >= acc[1]
     assert good.promoted is True
     assert project.production_version() == good.model.version

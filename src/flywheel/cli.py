@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Scoped API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+data_app = typer.Typer(help="Dataset versions.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 out = Console()
 err = Console(stderr=True)
@@ -77,87 +79,217 @@ class _EpochBar:
 
 
 def _print_train(result: TrainResult) -> None:
-    t = Table(title=f"model v{result.model.version}")
+    t = Table(title=f"model v{result.model.version} ({result.model.arch})")
     t.add_column("field")
     t.add_column("value")
     m = result.model.metrics
+    d = result.decision
     t.add_row("dataset version", str(result.model.dataset_version))
     t.add_row("training rows", str(m["n_train"]))
-    t.add_row("epochs run (best)", f"{m['epochs_run']} ({m['best_epoch']})")
-    t.add_row("held-out accuracy", f"{result.decision.challenger_accuracy:.4f}")
-    champ = result.decision.champion_accuracy
-    t.add_row("champion accuracy", "-" if champ is None else f"{champ:.4f}")
+    resumed = m.get("resumed_from_epoch")
+    t.add_row(
+        "epochs run (best)",
+        f"{m['epochs_run']} ({m['best_epoch']})" + (f", resumed at {resumed}" if resumed else ""),
+    )
+    t.add_row(f"held-out {d.metric}", f"{d.challenger_score:.4f}")
+    t.add_row(
+        f"champion {d.metric}", "-" if d.champion_score is None else f"{d.champion_score:.4f}"
+    )
     t.add_row("promoted", "[green]yes[/]" if result.promoted else "[red]no[/]")
-    t.add_row("gate", result.decision.reason)
+    t.add_row("gate", d.reason)
     out.print(t)
+
+
+def _score(metrics: dict[str, Any]) -> str:
+    if "accuracy" in metrics:
+        return f"acc {metrics['accuracy']:.4f}"
+    if "mse" in metrics:
+        return f"mse {metrics['mse']:.4g}"
+    return "-"
+
+
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        help="image-classification, audio-classification, text-classification or regression "
+        "(guessed when the data leave no doubt).",
+    ),
+]
+PathColOpt = Annotated[str, typer.Option(help="CSV manifest: the column of file paths.")]
+LabelColOpt = Annotated[str, typer.Option(help="CSV: the column of labels.")]
+TextColOpt = Annotated[str, typer.Option(help="Text CSV: the column of texts.")]
+TargetOpt = Annotated[str | None, typer.Option(help="Regression CSV: the numeric target column.")]
+EncodingOpt = Annotated[str, typer.Option(help="CSV encoding (e.g. latin-1).")]
+PatternOpt = Annotated[
+    str, typer.Option(help="Audio folder without class folders: the file-name pattern.")
+]
+
+
+def _source(data: str, **options: Any) -> tuple[Any, str]:
+    from flywheel.data import SourceOptions, resolve_source
+
+    return resolve_source(data, SourceOptions(**options))
 
 
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")],
     data: Annotated[
-        str, typer.Option("--data", help="'digits' (built in) or a folder of class folders.")
+        str,
+        typer.Option(
+            "--data",
+            help="'digits' or 'diabetes' (built in), a folder (image or audio class folders, or "
+            "WAVs named {label}_{user}_{n}.wav), or a CSV (manifest, text or tabular).",
+        ),
     ] = "digits",
+    task: TaskOpt = None,
+    path_column: PathColOpt = "path",
+    label_column: LabelColOpt = "label",
+    text_column: TextColOpt = "text",
+    target: TargetOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    pattern: PatternOpt = "{label}_{user}_{n}.wav",
     holdout: Annotated[
         float, typer.Option(help="Share of the data kept aside for evaluation, never trained on.")
     ] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the held-out draw.")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a project and import its base data as dataset version 1."""
-    from flywheel.data import resolve_source
-
-    source = resolve_source(data)
+    """Create a project and import its base data (cleaned) as dataset version 1."""
+    source, task_name = _source(
+        data,
+        task=task,
+        path_column=path_column,
+        label_column=label_column,
+        text_column=text_column,
+        target=target,
+        encoding=encoding,
+        pattern=pattern,
+    )
     with Progress(
         TextColumn("[bold]import[/]"),
-        TextColumn("{task.completed} files"),
+        TextColumn("{task.completed} inputs"),
         console=err,
         disable=as_json,
         transient=True,
     ) as progress:
-        task = progress.add_task("import", total=None)
+        bar = progress.add_task("import", total=None)
         project = Project.init(
             directory,
             source,
+            task=task_name,
             holdout_fraction=holdout,
             seed=seed,
-            on_example=lambda n: progress.update(task, completed=n),
+            on_example=lambda n: progress.update(bar, completed=n),
         )
     info = project.dataset()
     if as_json:
         _print_json({"project_dir": str(project.settings.project_dir), "dataset": info.to_json()})
         return
+    classes = f"{len(info.labels)} classes" if info.labels else "a numeric target"
     out.print(
-        f"Created project [bold]{project.settings.project_dir}[/] from {source.name}: "
-        f"{info.n_train} training and {info.n_holdout} held-out images, "
-        f"{len(info.labels)} classes."
+        f"Created {info.task} project [bold]{project.settings.project_dir}[/] from "
+        f"{source.name}: {info.n_train} training and {info.n_holdout} held-out examples, "
+        f"{classes}."
     )
-    if info.skipped:
-        err.print(f"[yellow]skipped {len(info.skipped)} file(s):[/]")
-        for s in info.skipped[:20]:
-            err.print(f"  {s['path']}: {s['reason']}")
+    _print_cleaning(info.cleaning, brief=True)
     out.print("Next: [bold]flywheel train[/] (in that folder, or with --project).")
+
+
+def _print_cleaning(report: dict[str, Any], *, brief: bool = False) -> None:
+    if not report:
+        return
+    t = Table(title="cleaning report")
+    t.add_column("check")
+    t.add_column("count", justify="right")
+    t.add_column("action")
+    t.add_column("first ones")
+    rows = [
+        ("unreadable", "dropped", lambda i: f"{i['path']}: {i['reason']}"),
+        ("exact_duplicates", "kept once", lambda i: f"{i['path']} = {i['duplicate_of']}"),
+        ("conflicting_labels", "dropped", lambda i: f"{', '.join(i['paths'])} {i['labels']}"),
+        ("near_duplicates", "kept, same split", lambda i: ", ".join(i)),
+        (
+            "outliers",
+            "reported",
+            lambda i: f"{i['path']} ({i.get('reason') or 'z=' + str(i['z'])})",
+        ),
+    ]
+    for key, action, show in rows:
+        entry = report.get(key, {"count": 0, "items": []})
+        if brief and not entry["count"]:
+            continue
+        firsts = "; ".join(show(i) for i in entry["items"][:3])
+        t.add_row(key.replace("_", " "), str(entry["count"]), action, firsts)
+    if t.row_count:
+        (err if brief else out).print(t)
+    (err if brief else out).print(f"{report['kept']} of {report['total']} inputs kept.")
+
+
+@data_app.command("report")
+def data_report(
+    version: Annotated[
+        int | None, typer.Argument(help="Dataset version (default: newest).")
+    ] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """The cleaning report of a dataset version: unreadable, duplicates, conflicts, outliers."""
+    info = _open(project).dataset(version)
+    if as_json:
+        _print_json(info.to_json())
+        return
+    out.print(
+        f"dataset version {info.version} ({info.task}): {info.n_train} training, "
+        f"{info.n_holdout} held-out, {info.n_feedback} from feedback; parent "
+        f"{info.parent if info.parent is not None else '-'}; content {info.content_hash[:12]}"
+    )
+    _print_cleaning(info.cleaning)
 
 
 @app.command()
 def train(
     project: ProjectOpt = Path("."),
+    arch: Annotated[str | None, typer.Option(help="Architecture (default: the task's).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     lr: Annotated[float | None, typer.Option(min=0.0)] = None,
+    weight_decay: Annotated[float | None, typer.Option(min=0.0, help="L2 penalty.")] = None,
+    dropout: Annotated[float | None, typer.Option(min=0.0, max=0.95)] = None,
+    lr_schedule: Annotated[str | None, typer.Option(help="none, cosine or plateau.")] = None,
+    augment: Annotated[
+        bool | None, typer.Option("--augment/--no-augment", help="Augment training batches.")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(min=4, help="Images: resize to this side.")
+    ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     warm_start: Annotated[
         bool | None, typer.Option("--warm-start/--cold-start", help="Start from production.")
     ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Finish an interrupted run from its last checkpoint.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a challenger on the newest dataset version; gate it; promote it if it passes."""
     p = _open(project)
     config = p.train_config(
-        epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, warm_start=warm_start
+        arch=arch,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        weight_decay=weight_decay,
+        dropout=dropout,
+        lr_schedule=lr_schedule,
+        augment=augment,
+        image_size=image_size,
+        seed=seed,
+        warm_start=warm_start,
     )
     with _EpochBar(quiet=as_json) as bar:
-        result = p.train(config, on_epoch=bar)
+        result = p.train(config, on_epoch=bar, resume=resume)
     if as_json:
         _print_json(result.to_json())
     else:
@@ -191,17 +323,48 @@ def evaluate(
         int | None, typer.Argument(help="Model version (default: production).")
     ] = None,
     project: ProjectOpt = Path("."),
+    data: Annotated[
+        str | None, typer.Option("--data", help="Score on this data instead of the held-out split.")
+    ] = None,
+    path_column: PathColOpt = "path",
+    label_column: LabelColOpt = "label",
+    text_column: TextColOpt = "text",
+    target: TargetOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    pattern: PatternOpt = "{label}_{user}_{n}.wav",
     as_json: JsonOpt = False,
 ) -> None:
-    """Score a model version on the held-out split."""
-    report = _open(project).evaluate(version)
+    """Score a model version on the held-out split, or on outside data of the project's task."""
+    p = _open(project)
+    source = None
+    if data is not None:
+        source, _ = _source(
+            data,
+            task=p.task.name,
+            path_column=path_column,
+            label_column=label_column,
+            text_column=text_column,
+            target=target,
+            encoding=encoding,
+            pattern=pattern,
+        )
+    report = p.evaluate(version, source=source)
     if as_json:
         _print_json(report)
         return
+    if "mse" in report:
+        out.print(
+            f"model v{report['model_version']} on {report['data']}: MSE [bold]{report['mse']:.4g}"
+            f"[/], RMSE {report['rmse']:.4g}, MAE {report['mae']:.4g}, R² {report['r2']:.3f} "
+            f"(n={report['n']})"
+        )
+        return
     out.print(
-        f"model v{report['model_version']} on the held-out split of dataset version "
-        f"{report['dataset_version']}: accuracy [bold]{report['accuracy']:.4f}[/] (n={report['n']})"
+        f"model v{report['model_version']} on {report['data']}: "
+        f"accuracy [bold]{report['accuracy']:.4f}[/] (n={report['n']})"
     )
+    if report["skipped"]:
+        err.print(f"[yellow]skipped {len(report['skipped'])} unreadable input(s)[/]")
     t = Table(title="per class")
     for col in ("class", "precision", "recall", "f1", "support"):
         t.add_column(col, justify="right")
@@ -227,14 +390,15 @@ def models(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
         _print_json([v.to_json() for v in versions])
         return
     t = Table(title="model versions")
-    for col in ("version", "aliases", "accuracy", "parent", "dataset", "created", "gate"):
+    for col in ("version", "arch", "aliases", "held-out", "parent", "dataset", "created", "gate"):
         t.add_column(col)
     for v in versions:
         gate = v.gate or {}
         t.add_row(
             str(v.version),
+            v.arch,
             ", ".join(v.aliases),
-            f"{v.metrics.get('accuracy', 0):.4f}",
+            _score(v.metrics),
             "-" if v.parent is None else str(v.parent),
             str(v.dataset_version),
             v.created_at.strftime("%Y-%m-%d %H:%M:%S"),

@@ -124,7 +124,7 @@ def run_demo(
     project = Project.init(
         root,
         ListSource("digits (demo: held-out split + labelled slice)", base),
-        settings={"epochs": cfg.epochs, "seed": cfg.seed},
+        settings={"epochs": cfg.epochs, "seed": cfg.seed, "image_size": 8},
     )
     emit(
         "init",
@@ -144,7 +144,7 @@ def run_demo(
             0,
             0,
             first.model.dataset_version,
-            first.decision.challenger_accuracy,
+            first.decision.challenger_score,
             None,
             first.promoted,
             first.model.version,

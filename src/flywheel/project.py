@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-import secrets
 import shutil
 import threading
 import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,16 @@ from flywheel.data import (
     HOLDOUT,
     TRAIN,
     Arrays,
-    ImagePreprocessing,
+    Codec,
+    RawExample,
     Source,
     assign_splits,
+    clean,
     content_hash,
-    decode_image,
-    infer_preprocessing,
+    create_codec,
     load_arrays,
-    probe,
 )
 from flywheel.errors import (
-    AuthError,
     DataError,
     FlywheelError,
     InputError,
@@ -46,14 +45,21 @@ from flywheel.errors import (
     ProjectError,
     RegistryError,
 )
-from flywheel.evaluation import GateDecision, classification_report, decide
+from flywheel.evaluation import (
+    GateDecision,
+    classification_report,
+    decide,
+    decide_regression,
+    regression_report,
+)
 from flywheel.feedback import Answer, curate
-from flywheel.models import ModelSpec, create_model, default_hparams
+from flywheel.models import ModelSpec, arch_info, create_model
 from flywheel.registry import VersionInfo, load_artifact, save_artifact
 from flywheel.settings import CONFIG_FILE, Settings
 from flywheel.store import BlobStore, Database, ensure_user
+from flywheel.store import jobs as job_rows
+from flywheel.store import keys as key_rows
 from flywheel.store.schema import (
-    ApiKey,
     DatasetVersion,
     DatasetVersionExample,
     Example,
@@ -63,7 +69,15 @@ from flywheel.store.schema import (
     Prediction,
     utcnow,
 )
-from flywheel.training import EpochReport, TrainConfig, fit, predict_proba, seed_everything
+from flywheel.tasks import Task, get_task
+from flywheel.training import (
+    EpochReport,
+    TrainConfig,
+    fit,
+    make_augment,
+    predict_outputs,
+    seed_everything,
+)
 
 __all__ = [
     "SCOPES",
@@ -76,12 +90,13 @@ __all__ = [
     "TrainResult",
 ]
 
-TASK = "image-classification"
-SCOPES = ("predict", "feedback", "admin")
+SCOPES = key_rows.SCOPES
 USER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+CHECKPOINT = "checkpoints/current"
 
 ProgressFn = Callable[[EpochReport], None]
 ImportProgressFn = Callable[[int], None]
+Row = tuple[str, str | None, float | None]  # input hash, label, value
 
 
 @dataclass(frozen=True)
@@ -89,22 +104,31 @@ class DatasetInfo:
     version: int
     content_hash: str
     parent: int | None
+    task: str
     n_train: int
     n_holdout: int
     n_feedback: int
     labels: list[str]
-    skipped: list[dict[str, str]]
+    cleaning: dict[str, Any]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Inputs the import could not read (the first ones, with their reason)."""
+        items: list[dict[str, str]] = self.cleaning.get("unreadable", {}).get("items", [])
+        return items
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "content_hash": self.content_hash,
             "parent": self.parent,
+            "task": self.task,
             "n_train": self.n_train,
             "n_holdout": self.n_holdout,
             "n_feedback": self.n_feedback,
             "labels": self.labels,
             "skipped": self.skipped,
+            "cleaning": self.cleaning,
         }
 
 
@@ -115,15 +139,17 @@ class TrainResult:
     promoted: bool
 
     def to_json(self) -> dict[str, Any]:
+        d = self.decision
         return {
             "model_version": self.model.version,
             "dataset_version": self.model.dataset_version,
-            "accuracy": self.decision.challenger_accuracy,
-            "champion_accuracy": self.decision.champion_accuracy,
-            "champion_version": self.decision.champion_version,
+            "metric": d.metric,
+            d.metric: d.challenger_score,
+            f"champion_{d.metric}": d.champion_score,
+            "champion_version": d.champion_version,
             "promoted": self.promoted,
-            "reason": self.decision.reason,
-            "mcnemar": self.decision.mcnemar,
+            "reason": d.reason,
+            "test": d.test,
             "metrics": self.model.metrics,
         }
 
@@ -152,10 +178,11 @@ class RetrainResult:
 @dataclass(frozen=True)
 class PredictionResult:
     prediction_id: str
-    label: str
-    probabilities: dict[str, float]
     model_version: int
     latency_ms: float
+    label: str | None = None  # classification
+    probabilities: dict[str, float] | None = None
+    value: float | None = None  # regression
 
 
 @dataclass(frozen=True)
@@ -163,28 +190,40 @@ class FeedbackResult:
     feedback_id: str
     prediction_id: str
     label: str | None
+    value: float | None = None
 
 
 @dataclass
 class LoadedModel:
-    """A production model held in memory by a serving process."""
+    """A model version held in memory, with what it needs to read raw inputs."""
 
     version: int
     model: nn.Module
     spec: ModelSpec
-    prep: ImagePreprocessing
-    labels: list[str] = field(default_factory=list)
+    codec: Codec
 
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        return predict_proba(self.model, x)
+    @property
+    def labels(self) -> list[str]:
+        return list(self.spec.labels)
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.spec.labels
+
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (classification) or values (regression) for a batch."""
+        out = predict_outputs(self.model, x)
+        if self.is_regression or out.size == 0:
+            return out
+        e = np.exp(out - out.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def decode(self, content: bytes) -> np.ndarray:
+        return self.codec.decode(content, self.spec.preprocessing)
 
 
 def _label_sort_key(label: str) -> tuple[int, int | str]:
     return (0, int(label)) if label.isdigit() else (1, label)
-
-
-def _hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _check_user_id(user_id: str | None) -> str | None:
@@ -198,6 +237,13 @@ def _check_user_id(user_id: str | None) -> str | None:
     return user_id
 
 
+def _value_bins(values: Sequence[float], bins: int = 5) -> list[str]:
+    """Quantile bins of regression targets, so the held-out draw is stratified by value."""
+    arr = np.asarray(values, dtype=np.float64)
+    edges = np.quantile(arr, np.linspace(0, 1, bins + 1)[1:-1])
+    return [str(int(np.searchsorted(edges, v, side="right"))) for v in arr]
+
+
 class Project:
     """One flywheel project: a folder with ``flywheel.toml``, a database and blobs."""
 
@@ -209,6 +255,8 @@ class Project:
                 "create one with `flywheel init DIR --data digits|PATH`",
                 path=settings.project_dir,
             )
+        self.task: Task = get_task(settings.task)
+        self.codec: Codec = create_codec(self.task.modality)
         self.db = Database(settings.db_url)
         self.db.migrate()
         self.blobs = BlobStore(settings.blobs)
@@ -227,12 +275,14 @@ class Project:
         project_dir: str | Path,
         source: Source,
         *,
+        task: str = "image-classification",
         holdout_fraction: float = 0.2,
         seed: int = 0,
         settings: dict[str, Any] | None = None,
         on_example: ImportProgressFn | None = None,
     ) -> Project:
         """Create a project folder and import ``source`` as dataset version 1."""
+        get_task(task)
         root = Path(project_dir).expanduser().resolve()
         if (root / CONFIG_FILE).exists():
             raise ProjectError(f"{str(root)!r} already holds a flywheel project", path=root)
@@ -240,8 +290,9 @@ class Project:
         if root.exists() and not root.is_dir():
             raise ProjectError(f"{str(root)!r} exists and is not a folder", path=root)
         root.mkdir(parents=True, exist_ok=True)
+        values = {"task": task, **getattr(source, "settings", {}), **(settings or {})}
         try:
-            (root / CONFIG_FILE).write_text(_config_template(source.name, settings or {}))
+            (root / CONFIG_FILE).write_text(_config_template(source.name, values))
             project = cls(Settings.load(root))
             project._import_base(source, holdout_fraction, seed, on_example)
         except BaseException:
@@ -263,50 +314,89 @@ class Project:
         seed: int,
         on_example: ImportProgressFn | None,
     ) -> DatasetInfo:
-        kept: list[tuple[str, str, str | None, str | None, str | None]] = []
-        probes: list[tuple[str, int, int]] = []
-        skipped: list[dict[str, str]] = []
-        seen: set[str] = set()
+        raw: list[RawExample] = []
         for i, ex in enumerate(source):
-            try:
-                probes.append(probe(ex.content))
-            except InputError as exc:
-                skipped.append({"path": ex.source_path or f"#{i}", "reason": str(exc)})
-                continue
-            digest = self.blobs.put(ex.content)
-            if digest in seen:
-                skipped.append({"path": ex.source_path or f"#{i}", "reason": "exact duplicate"})
-                probes.pop()
-                continue
-            seen.add(digest)
-            kept.append((digest, ex.label, ex.split, ex.user_id, ex.source_path))
+            raw.append(ex)
             if on_example is not None:
                 on_example(i + 1)
+        cleaned = clean(raw, self.codec)
+        report = cleaned.report
+        source_skipped = list(getattr(source, "skipped", []))
+        if source_skipped:
+            report["unreadable"]["items"] = source_skipped + report["unreadable"]["items"]
+            report["unreadable"]["count"] += len(source_skipped)
+            report["total"] += len(source_skipped)
+        kept = cleaned.kept
         if not kept:
-            raise DataError(f"source {source.name!r} holds no readable image")
-        labels = sorted({k[1] for k in kept}, key=_label_sort_key)
-        if len(labels) < 2:
-            raise DataError(f"source {source.name!r} has one class ({labels}); need at least 2")
-        prep = infer_preprocessing(probes)
-        todo = [i for i, k in enumerate(kept) if k[2] is None]
-        drawn = assign_splits([kept[i][1] for i in todo], holdout_fraction, seed) if todo else []
-        splits = [k[2] for k in kept]
-        for i, sp in zip(todo, drawn, strict=True):
-            splits[i] = sp
+            raise DataError(
+                f"source {source.name!r} holds no readable {self.task.modality} input "
+                f"({report['unreadable']['count']} unreadable)"
+            )
+        regression = self.task.is_regression
+        if regression:
+            if any(ex.value is None for ex, _, _ in kept):
+                raise DataError("a regression source must give every example a numeric value")
+            labels: list[str] = []
+            strata = _value_bins([float(ex.value or 0.0) for ex, _, _ in kept])
+        else:
+            if any(ex.label is None for ex, _, _ in kept):
+                raise DataError("a classification source must give every example a label")
+            labels = sorted({str(ex.label) for ex, _, _ in kept}, key=_label_sort_key)
+            if len(labels) < 2:
+                raise DataError(f"source {source.name!r} has one class ({labels}); need at least 2")
+            strata = [str(ex.label) for ex, _, _ in kept]
+
+        # Near-duplicates are drawn as one: a group never straddles the held-out split.
+        first_of_group: dict[int, int] = {}
+        for n, g in enumerate(cleaned.groups):
+            first_of_group.setdefault(g, n)
+        heads = sorted(set(first_of_group.values()))
+        todo = [n for n in heads if kept[n][0].split is None]
+        try:
+            drawn = assign_splits([strata[n] for n in todo], holdout_fraction, seed) if todo else []
+            head_split = {n: kept[n][0].split for n in heads}
+            head_split |= dict(zip(todo, drawn, strict=True))
+            splits = [
+                kept[n][0].split or head_split[first_of_group[cleaned.groups[n]]]
+                for n in range(len(kept))
+            ]
+        except DataError:
+            # Too few distinct groups to hold some out: draw examples one by one instead.
+            report["near_duplicates"]["split"] = "drawn per example: too few distinct groups"
+            todo = [n for n in range(len(kept)) if kept[n][0].split is None]
+            drawn = assign_splits([strata[n] for n in todo], holdout_fraction, seed)
+            per_example = dict(zip(todo, drawn, strict=True))
+            splits = [kept[n][0].split or per_example[n] for n in range(len(kept))]
+
+        train_probes = [p for (_, _, p), sp in zip(kept, splits, strict=True) if sp == TRAIN]
+        if not train_probes:
+            raise DataError("no example is left for training after the held-out draw")
+        preprocessing = self.codec.infer(train_probes)
+        if regression:
+            y = np.array(
+                [ex.value for (ex, _, _), sp in zip(kept, splits, strict=True) if sp == TRAIN],
+                dtype=np.float64,
+            )
+            preprocessing["target_mean"] = float(y.mean())
+            preprocessing["target_std"] = float(y.std()) or 1.0
+
         with self.db.session() as s:
-            for _, _, _, user, _ in kept:
-                if user is not None:
-                    ensure_user(s, user)
+            for ex, _, _ in kept:
+                if ex.user_id is not None:
+                    ensure_user(s, ex.user_id)
+            for ex, _, _ in kept:
+                self.blobs.put(ex.content)
             examples = [
                 Example(
-                    input_hash=d,
-                    label=lab,
+                    input_hash=digest,
+                    label=ex.label,
+                    value=ex.value,
                     split=sp,
                     origin="base",
-                    user_id=user,
-                    source_path=path,
+                    user_id=ex.user_id,
+                    source_path=ex.source_path,
                 )
-                for (d, lab, _, user, path), sp in zip(kept, splits, strict=True)
+                for (ex, digest, _), sp in zip(kept, splits, strict=True)
             ]
             s.add_all(examples)
             s.flush()
@@ -315,11 +405,11 @@ class Project:
                 examples,
                 parent=None,
                 source=source.name,
-                prep=prep,
+                preprocessing=preprocessing,
                 labels=labels,
-                extra={"skipped": skipped, "holdout_fraction": holdout_fraction, "seed": seed},
+                extra={"cleaning": report, "holdout_fraction": holdout_fraction, "seed": seed},
             )
-            return self._dataset_info(s, dv)
+            return self._dataset_info(dv)
 
     def _new_dataset_version(
         self,
@@ -328,24 +418,29 @@ class Project:
         *,
         parent: int | None,
         source: str,
-        prep: ImagePreprocessing,
+        preprocessing: dict[str, Any],
         labels: list[str],
         extra: dict[str, Any],
     ) -> DatasetVersion:
         counts = Counter(e.split for e in examples)
-        stats = {
+        stats: dict[str, Any] = {
+            "task": self.task.name,
             "n_train": counts.get(TRAIN, 0),
             "n_holdout": counts.get(HOLDOUT, 0),
             "n_feedback": sum(e.origin == "feedback" for e in examples),
             "labels": labels,
-            "class_counts": dict(Counter(e.label for e in examples if e.split == TRAIN)),
             **extra,
         }
+        if labels:
+            stats["class_counts"] = dict(Counter(e.label for e in examples if e.split == TRAIN))
         dv = DatasetVersion(
-            content_hash=content_hash((e.input_hash, e.label, e.split) for e in examples),
+            content_hash=content_hash(
+                (e.input_hash, e.label if e.label is not None else repr(e.value), e.split)
+                for e in examples
+            ),
             parent_id=parent,
             source=source,
-            preprocessing=prep.to_json(),
+            preprocessing=preprocessing,
             stats=stats,
         )
         s.add(dv)
@@ -364,17 +459,18 @@ class Project:
             raise ProjectError("the project has no dataset version", path=self.settings.project_dir)
         return dv
 
-    def _dataset_info(self, s: Session, dv: DatasetVersion) -> DatasetInfo:
+    def _dataset_info(self, dv: DatasetVersion) -> DatasetInfo:
         st = dv.stats
         return DatasetInfo(
             version=dv.id,
             content_hash=dv.content_hash,
             parent=dv.parent_id,
+            task=str(st.get("task", self.task.name)),
             n_train=int(st["n_train"]),
             n_holdout=int(st["n_holdout"]),
             n_feedback=int(st["n_feedback"]),
             labels=list(st["labels"]),
-            skipped=list(st.get("skipped", [])),
+            cleaning=dict(st.get("cleaning", {})),
         )
 
     def dataset(self, version: int | None = None) -> DatasetInfo:
@@ -382,28 +478,29 @@ class Project:
             dv = self._latest_dataset(s) if version is None else s.get(DatasetVersion, version)
             if dv is None:
                 raise NotFoundError("dataset version", version)
-            return self._dataset_info(s, dv)
+            return self._dataset_info(dv)
 
-    def _rows(self, s: Session, dv_id: int, split: str) -> list[tuple[str, str]]:
+    def _rows(self, s: Session, dv_id: int, split: str) -> list[Row]:
         q = (
-            select(Example.input_hash, Example.label)
+            select(Example.input_hash, Example.label, Example.value)
             .join(DatasetVersionExample, DatasetVersionExample.example_id == Example.id)
             .where(DatasetVersionExample.dataset_version_id == dv_id, Example.split == split)
             # Order by content, not by arrival: the same dataset version gives the same
             # rows in the same order, hence (with a fixed seed) the same model.
-            .order_by(Example.input_hash, Example.label)
+            .order_by(Example.input_hash, Example.label, Example.value)
         )
-        return [(h, lab) for h, lab in s.execute(q)]
+        return [(h, lab, val) for h, lab, val in s.execute(q)]
 
-    def _arrays(self, s: Session, dv: DatasetVersion, split: str, labels: list[str]) -> Arrays:
-        prep = ImagePreprocessing.from_json(dv.preprocessing)
-        return load_arrays(self._rows(s, dv.id, split), self.blobs.get, prep, labels)
+    def _arrays(self, rows: list[Row], spec: ModelSpec) -> Arrays:
+        labels = list(spec.labels) if spec.labels else None
+        return load_arrays(rows, self.blobs.get, self.codec, spec.preprocessing, labels)
 
     # -- training and evaluation ---------------------------------------------------------
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         st = self.settings
         base = TrainConfig(
+            arch=st.arch,
             epochs=st.epochs,
             batch_size=st.batch_size,
             learning_rate=st.learning_rate,
@@ -413,8 +510,48 @@ class Project:
             val_fraction=st.val_fraction,
             seed=st.seed,
             warm_start=st.warm_start,
+            lr_schedule=st.lr_schedule,
+            augment=st.augment,
+            image_size=st.image_size,
+            finetune_layers=st.finetune_layers,
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    def _spec(self, dv: DatasetVersion, config: TrainConfig) -> ModelSpec:
+        arch = config.arch or self.task.default_arch
+        info = arch_info(arch)
+        if info.modality != self.task.modality or info.objective != self.task.objective:
+            raise ModelError(
+                f"architecture {arch!r} reads {info.modality} for {info.objective}; this "
+                f"project is {self.task.name} (default architecture {self.task.default_arch!r})"
+            )
+        native = dict(dv.preprocessing)
+        params = info.preprocess(native, {"image_size": config.image_size})
+        shape = info.input_shape(params)
+        hparams = info.defaults(shape)
+        if "dropout" in hparams:
+            hparams["dropout"] = config.dropout
+        if "finetune_layers" in hparams:
+            hparams["finetune_layers"] = config.finetune_layers
+        if self.task.is_regression:
+            hparams["y_mean"] = native["target_mean"]
+            hparams["y_std"] = native["target_std"]
+        return ModelSpec(
+            arch=arch,
+            task=self.task.name,
+            input_shape=shape,
+            labels=tuple(dv.stats["labels"]),
+            hparams=hparams,
+            preprocessing=params,
+        )
+
+    def _score(self, loaded: LoadedModel, holdout: Arrays) -> tuple[dict[str, Any], np.ndarray]:
+        """(report, per-row score): correct (bool) for classes, squared error for regression."""
+        out = loaded.outputs(holdout.x)
+        if loaded.is_regression:
+            return regression_report(holdout.y, out), (out - holdout.y) ** 2
+        pred = out.argmax(1)
+        return classification_report(holdout.y, pred, loaded.labels), pred == holdout.y
 
     def train(
         self,
@@ -422,28 +559,28 @@ class Project:
         *,
         on_epoch: ProgressFn | None = None,
         reason: str = "train",
+        resume: bool = False,
     ) -> TrainResult:
-        """Train a challenger on the newest dataset version, gate it, promote if it passes."""
+        """Train a challenger on the newest dataset version, gate it, promote if it passes.
+
+        Each epoch is checkpointed; ``resume`` finishes an interrupted run of the
+        same data and config where it stopped.
+        """
         config = config or self.train_config()
         with self.db.session() as s:
             dv = self._latest_dataset(s)
-            labels = list(dv.stats["labels"])
-            prep = ImagePreprocessing.from_json(dv.preprocessing)
-            train = self._arrays(s, dv, TRAIN, labels)
-            holdout = self._arrays(s, dv, HOLDOUT, labels)
+            spec = self._spec(dv, config)
+            train_rows = self._rows(s, dv.id, TRAIN)
+            holdout_rows = self._rows(s, dv.id, HOLDOUT)
             champion_version = registry.get_alias(s, registry.PRODUCTION)
-        if len(train) < 2:
-            raise DataError(f"dataset version {dv.id} has {len(train)} training rows; need >= 2")
-        hparams = default_hparams(config.arch, (prep.channels, prep.height, prep.width))
-        hparams["dropout"] = config.dropout
-        spec = ModelSpec(
-            arch=config.arch,
-            task=TASK,
-            input_shape=(prep.channels, prep.height, prep.width),
-            labels=tuple(labels),
-            hparams=hparams,
-            preprocessing=prep.to_json(),
-        )
+            dv_hash = dv.content_hash
+        if len(train_rows) < 2:
+            raise DataError(
+                f"dataset version {dv.id} has {len(train_rows)} training rows; need >= 2"
+            )
+        train = self._arrays(train_rows, spec)
+        holdout = self._arrays(holdout_rows, spec)
+
         seed_everything(config.seed)
         model = create_model(spec)
         parent: int | None = None
@@ -454,19 +591,34 @@ class Project:
             if config.warm_start and champion.spec == spec:
                 # Warm start: the challenger begins where production is.
                 model.load_state_dict(champion.model.state_dict())
+        run_id = hashlib.sha256(
+            json.dumps(
+                [dv_hash, config.to_json(), spec.to_json(), parent], sort_keys=True, default=str
+            ).encode()
+        ).hexdigest()
+        checkpoint_dir = self.settings.project_dir / CHECKPOINT
+        augment = make_augment(self.task.modality) if config.augment else None
         started = time.perf_counter()
-        result = fit(model, train, config, on_epoch=on_epoch)
+        result = fit(
+            model,
+            train,
+            config,
+            regression=self.task.is_regression,
+            augment=augment,
+            on_epoch=on_epoch,
+            checkpoint_dir=checkpoint_dir,
+            run_id=run_id,
+            resume=resume,
+        )
         train_seconds = time.perf_counter() - started
 
-        pred = predict_proba(model, holdout.x).argmax(1)
-        report = classification_report(holdout.y, pred, labels)
-        champion_correct = None
-        if champion is not None:
-            champ_pred = champion.probabilities(holdout.x).argmax(1)
-            champion_correct = champ_pred == holdout.y
-        decision = decide(
-            pred == holdout.y,
-            champion_correct,
+        challenger = LoadedModel(0, model, spec, self.codec)
+        report, score = self._score(challenger, holdout)
+        champion_score = None if champion is None else self._score(champion, holdout)[1]
+        gate = decide_regression if self.task.is_regression else decide
+        decision = gate(
+            score,
+            champion_score,
             margin=self.settings.gate_margin,
             champion_version=champion_version,
         )
@@ -475,14 +627,18 @@ class Project:
             "n_train": len(train),
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
-            "val_accuracy": result.best_val_accuracy,
+            "val_metric": result.best_val_metric,
             "val_loss": result.best_val_loss,
             "train_seconds": round(train_seconds, 3),
+            "seconds_per_epoch": round(
+                train_seconds / max(1, result.epochs_run - (result.resumed_from or 1) + 1), 4
+            ),
+            "resumed_from_epoch": result.resumed_from,
         }
         promoted = decision.promote and (self.settings.auto_promote or champion_version is None)
         with self.db.session() as s:
             mv = ModelVersion(
-                arch=config.arch,
+                arch=spec.arch,
                 parent_version=parent,
                 dataset_version_id=dv.id,
                 training_config=config.to_json(),
@@ -507,10 +663,17 @@ class Project:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
             info = registry.get_version(s, mv.version)
+        # The run is recorded: its checkpoint has done its job.
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return TrainResult(info, decision, promoted)
 
-    def evaluate(self, version: int | None = None) -> dict[str, Any]:
-        """Score a version (default: production) on the held-out split."""
+    def has_interrupted_run(self) -> bool:
+        return (self.settings.project_dir / CHECKPOINT).is_dir()
+
+    def evaluate(
+        self, version: int | None = None, *, source: Source | None = None
+    ) -> dict[str, Any]:
+        """Score a version (default: production) on the held-out split, or on ``source``."""
         with self.db.session() as s:
             if version is None:
                 version = registry.get_alias(s, registry.PRODUCTION)
@@ -518,28 +681,75 @@ class Project:
                     raise RegistryError("no production model; train one with `flywheel train`")
             registry.get_version(s, version)
             dv = self._latest_dataset(s)
-            loaded = self._load_version(version)
-            holdout = self._arrays(s, dv, HOLDOUT, loaded.labels)
-        pred = loaded.probabilities(holdout.x).argmax(1)
+            holdout_rows = self._rows(s, dv.id, HOLDOUT)
+        loaded = self._load_version(version)
+        skipped: list[dict[str, str]] = []
+        if source is None:
+            data = self._arrays(holdout_rows, loaded.spec)
+            where = f"the held-out split of dataset version {dv.id}"
+        else:
+            data, skipped = self._outside_arrays(source, loaded)
+            where = source.name
+        report, _ = self._score(loaded, data)
         return {
             "model_version": version,
-            "dataset_version": dv.id,
-            **classification_report(holdout.y, pred, loaded.labels),
+            "data": where,
+            "dataset_version": dv.id if source is None else None,
+            "skipped": skipped,
+            **report,
         }
+
+    def _outside_arrays(
+        self, source: Source, loaded: LoadedModel
+    ) -> tuple[Arrays, list[dict[str, str]]]:
+        rows: list[tuple[bytes, str | None, float | None]] = []
+        skipped = list(getattr(source, "skipped", []))
+        for i, ex in enumerate(source):
+            try:
+                self.codec.probe(ex.content)
+            except InputError as exc:
+                skipped.append({"path": ex.source_path or f"#{i}", "reason": str(exc)})
+                continue
+            rows.append((ex.content, ex.label, ex.value))
+        if not rows:
+            raise DataError(f"{source.name!r} holds no readable input to evaluate on")
+        if not loaded.is_regression:
+            unknown = sorted({str(lab) for _, lab, _ in rows} - set(loaded.labels))
+            if unknown:
+                raise DataError(
+                    f"{source.name!r} has labels the model does not know: {unknown}; "
+                    f"model v{loaded.version} knows {loaded.labels}"
+                )
+        by_digest = {hashlib.sha256(c).hexdigest(): c for c, _, _ in rows}
+        keyed: list[Row] = [(hashlib.sha256(c).hexdigest(), lab, v) for c, lab, v in rows]
+        labels = None if loaded.is_regression else loaded.labels
+        arrays = load_arrays(
+            keyed, by_digest.__getitem__, self.codec, loaded.spec.preprocessing, labels
+        )
+        return arrays, skipped
 
     # -- the loop ----------------------------------------------------------------------
 
     def _answers(self, s: Session) -> list[Answer]:
-        """Answers with a usable label, from feedback not yet turned into an example."""
+        """Answers with a usable target, from feedback not yet turned into an example."""
         used = select(Example.feedback_id).where(Example.feedback_id.is_not(None))
         q = (
-            select(Feedback, Prediction.input_hash, Prediction.label)
+            select(Feedback, Prediction.input_hash, Prediction.label, Prediction.value)
             .join(Prediction, Prediction.id == Feedback.prediction_id)
             .where(Feedback.id.not_in(used))
             .order_by(Feedback.created_at, Feedback.id)
         )
         out = []
-        for fb, input_hash, predicted in s.execute(q):
+        for fb, input_hash, predicted, predicted_value in s.execute(q):
+            if self.task.is_regression:
+                value = (
+                    fb.value if fb.value is not None else (predicted_value if fb.correct else None)
+                )
+                if value is not None:
+                    out.append(
+                        Answer(fb.id, input_hash, None, fb.user_id, fb.created_at, float(value))
+                    )
+                continue
             label = fb.label if fb.label is not None else (predicted if fb.correct else None)
             if label is not None:
                 out.append(Answer(fb.id, input_hash, label, fb.user_id, fb.created_at))
@@ -550,9 +760,9 @@ class Project:
         with self.db.session() as s:
             dv = self._latest_dataset(s)
             labels = list(dv.stats["labels"])
-            answers = [a for a in self._answers(s) if a.label in labels]
-            holdout = {h for h, _ in self._rows(s, dv.id, HOLDOUT)}
-            known = {h for h, _ in self._rows(s, dv.id, TRAIN)}
+            answers = [a for a in self._answers(s) if self.task.is_regression or a.label in labels]
+            holdout = {h for h, _, _ in self._rows(s, dv.id, HOLDOUT)}
+            known = {h for h, _, _ in self._rows(s, dv.id, TRAIN)}
             c = curate(answers, holdout, known)
             summary = {
                 "answers": c.answers,
@@ -567,6 +777,7 @@ class Project:
                 Example(
                     input_hash=r.input_hash,
                     label=r.label,
+                    value=r.value,
                     split=TRAIN,
                     origin="feedback",
                     feedback_id=r.feedback_id,
@@ -588,11 +799,11 @@ class Project:
                 previous + new,
                 parent=dv.id,
                 source="feedback",
-                prep=ImagePreprocessing.from_json(dv.preprocessing),
+                preprocessing=dict(dv.preprocessing),
                 labels=labels,
                 extra={"curation": summary},
             )
-            return self._dataset_info(s, nv), summary
+            return self._dataset_info(nv), summary
 
     def retrain(
         self, config: TrainConfig | None = None, *, on_epoch: ProgressFn | None = None
@@ -635,8 +846,7 @@ class Project:
         with self.db.session() as s:
             info = registry.get_version(s, version)
         model, spec = load_artifact(Path(info.artifact_dir))
-        prep = ImagePreprocessing.from_json(spec.preprocessing)
-        return LoadedModel(version, model, spec, prep, list(spec.labels))
+        return LoadedModel(version, model, spec, self.codec)
 
     def refresh_model(self) -> LoadedModel | None:
         """Load the production version if it changed; the new model is ready before the swap."""
@@ -660,17 +870,20 @@ class Project:
         return loaded
 
     def predict(self, content: bytes, *, user_id: str | None = None) -> PredictionResult:
-        """Predict one image with the production model and log the call."""
+        """Predict one input (the stored form of the task's input) and log the call."""
         user_id = _check_user_id(user_id)
         started = time.perf_counter()
         loaded = self.serving_model()
-        x = decode_image(content, loaded.prep)[None]
-        probs = loaded.probabilities(x)[0]
+        out = loaded.outputs(loaded.decode(content)[None])[0]
         latency_ms = (time.perf_counter() - started) * 1000.0
-        k = int(probs.argmax())
         digest = self.blobs.put(content)
         pid = str(uuid.uuid4())
-        probabilities = {lab: float(p) for lab, p in zip(loaded.labels, probs, strict=True)}
+        if loaded.is_regression:
+            result = PredictionResult(pid, loaded.version, latency_ms, value=float(out))
+        else:
+            probabilities = {lab: float(p) for lab, p in zip(loaded.labels, out, strict=True)}
+            label = loaded.labels[int(out.argmax())]
+            result = PredictionResult(pid, loaded.version, latency_ms, label, probabilities)
         with self.db.session() as s:
             if user_id is not None:
                 ensure_user(s, user_id)
@@ -680,12 +893,13 @@ class Project:
                     model_version=loaded.version,
                     user_id=user_id,
                     input_hash=digest,
-                    label=loaded.labels[k],
-                    probabilities=probabilities,
+                    label=result.label,
+                    value=result.value,
+                    probabilities=result.probabilities or {},
                     latency_ms=latency_ms,
                 )
             )
-        return PredictionResult(pid, loaded.labels[k], probabilities, loaded.version, latency_ms)
+        return result
 
     def record_feedback(
         self,
@@ -693,27 +907,43 @@ class Project:
         *,
         label: str | None = None,
         correct: bool | None = None,
+        value: float | None = None,
         user_id: str | None = None,
     ) -> FeedbackResult:
         """Store a user's answer; returns only after the row is committed."""
         user_id = _check_user_id(user_id)
-        if label is None and correct is None:
-            raise InputError("feedback needs a 'label' or 'correct'")
+        if label is None and correct is None and value is None:
+            raise InputError("feedback needs a 'label', a 'value' or 'correct'")
         with self.db.session() as s:
             pred = s.get(Prediction, prediction_id)
             if pred is None:
                 raise NotFoundError("prediction", prediction_id)
-            labels = list(pred.probabilities)
-            if label is not None and label not in labels:
-                raise InputError(
-                    f"label {label!r} is not one of model v{pred.model_version}'s labels: "
-                    f"{', '.join(labels)}"
-                )
-            if correct is True and label is not None and label != pred.label:
-                raise InputError(
-                    f"'correct': true contradicts label {label!r}: "
-                    f"the prediction was {pred.label!r}"
-                )
+            if pred.value is not None or pred.label is None:  # a regression prediction
+                if label is not None:
+                    raise InputError(
+                        "this prediction is a regression value: send 'value' (the true value), "
+                        "not 'label'"
+                    )
+                if value is not None and not np.isfinite(value):
+                    raise InputError(f"'value' must be a finite number; got {value!r}")
+                agreed = correct if value is None else None
+            else:
+                if value is not None:
+                    raise InputError(
+                        "this prediction is a class: send 'label' (the true label), not 'value'"
+                    )
+                labels = list(pred.probabilities)
+                if label is not None and label not in labels:
+                    raise InputError(
+                        f"label {label!r} is not one of model v{pred.model_version}'s labels: "
+                        f"{', '.join(labels)}"
+                    )
+                if correct is True and label is not None and label != pred.label:
+                    raise InputError(
+                        f"'correct': true contradicts label {label!r}: "
+                        f"the prediction was {pred.label!r}"
+                    )
+                agreed = correct if correct is not None else label == pred.label
             if user_id is not None:
                 ensure_user(s, user_id)
             fid = str(uuid.uuid4())
@@ -723,10 +953,11 @@ class Project:
                     prediction_id=prediction_id,
                     user_id=user_id,
                     label=label,
-                    correct=correct if correct is not None else label == pred.label,
+                    value=value,
+                    correct=agreed,
                 )
             )
-        return FeedbackResult(fid, prediction_id, label)
+        return FeedbackResult(fid, prediction_id, label, value)
 
     def stats(self, *, minutes: int = 60) -> dict[str, Any]:
         """Call frequency per version, label and minute; feedback counts; accuracy per version."""
@@ -740,7 +971,11 @@ class Project:
                 ).all()
             )
             per_label = dict(
-                s.execute(select(Prediction.label, func.count()).group_by(Prediction.label)).all()
+                s.execute(
+                    select(Prediction.label, func.count())
+                    .where(Prediction.label.is_not(None))
+                    .group_by(Prediction.label)
+                ).all()
             )
             recent = s.scalars(
                 select(Prediction.created_at).where(Prediction.created_at >= since)
@@ -754,37 +989,53 @@ class Project:
                 .join(Prediction, Prediction.id == Feedback.prediction_id)
                 .group_by(Prediction.model_version, Feedback.correct)
             ).all()
+            sq = s.execute(
+                select(Prediction.model_version, Prediction.value, Feedback.value)
+                .join(Prediction, Prediction.id == Feedback.prediction_id)
+                .where(Feedback.value.is_not(None), Prediction.value.is_not(None))
+            ).all()
             versions = registry.list_versions(s)
         live: dict[int, dict[str, int]] = {}
         for v, correct, n in fb:
-            d = live.setdefault(v, {"feedback": 0, "agreed": 0})
+            d = live.setdefault(v, {"feedback": 0, "agreed": 0, "judged": 0})
             d["feedback"] += n
+            if correct is not None:
+                d["judged"] += n
             if correct:
                 d["agreed"] += n
+        errors: dict[int, list[float]] = {}
+        for v, predicted, true in sq:
+            assert predicted is not None and true is not None  # the query keeps only both set
+            errors.setdefault(v, []).append((predicted - true) ** 2)
         total_fb = sum(d["feedback"] for d in live.values())
+        agreed = sum(d["agreed"] for d in live.values())
+        judged = sum(d["judged"] for d in live.values())
         return {
+            "task": self.task.name,
             "calls": {
                 "total": sum(per_version.values()),
                 "per_version": {str(k): v for k, v in sorted(per_version.items())},
-                "per_label": dict(sorted(per_label.items(), key=lambda kv: _label_sort_key(kv[0]))),
+                "per_label": dict(
+                    sorted(per_label.items(), key=lambda kv: _label_sort_key(str(kv[0])))
+                ),
                 "per_minute": dict(sorted(per_minute.items())),
             },
-            "feedback": {
-                "total": total_fb,
-                "agreed": sum(d["agreed"] for d in live.values()),
-                "disagreed": total_fb - sum(d["agreed"] for d in live.values()),
-            },
+            "feedback": {"total": total_fb, "agreed": agreed, "disagreed": judged - agreed},
             "versions": [
                 {
                     "version": v.version,
                     "aliases": v.aliases,
                     "holdout_accuracy": v.metrics.get("accuracy"),
+                    "holdout_mse": v.metrics.get("mse"),
                     "calls": per_version.get(v.version, 0),
                     "feedback": live.get(v.version, {}).get("feedback", 0),
                     "live_accuracy": (
-                        live[v.version]["agreed"] / live[v.version]["feedback"]
-                        if live.get(v.version, {}).get("feedback")
+                        live[v.version]["agreed"] / live[v.version]["judged"]
+                        if live.get(v.version, {}).get("judged")
                         else None
+                    ),
+                    "live_mse": (
+                        float(np.mean(errors[v.version])) if v.version in errors else None
                     ),
                 }
                 for v in versions
@@ -795,68 +1046,27 @@ class Project:
 
     def create_key(self, scopes: list[str], name: str = "") -> tuple[str, dict[str, Any]]:
         """Make an API key; the key itself is returned once and only its hash is stored."""
-        bad = [sc for sc in scopes if sc not in SCOPES]
-        if not scopes or bad:
-            raise InputError(f"scopes must be among {', '.join(SCOPES)}; got {scopes}")
-        prefix = secrets.token_hex(4)
-        key = f"fw_{prefix}_{secrets.token_urlsafe(32)}"
         with self.db.session() as s:
-            row = ApiKey(
-                name=name or f"key-{prefix}",
-                prefix=prefix,
-                key_hash=_hash_key(key),
-                scopes=",".join(sorted(set(scopes))),
-            )
-            s.add(row)
-            s.flush()
-            info = {"id": row.id, "name": row.name, "prefix": prefix, "scopes": sorted(set(scopes))}
-        return key, info
+            return key_rows.create_key(s, scopes, name)
 
     def list_keys(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
-            return [
-                {
-                    "id": k.id,
-                    "name": k.name,
-                    "prefix": k.prefix,
-                    "scopes": k.scopes.split(","),
-                    "created_at": k.created_at.isoformat(),
-                    "revoked": k.revoked_at is not None,
-                }
-                for k in s.scalars(select(ApiKey).order_by(ApiKey.id))
-            ]
+            return key_rows.list_keys(s)
 
     def has_keys(self) -> bool:
         with self.db.session() as s:
-            return bool(
-                s.scalar(
-                    select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
-                )
-            )
+            return key_rows.has_keys(s)
 
     def authenticate(self, key: str, scope: str | None) -> None:
-        """Raise ``AuthError`` unless ``key`` is live and holds ``scope`` (admin holds all).
-
-        ``scope=None`` accepts a live key of any scope.
-        """
+        """Raise ``AuthError`` unless ``key`` is live and holds ``scope`` (None: any scope)."""
         with self.db.session() as s:
-            row = s.scalars(select(ApiKey).where(ApiKey.key_hash == _hash_key(key))).first()
-            if row is None or row.revoked_at is not None:
-                raise AuthError("unknown or revoked API key")
-            held = set(row.scopes.split(","))
-        if scope is not None and scope not in held and "admin" not in held:
-            raise AuthError(
-                f"this key lacks the {scope!r} scope (it has: {', '.join(sorted(held))})",
-                missing_scope=scope,
-            )
+            key_rows.authenticate(s, key, scope)
 
     # -- jobs --------------------------------------------------------------------------
 
     def create_job(self, kind: str, params: dict[str, Any] | None = None) -> str:
-        job_id = str(uuid.uuid4())
         with self.db.session() as s:
-            s.add(Job(id=job_id, kind=kind, status="queued", params=params or {}))
-        return job_id
+            return job_rows.create_job(s, kind, params or {})
 
     def run_job(self, job_id: str, work: Callable[[], dict[str, Any]]) -> None:
         """Run ``work`` as job ``job_id``, recording its status, result or error."""
@@ -864,47 +1074,30 @@ class Project:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFoundError("job", job_id)
-            job.status, job.started_at = "running", utcnow()
+            job_rows.start_job(s, job)
+        result: dict[str, Any] | None = None
+        error: str | None = None
         try:
             result = work()
         except Exception as exc:  # a job's failure is its result, not the server's
-            detail = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, FlywheelError):
-                detail += "\n" + traceback.format_exc(limit=5)
-            with self.db.session() as s:
-                job = s.get(Job, job_id)
-                assert job is not None
-                job.status, job.error, job.finished_at = "failed", detail, utcnow()
-            return
+                error += "\n" + traceback.format_exc(limit=5)
         with self.db.session() as s:
             job = s.get(Job, job_id)
             assert job is not None
-            job.status, job.result, job.finished_at = "succeeded", result, utcnow()
+            job_rows.finish_job(s, job, result=result, error=error)
 
     def job(self, job_id: str) -> dict[str, Any]:
         with self.db.session() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFoundError("job", job_id)
-            return {
-                "job_id": job.id,
-                "kind": job.kind,
-                "status": job.status,
-                "result": job.result,
-                "error": job.error,
-                "created_at": job.created_at.isoformat(),
-                "started_at": job.started_at.isoformat() if job.started_at else None,
-                "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-            }
+            return job_rows.job_json(job)
 
     def fail_interrupted_jobs(self) -> int:
-        """Jobs left queued or running by a process that stopped are marked failed."""
         with self.db.session() as s:
-            jobs = s.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
-            for job in jobs:
-                job.status, job.finished_at = "failed", utcnow()
-                job.error = "interrupted: the server stopped before the job finished"
-            return len(jobs)
+            return job_rows.fail_interrupted(s)
 
     def close(self) -> None:
         self.db.dispose()
@@ -922,7 +1115,7 @@ def _config_template(source: str, values: dict[str, Any]) -> str:
         elif isinstance(value, int | float):
             lines.append(f"{key} = {value}")
         else:
-            lines.append(f'{key} = "{value}"')
+            lines.append(f"{key} = {json.dumps(str(value))}")
     lines += [
         "",
         '# host = "127.0.0.1"      # bound beyond loopback, every route needs a key',

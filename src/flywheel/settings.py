@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="forbid", frozen=True)
 
     project_dir: Path = Field(default_factory=Path.cwd, description="The project folder.")
+    task: str = Field(
+        default="image-classification",
+        description="image-classification, audio-classification, text-classification, regression",
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL; default: SQLite file flywheel.db in the project folder.",
@@ -73,6 +77,7 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="How often the server checks the production alias."
     )
     # Training defaults; `flywheel train` options override them per run.
+    arch: str | None = Field(default=None, description="Architecture; default: the task's.")
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
@@ -84,6 +89,23 @@ class Settings(BaseSettings):
     warm_start: bool = Field(
         default=True, description="Retrain from the production version's weights."
     )
+    lr_schedule: str = Field(default="none", pattern="^(none|cosine|plateau)$")
+    augment: bool = Field(default=False, description="Augment training batches (images, audio).")
+    image_size: int | None = Field(
+        default=None, ge=4, le=1024, description="Images: side to resize to; default: the arch's."
+    )
+    finetune_layers: int = Field(
+        default=0, ge=0, le=12, description="Text: top encoder layers trained with the head."
+    )
+
+    @field_validator("task", mode="after")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from flywheel.tasks import TASKS
+
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; known: {', '.join(TASKS)}")
+        return v
 
     @field_validator("project_dir", mode="after")
     @classmethod

@@ -113,15 +113,17 @@ def test_digits_source_with_indices_yields_only_those(
 
 
 def test_resolve_source_digits_is_the_bundled_set() -> None:
-    source = resolve_source("digits")
+    source, task = resolve_source("digits")
     assert isinstance(source, DigitsSource)
     assert source.name == "digits"
+    assert task == "image-classification"
 
 
 def test_resolve_source_path_is_an_image_folder(tmp_path: Path) -> None:
     root = write_class_folders(tmp_path / "data", {"a": [_gray(1)], "b": [_gray(2)]})
-    source = resolve_source(str(root))
+    source, task = resolve_source(str(root))
     assert isinstance(source, ImageFolderSource)
+    assert task == "image-classification"
     assert source.name == str(root.resolve())
     assert [e.label for e in source] == ["a", "b"]
 

@@ -18,26 +18,26 @@ def test_a_better_challenger_is_promoted() -> None:
     champion = _correct(7, 10)
     d = decide(challenger, champion, margin=0.0, champion_version=3)
     assert d.promote is True
-    assert d.challenger_accuracy == 0.9
-    assert d.champion_accuracy == 0.7
+    assert d.challenger_score == 0.9
+    assert d.champion_score == 0.7
     assert d.champion_version == 3
     assert d.n == 10
-    assert d.mcnemar == {"challenger_only_correct": 2, "champion_only_correct": 0, "p_value": 0.5}
+    assert d.test == {"name": "mcnemar", "challenger_only_correct": 2, "champion_only_correct": 0, "p_value": 0.5}
     assert d.reason.startswith("challenger accuracy 0.9000 vs champion v3 0.7000 (delta +0.2000")
 
 
 def test_an_equal_challenger_is_promoted_with_no_margin() -> None:
     d = decide(_correct(8, 10), _correct(8, 10), margin=0.0, champion_version=1)
     assert d.promote is True
-    assert d.mcnemar is not None
-    assert d.mcnemar["p_value"] == 1.0
+    assert d.test is not None
+    assert d.test["p_value"] == 1.0
 
 
 def test_a_challenger_worse_by_more_than_the_margin_is_refused() -> None:
     d = decide(_correct(6, 10), _correct(9, 10), margin=0.05, champion_version=4)
     assert d.promote is False
-    assert d.challenger_accuracy == 0.6
-    assert d.champion_accuracy == 0.9
+    assert d.challenger_score == 0.6
+    assert d.champion_score == 0.9
     assert "0.6000" in d.reason
     assert "0.9000" in d.reason
     assert d.reason.startswith(
@@ -48,8 +48,8 @@ def test_a_challenger_worse_by_more_than_the_margin_is_refused() -> None:
 def test_a_challenger_worse_within_the_margin_is_promoted() -> None:
     d = decide(_correct(17, 20), _correct(18, 20), margin=0.1, champion_version=2)
     assert d.promote is True
-    assert d.challenger_accuracy == 0.85
-    assert d.champion_accuracy == 0.9
+    assert d.challenger_score == 0.85
+    assert d.champion_score == 0.9
     assert "delta -0.0500" in d.reason
 
 
@@ -63,9 +63,9 @@ def test_no_champion_promotes_the_challenger() -> None:
     d = decide(_correct(3, 10), None, margin=0.0, champion_version=None)
     assert d.promote is True
     assert d.reason == "no production model yet"
-    assert d.challenger_accuracy == 0.3
-    assert d.champion_accuracy is None
-    assert d.mcnemar is None
+    assert d.challenger_score == 0.3
+    assert d.champion_score is None
+    assert d.test is None
     assert d.n == 10
 
 
@@ -81,7 +81,8 @@ def test_gate_decision_to_json() -> None:
     assert data["champion_version"] == 5
     assert data["margin"] == 0.01
     assert data["n"] == 4
-    assert data["mcnemar"]["challenger_only_correct"] == 1
+    assert data["test"]["challenger_only_correct"] == 1
+    assert data["metric"] == "accuracy"
 
 
 def test_mcnemar_counts_discordant_pairs_and_uses_the_exact_binomial_test() -> None:
@@ -106,6 +107,7 @@ def test_mcnemar_is_symmetric_in_its_p_value() -> None:
 def test_mcnemar_without_discordant_pairs_has_p_one() -> None:
     same = np.array([1, 0, 1, 1, 0], dtype=bool)
     assert mcnemar(same, same.copy()) == {
+        "name": "mcnemar",
         "challenger_only_correct": 0,
         "champion_only_correct": 0,
         "p_value": 1.0,
@@ -136,3 +138,26 @@ def test_classification_report_lists_a_class_absent_from_the_data() -> None:
     assert report["accuracy"] == 1.0
     assert report["per_class"]["c"]["support"] == 0
     assert report["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
+
+
+def test_regression_gate_both_ways_and_wilcoxon() -> None:
+    from scipy.stats import wilcoxon as scipy_wilcoxon
+
+    from flywheel.evaluation import decide_regression
+
+    champion = np.array([1.0, 4.0, 9.0, 1.0, 4.0, 2.0])
+    better = champion * 0.5
+    first = decide_regression(better, None, margin=0.0, champion_version=None)
+    assert (first.promote, first.metric, first.reason) == (True, "mse", "no production model yet")
+    good = decide_regression(better, champion, margin=0.0, champion_version=2)
+    assert good.promote is True
+    assert good.challenger_score == pytest.approx(better.mean())
+    assert good.champion_score == pytest.approx(champion.mean())
+    assert good.test is not None
+    assert good.test["challenger_better"] == 6
+    assert good.test["p_value"] == scipy_wilcoxon(better - champion).pvalue
+    worse = decide_regression(champion * 1.2, champion, margin=0.1, champion_version=2)
+    assert worse.promote is False
+    assert worse.reason.startswith("challenger MSE 4.2 exceeds champion v2 3.5 by 20.00%")
+    within = decide_regression(champion * 1.05, champion, margin=0.1, champion_version=2)
+    assert within.promote is True

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,14 +15,68 @@ from torch import nn
 
 from flywheel.data import Arrays
 from flywheel.errors import ModelError
-from flywheel.models import ModelSpec, create_model, default_hparams, known_archs
+from flywheel.models import ModelSpec, arch_info, create_model, default_hparams, known_archs
 from flywheel.registry import SPEC, WEIGHTS, load_artifact, save_artifact
-from flywheel.training import TrainConfig, fit, predict_proba
+from flywheel.training import TrainConfig, fit
 
 LABELS = ("ant", "bee", "cat")
-#: a square grayscale input and a non-square colour one, so height and width cannot swap
-SHAPES = [(1, 8, 8), (3, 10, 12)]
 TWO_EPOCHS = TrainConfig(epochs=2, batch_size=8, val_fraction=0.25, patience=5, seed=0)
+
+#: per modality, (native preprocessing of a dataset, user options) to build tiny models from
+NATIVE: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {
+    "image": [
+        ({"kind": "image", "mode": "L", "height": 8, "width": 8}, {"image_size": 8}),
+        ({"kind": "image", "mode": "RGB", "height": 10, "width": 12}, {"image_size": 32}),
+    ],
+    "audio": [
+        (
+            {
+                "kind": "audio",
+                "sample_rate": 8000,
+                "seconds": 0.2,
+                "n_mels": 40,
+                "n_fft": 256,
+                "hop_length": 80,
+                "features": "log-mel",
+            },
+            {},
+        )
+    ],
+    "text": [({"kind": "text", "tokenizer": "all-MiniLM-L6-v2", "max_length": 16}, {})],
+    "tabular": [
+        (
+            {
+                "kind": "tabular",
+                "columns": ["a", "b", "c"],
+                "mean": [0.0, 0.0, 0.0],
+                "std": [1.0, 1.0, 1.0],
+                "target_mean": 10.0,
+                "target_std": 2.0,
+            },
+            {},
+        )
+    ],
+}
+CASES = [(arch, i) for arch in known_archs() for i in range(len(NATIVE[arch_info(arch).modality]))]
+
+
+def _case_spec(arch: str, i: int) -> ModelSpec:
+    info = arch_info(arch)
+    native, options = NATIVE[info.modality][i]
+    params = info.preprocess(native, options)
+    shape = info.input_shape(params)
+    hparams = info.defaults(shape)
+    regression = info.objective == "regression"
+    if regression:
+        hparams |= {"y_mean": native["target_mean"], "y_std": native["target_std"]}
+    return ModelSpec(
+        arch=arch,
+        task="regression" if regression else f"{info.modality}-classification",
+        input_shape=shape,
+        labels=() if regression else LABELS,
+        hparams=hparams,
+        preprocessing=params,
+    )
 
 
 def _spec(arch: str, shape: tuple[int, int, int], **hparams: object) -> ModelSpec:
@@ -38,11 +94,24 @@ def _seeded_model(spec: ModelSpec, seed: int) -> nn.Module:
     return create_model(spec)
 
 
-def _tiny_data(shape: tuple[int, int, int], n: int = 24) -> Arrays:
+def _tiny(spec: ModelSpec, n: int = 24) -> Arrays:
     rng = np.random.default_rng(0)
-    x = rng.random((n, *shape), dtype=np.float32)
+    if arch_info(spec.arch).modality == "text":
+        x = np.ones((n, *spec.input_shape), dtype=np.int64)
+        x[:, 0] = rng.integers(1000, 2000, (n, spec.input_shape[1]))
+    else:
+        x = rng.random((n, *spec.input_shape), dtype=np.float32)
+    if not spec.labels:
+        return Arrays(x=x, y=rng.normal(10, 2, n).astype(np.float32), labels=[])
     y = np.arange(n, dtype=np.int64) % len(LABELS)
     return Arrays(x=x, y=y, labels=list(LABELS))
+
+
+def _outputs(model: nn.Module, x: np.ndarray) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        out: torch.Tensor = model(torch.from_numpy(x))
+    return out
 
 
 def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
@@ -52,81 +121,57 @@ def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(sa[k], sb[k]), k
 
 
-@pytest.fixture(scope="module", params=known_archs())
-def arch(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def case(request: pytest.FixtureRequest) -> ModelSpec:
+    arch, i = request.param
+    return _case_spec(arch, i)
 
 
-@pytest.fixture(scope="module", params=SHAPES, ids=lambda s: "x".join(map(str, s)))
-def shape(request: pytest.FixtureRequest) -> tuple[int, int, int]:
-    value: tuple[int, int, int] = request.param
-    return value
+def test_the_zoo_holds_the_seed_models() -> None:
+    assert set(known_archs()) >= {"seed_cnn", "cnn32", "lstm_audio", "text_minilm", "mlp_regressor"}
 
 
-def test_the_zoo_is_not_empty() -> None:
-    assert "seed_cnn" in known_archs()
-    assert known_archs() == sorted(known_archs())
+def test_outputs_have_the_objectives_shape(case: ModelSpec) -> None:
+    out = _outputs(_seeded_model(case, 0), _tiny(case, 5).x)
+    assert tuple(out.shape) == ((5,) if not case.labels else (5, len(LABELS)))
 
 
-def test_same_seed_gives_identical_initial_weights(arch: str, shape: tuple[int, int, int]) -> None:
-    spec = _spec(arch, shape)
-    _assert_same_weights(_seeded_model(spec, 0), _seeded_model(spec, 0))
-    other = _seeded_model(spec, 1).state_dict()
-    assert any(not torch.equal(v, other[k]) for k, v in _seeded_model(spec, 0).state_dict().items())
+def test_same_seed_gives_identical_initial_weights(case: ModelSpec) -> None:
+    _assert_same_weights(_seeded_model(case, 0), _seeded_model(case, 0))
 
 
-def test_same_seed_gives_identical_trained_weights(arch: str, shape: tuple[int, int, int]) -> None:
-    spec = _spec(arch, shape)
-    data = _tiny_data(shape)
-    first, second = _seeded_model(spec, 0), _seeded_model(spec, 0)
-    initial = {k: v.clone() for k, v in first.state_dict().items()}
-
-    r1 = fit(first, data, TWO_EPOCHS)
-    r2 = fit(second, data, TWO_EPOCHS)
-
+def test_same_seed_gives_identical_trained_weights(case: ModelSpec) -> None:
+    data = _tiny(case)
+    first, second = _seeded_model(case, 0), _seeded_model(case, 0)
+    regression = not case.labels
+    fit(first, data, TWO_EPOCHS, regression=regression)
+    fit(second, data, TWO_EPOCHS, regression=regression)
     _assert_same_weights(first, second)
-    assert r1 == r2
-    assert r1.epochs_run == 2
-    assert any(not torch.equal(v, initial[k]) for k, v in first.state_dict().items())
 
 
-def test_save_and_load_artifact_round_trip(
-    arch: str, shape: tuple[int, int, int], tmp_path: Path
-) -> None:
-    spec = _spec(arch, shape)
-    model = _seeded_model(spec, 0)
-    data = _tiny_data(shape)
-    fit(model, data, TWO_EPOCHS)
-
-    digest = save_artifact(model, spec, tmp_path / "v1")
-    loaded, loaded_spec = load_artifact(tmp_path / "v1")
-
-    assert len(digest) == 64
-    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == sorted([SPEC, WEIGHTS])
-    assert loaded_spec == ModelSpec.from_json(spec.to_json())
-    assert not loaded.training
-    _assert_same_weights(model, loaded)
-    np.testing.assert_array_equal(predict_proba(loaded, data.x), predict_proba(model, data.x))
+def test_save_and_load_artifact_round_trip(case: ModelSpec, tmp_path: Path) -> None:
+    model = _seeded_model(case, 0)
+    fit(model, _tiny(case), TWO_EPOCHS, regression=not case.labels)
+    save_artifact(model, case, tmp_path / "v1")
+    loaded, spec = load_artifact(tmp_path / "v1")
+    assert spec == case
+    x = _tiny(case, 7).x
+    assert torch.equal(_outputs(model, x), _outputs(loaded, x))
 
 
-@pytest.mark.parametrize("bad", ["channels", "height", "width", "no_batch"])
+@pytest.mark.parametrize("bad", ["last_axis", "no_batch"])
 def test_a_wrongly_shaped_input_raises_model_error_naming_the_expected_shape(
-    arch: str, shape: tuple[int, int, int], bad: str
+    case: ModelSpec, bad: str
 ) -> None:
-    model = _seeded_model(_spec(arch, shape), 0).eval()
-    c, h, w = shape
-    wrong = {
-        "channels": (2, c + 1, h, w),
-        "height": (2, c, h + 1, w),
-        "width": (2, c, h, w - 1),
-        "no_batch": (c, h, w),
-    }[bad]
-    with pytest.raises(ModelError) as info, torch.no_grad():
-        model(torch.zeros(wrong))
-    message = str(info.value)
-    assert f"{c}, {h}, {w}" in message
-    assert str(wrong) in message
+    model = _seeded_model(case, 0).eval()
+    x = torch.from_numpy(_tiny(case, 2).x)
+    if bad == "last_axis":
+        x = torch.cat([x, x[..., :1]], dim=-1)
+    else:
+        x = x[0]
+    expected = ", ".join(map(str, case.input_shape))
+    with pytest.raises(ModelError, match=re.escape(f"(N, {expected})")), torch.no_grad():
+        model(x)
 
 
 def test_an_unknown_arch_raises_value_error_listing_the_known_ones() -> None:

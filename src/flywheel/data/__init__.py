@@ -1,40 +1,77 @@
-"""Data: sources, image preprocessing, dataset versions."""
+"""Data: sources, codecs (bytes → arrays per modality), cleaning, dataset versions."""
 
+from flywheel.data.cleaning import Cleaned, clean
+from flywheel.data.codecs import (
+    Codec,
+    ImageCodec,
+    TabularCodec,
+    create_codec,
+    known_codecs,
+    register_codec,
+    tabular_bytes,
+)
 from flywheel.data.datasets import HOLDOUT, TRAIN, Arrays, assign_splits, content_hash, load_arrays
 from flywheel.data.images import (
     ImagePreprocessing,
+    average_hash,
     decode_image,
     encode_png,
     infer_preprocessing,
     probe,
+    probe_image,
 )
 from flywheel.data.sources import (
+    AUDIO_SUFFIXES,
+    IMAGE_SUFFIXES,
+    CsvManifestSource,
+    DiabetesSource,
     DigitsSource,
     ImageFolderSource,
     ListSource,
     RawExample,
     Source,
+    SourceOptions,
+    TabularCsvSource,
     digits_arrays,
+    read_csv,
     resolve_source,
 )
 
 __all__ = [
+    "AUDIO_SUFFIXES",
     "HOLDOUT",
+    "IMAGE_SUFFIXES",
     "TRAIN",
     "Arrays",
+    "Cleaned",
+    "Codec",
+    "CsvManifestSource",
+    "DiabetesSource",
     "DigitsSource",
+    "ImageCodec",
     "ImageFolderSource",
     "ImagePreprocessing",
     "ListSource",
     "RawExample",
     "Source",
+    "SourceOptions",
+    "TabularCodec",
+    "TabularCsvSource",
     "assign_splits",
+    "average_hash",
+    "clean",
     "content_hash",
+    "create_codec",
     "decode_image",
     "digits_arrays",
     "encode_png",
     "infer_preprocessing",
+    "known_codecs",
     "load_arrays",
     "probe",
+    "probe_image",
+    "read_csv",
+    "register_codec",
     "resolve_source",
+    "tabular_bytes",
 ]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from flywheel.data.images import ImagePreprocessing, decode_image
+from flywheel.data.codecs import Codec
 from flywheel.errors import DataError
 
 __all__ = ["HOLDOUT", "TRAIN", "Arrays", "assign_splits", "content_hash", "load_arrays"]
@@ -82,18 +83,32 @@ class Arrays:
 
 
 def load_arrays(
-    rows: Sequence[tuple[str, str]],
+    rows: Sequence[tuple[str, str | None, float | None]],
     read: Callable[[str], bytes],
-    prep: ImagePreprocessing,
-    labels: Sequence[str],
+    codec: Codec,
+    params: dict[str, Any],
+    labels: Sequence[str] | None,
+    *,
+    chunk: int = 512,
 ) -> Arrays:
-    """Decode (input hash, label) rows through ``read`` into arrays indexed by ``labels``."""
-    index = {lab: i for i, lab in enumerate(labels)}
-    x = np.zeros((len(rows), prep.channels, prep.height, prep.width), dtype=np.float32)
-    y = np.zeros(len(rows), dtype=np.int64)
-    for i, (digest, label) in enumerate(rows):
-        if label not in index:
-            raise DataError(f"label {label!r} is not one of the model's labels {list(labels)}")
-        x[i] = decode_image(read(digest), prep)
-        y[i] = index[label]
-    return Arrays(x=x, y=y, labels=list(labels))
+    """Decode (input hash, label, value) rows through ``read`` and ``codec`` into arrays.
+
+    Classification (``labels`` given): ``y`` holds label indices. Regression
+    (``labels`` None): ``y`` holds the float32 targets.
+    """
+    if labels is not None:
+        index = {lab: i for i, lab in enumerate(labels)}
+        for _, label, _ in rows:
+            if label not in index:
+                raise DataError(f"label {label!r} is not one of the model's labels {list(labels)}")
+        y = np.array([index[str(label)] for _, label, _ in rows], dtype=np.int64)
+    else:
+        if any(v is None for _, _, v in rows):
+            raise DataError("a regression row has no target value")
+        y = np.array([v for _, _, v in rows], dtype=np.float32)
+    parts = [
+        codec.decode_batch([read(d) for d, _, _ in rows[i : i + chunk]], params)
+        for i in range(0, len(rows), chunk)
+    ]
+    x = np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
+    return Arrays(x=x, y=y, labels=list(labels) if labels is not None else [])

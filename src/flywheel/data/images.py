@@ -13,7 +13,15 @@ from PIL import Image, UnidentifiedImageError
 
 from flywheel.errors import InputError
 
-__all__ = ["ImagePreprocessing", "decode_image", "encode_png", "infer_preprocessing", "probe"]
+__all__ = [
+    "ImagePreprocessing",
+    "average_hash",
+    "decode_image",
+    "encode_png",
+    "infer_preprocessing",
+    "probe",
+    "probe_image",
+]
 
 # Pillow refuses images above this many pixels (decompression bombs) with an error.
 Image.MAX_IMAGE_PIXELS = 64 * 1024 * 1024
@@ -62,6 +70,32 @@ def probe(data: bytes) -> tuple[str, int, int]:
     img = _open(data)
     mode = "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"
     return mode, img.height, img.width
+
+
+def probe_image(data: bytes) -> dict[str, Any]:
+    """Mode, size and mean intensity (0-1) of an encoded image."""
+    img = _open(data)
+    mode = "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+    small = np.asarray(img.convert("L").resize((16, 16)), dtype=np.float32)
+    return {
+        "mode": mode,
+        "height": img.height,
+        "width": img.width,
+        "mean": float(small.mean() / 255),
+    }
+
+
+def average_hash(data: bytes, size: int = 8) -> str:
+    """A perceptual hash: equal for the same picture re-encoded, resized or slightly changed.
+
+    The bits say which cells are brighter than the mean; a coarse brightness level is
+    prefixed so that flat pictures of different brightness do not collide.
+    """
+    img = _open(data).convert("L").resize((size, size), Image.Resampling.BOX)
+    px = np.asarray(img, dtype=np.float32)
+    bits = (px > px.mean()).flatten()
+    level = int(px.mean() // 32)
+    return f"{level}:" + "".join("1" if b else "0" for b in bits)
 
 
 def decode_image(data: bytes, prep: ImagePreprocessing) -> np.ndarray:

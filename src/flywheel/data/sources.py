@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import csv
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from flywheel.data.codecs import tabular_bytes
 from flywheel.data.images import encode_png
 from flywheel.errors import DataError
 
 __all__ = [
+    "AUDIO_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "CsvManifestSource",
+    "DiabetesSource",
     "DigitsSource",
     "ImageFolderSource",
     "ListSource",
     "RawExample",
     "Source",
+    "SourceOptions",
+    "TabularCsvSource",
     "digits_arrays",
+    "read_csv",
     "resolve_source",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+AUDIO_SUFFIXES = (".wav",)
 
 
 @dataclass(frozen=True)
@@ -31,10 +41,11 @@ class RawExample:
     """One labelled input as it comes from a source (encoded bytes, not yet decoded)."""
 
     content: bytes
-    label: str
+    label: str | None  # classification; None for regression
     user_id: str | None = None
     split: str | None = None  # None: the dataset assigns one
     source_path: str | None = None
+    value: float | None = None  # regression target
 
 
 class Source(Protocol):
@@ -56,6 +67,8 @@ class DigitsSource:
     """scikit-learn's bundled handwritten digits (1,797 images, 8x8, 10 classes)."""
 
     name = "digits"
+    #: settings a project made from this source starts with: keep the 8x8 size
+    settings: ClassVar[dict[str, Any]] = {"image_size": 8}
 
     def __init__(self, indices: Sequence[int] | None = None) -> None:
         self.indices = indices
@@ -115,8 +128,226 @@ class ListSource:
         return iter(self.examples)
 
 
-def resolve_source(spec: str) -> Source:
-    """``digits`` or a path to image class folders."""
+def read_csv(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a CSV; tolerant of trailing empty columns, strict about encoding."""
+    if not path.is_file():
+        raise DataError(f"CSV file {str(path)!r} does not exist", path=path)
+    try:
+        with path.open(newline="", encoding=encoding) as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{str(path)!r} is not valid {encoding}: {exc.reason} at byte {exc.start}; "
+            "pass the file's encoding (e.g. --encoding latin-1)",
+            path=path,
+        ) from None
+    except LookupError:
+        raise DataError(f"unknown encoding {encoding!r}", path=path) from None
+    except csv.Error as exc:
+        raise DataError(f"{str(path)!r} is not a readable CSV: {exc}", path=path) from None
+    if not rows:
+        raise DataError(f"CSV file {str(path)!r} is empty", path=path)
+    return [h.strip() for h in rows[0]], rows[1:]
+
+
+def _column(header: list[str], name: str, path: Path, what: str) -> int:
+    if name not in header:
+        present = [h for h in header if h]
+        raise DataError(
+            f"{what} column {name!r} is not in {path.name}; its columns are {present}", path=path
+        )
+    return header.index(name)
+
+
+class CsvManifestSource:
+    """A CSV with a path column and a label column; paths relative to the CSV's folder."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        path_column: str = "path",
+        label_column: str = "label",
+        encoding: str = "utf-8",
+    ) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.name = str(self.path)
+        header, rows = read_csv(self.path, encoding)
+        pi = _column(header, path_column, self.path, "path")
+        li = _column(header, label_column, self.path, "label")
+        self.rows: list[tuple[Path, str]] = []
+        self.skipped: list[dict[str, str]] = []
+        for n, row in enumerate(rows, start=2):
+            cells = row + [""] * (max(pi, li) + 1 - len(row))
+            file, label = cells[pi].strip(), cells[li].strip()
+            if not file or not label:
+                self.skipped.append(
+                    {"path": f"{self.path.name}:{n}", "reason": "empty path or label"}
+                )
+                continue
+            self.rows.append((self.path.parent / file, label))
+        if not self.rows:
+            raise DataError(f"manifest {str(self.path)!r} lists no files", path=self.path)
+        suffixes = {p.suffix.lower() for p, _ in self.rows}
+        self.modality = "audio" if suffixes <= set(AUDIO_SUFFIXES) else "image"
+
+    def __iter__(self) -> Iterator[RawExample]:
+        for file, label in self.rows:
+            rel = (
+                str(file.relative_to(self.path.parent))
+                if file.is_relative_to(self.path.parent)
+                else str(file)
+            )
+            try:
+                content = file.read_bytes()
+            except OSError as exc:
+                # An unreadable file is reported by the import, like a corrupt one.
+                content = b""
+                rel = f"{rel} ({exc.strerror})"
+            yield RawExample(content, label, source_path=rel)
+
+
+def _number(cell: str) -> float | None:
+    try:
+        v = float(cell)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+class TabularCsvSource:
+    """A CSV of numeric feature columns and one numeric target column (regression)."""
+
+    def __init__(self, path: str | Path, *, target: str, encoding: str = "utf-8") -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.name = str(self.path)
+        header, rows = read_csv(self.path, encoding)
+        ti = _column(header, target, self.path, "target")
+        self.columns = [h for i, h in enumerate(header) if h and i != ti]
+        if not self.columns:
+            raise DataError(f"{self.path.name} has no feature column besides {target!r}")
+        index = {h: i for i, h in enumerate(header)}
+        self.rows: list[tuple[dict[str, float], float, int]] = []
+        self.skipped: list[dict[str, str]] = []
+        for n, row in enumerate(rows, start=2):
+            if not any(c.strip() for c in row):
+                continue
+            cells = row + [""] * (len(header) - len(row))
+            y = _number(cells[ti])
+            feats = {c: _number(cells[index[c]]) for c in self.columns}
+            bad = [c for c, v in feats.items() if v is None]
+            if y is None or bad:
+                what = f"target {cells[ti]!r}" if y is None else f"columns {bad}"
+                self.skipped.append(
+                    {"path": f"{self.path.name}:{n}", "reason": f"not a number in {what}"}
+                )
+                continue
+            self.rows.append(({c: float(v) for c, v in feats.items() if v is not None}, y, n))
+        if not self.rows:
+            raise DataError(f"{str(self.path)!r} has no row with numeric values", path=self.path)
+
+    def __iter__(self) -> Iterator[RawExample]:
+        for feats, y, n in self.rows:
+            yield RawExample(
+                tabular_bytes(feats), None, source_path=f"{self.path.name}:{n}", value=y
+            )
+
+
+class DiabetesSource:
+    """scikit-learn's bundled diabetes regression set (442 patients, 10 features)."""
+
+    name = "diabetes"
+
+    def __iter__(self) -> Iterator[RawExample]:
+        from sklearn.datasets import load_diabetes
+
+        bunch = load_diabetes()
+        for i, (row, y) in enumerate(zip(bunch.data, bunch.target, strict=True)):
+            feats = {str(n): float(v) for n, v in zip(bunch.feature_names, row, strict=True)}
+            yield RawExample(
+                tabular_bytes(feats), None, source_path=f"diabetes[{i}]", value=float(y)
+            )
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The options of `flywheel init` (and `evaluate --data`) that shape a source."""
+
+    task: str | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    text_column: str = "text"
+    target: str | None = None
+    encoding: str = "utf-8"
+    pattern: str = "{label}_{user}_{n}.wav"
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _has_wavs(root: Path) -> bool:
+    return any(p.suffix.lower() in AUDIO_SUFFIXES for p in root.rglob("*") if p.is_file())
+
+
+def resolve_source(spec: str, options: SourceOptions | None = None) -> tuple[Source, str]:
+    """The source named by ``spec`` (``digits``, ``diabetes``, a folder or a CSV) and its task.
+
+    The task is guessed when the data leave no doubt; otherwise ``options.task`` decides.
+    """
+    o = options or SourceOptions()
+    task = o.task
     if spec == "digits":
-        return DigitsSource()
-    return ImageFolderSource(spec)
+        return DigitsSource(), task or "image-classification"
+    if spec == "diabetes":
+        return DiabetesSource(), task or "regression"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if task == "audio-classification" or (task is None and _has_wavs(path)):
+            from flywheel.data.audio import AudioFolderSource
+
+            return AudioFolderSource(path, pattern=o.pattern), "audio-classification"
+        if task not in (None, "image-classification"):
+            raise DataError(f"a folder holds images or audio, not {task} data", path=path)
+        return ImageFolderSource(path), "image-classification"
+    if path.suffix.lower() == ".csv" or path.is_file():
+        if task == "regression" or (task is None and o.target is not None):
+            if o.target is None:
+                raise DataError("regression from a CSV needs --target COLUMN", path=path)
+            return TabularCsvSource(path, target=o.target, encoding=o.encoding), "regression"
+        if task == "text-classification":
+            from flywheel.data.text import TextCsvSource
+
+            src = TextCsvSource(
+                path, text_column=o.text_column, label_column=o.label_column, encoding=o.encoding
+            )
+            return src, "text-classification"
+        header, _ = read_csv(path.resolve(), o.encoding)
+        if task in (None, "image-classification", "audio-classification") and (
+            o.path_column in header
+        ):
+            manifest = CsvManifestSource(
+                path, path_column=o.path_column, label_column=o.label_column, encoding=o.encoding
+            )
+            guessed = f"{manifest.modality}-classification"
+            if task is not None and task != guessed:
+                raise DataError(f"the manifest lists {manifest.modality} files, not {task} data")
+            return manifest, guessed
+        if task is None and o.text_column in header:
+            from flywheel.data.text import TextCsvSource
+
+            src = TextCsvSource(
+                path, text_column=o.text_column, label_column=o.label_column, encoding=o.encoding
+            )
+            return src, "text-classification"
+        raise DataError(
+            f"cannot tell what {path.name} holds (columns {[h for h in header if h]}): "
+            "give --task and the matching column options (--path-column, --text-column, "
+            "--target)",
+            path=path,
+        )
+    raise DataError(
+        f"data {spec!r} does not exist (expected 'digits', 'diabetes', a folder or a CSV file)",
+        path=path,
+    )

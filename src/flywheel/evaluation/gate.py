@@ -1,4 +1,8 @@
-"""The champion/challenger gate, with McNemar's exact test reported beside the decision."""
+"""The champion/challenger gate, with a paired test reported beside the decision.
+
+Classification: accuracy on the same held-out rows, McNemar's exact test.
+Regression: mean squared error on the same held-out rows, Wilcoxon's signed-rank test.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GateDecision", "decide", "mcnemar"]
+__all__ = ["GateDecision", "decide", "decide_regression", "mcnemar", "wilcoxon"]
 
 
 def mcnemar(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> dict[str, Any]:
@@ -20,18 +24,35 @@ def mcnemar(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> dic
     b = int(np.sum(challenger_correct & ~champion_correct))
     c = int(np.sum(~challenger_correct & champion_correct))
     p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
-    return {"challenger_only_correct": b, "champion_only_correct": c, "p_value": p}
+    return {
+        "name": "mcnemar",
+        "challenger_only_correct": b,
+        "champion_only_correct": c,
+        "p_value": p,
+    }
+
+
+def wilcoxon(challenger_sq_err: np.ndarray, champion_sq_err: np.ndarray) -> dict[str, Any]:
+    """Wilcoxon signed-rank test on paired squared errors (two-sided)."""
+    from scipy.stats import wilcoxon as scipy_wilcoxon
+
+    diff = np.asarray(challenger_sq_err, dtype=np.float64) - np.asarray(champion_sq_err)
+    better = int(np.sum(diff < 0))
+    worse = int(np.sum(diff > 0))
+    p = 1.0 if better + worse == 0 else float(scipy_wilcoxon(diff, zero_method="wilcox").pvalue)
+    return {"name": "wilcoxon", "challenger_better": better, "champion_better": worse, "p_value": p}
 
 
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
     reason: str
-    challenger_accuracy: float
-    champion_accuracy: float | None
+    metric: str  # "accuracy" (higher is better) or "mse" (lower is better)
+    challenger_score: float
+    champion_score: float | None
     champion_version: int | None
     margin: float
-    mcnemar: dict[str, Any] | None
+    test: dict[str, Any] | None
     n: int
 
     def to_json(self) -> dict[str, Any]:
@@ -45,7 +66,7 @@ def decide(
     margin: float,
     champion_version: int | None,
 ) -> GateDecision:
-    """Promote unless the challenger trails the champion by more than ``margin``.
+    """Promote unless the challenger's accuracy trails the champion's by more than ``margin``.
 
     Both are scored on the same held-out rows, so the paired test applies; its
     p-value is reported, not used to decide, because with a few hundred rows it
@@ -55,7 +76,9 @@ def decide(
     n = len(challenger_correct)
     acc = float(challenger_correct.mean()) if n else 0.0
     if champion_correct is None:
-        return GateDecision(True, "no production model yet", acc, None, None, margin, None, n)
+        return GateDecision(
+            True, "no production model yet", "accuracy", acc, None, None, margin, None, n
+        )
     champion_correct = np.asarray(champion_correct, dtype=bool)
     if champion_correct.shape != challenger_correct.shape:
         raise ValueError("champion and challenger must be scored on the same held-out rows")
@@ -64,14 +87,54 @@ def decide(
     delta = acc - champ
     # Compare counts, not float differences: 45/50 against 46/50 with margin 0.02 passes.
     shortfall = int(champion_correct.sum()) - int(challenger_correct.sum())
+    args = ("accuracy", acc, champ, champion_version, margin, test, n)
     if shortfall <= margin * n + 1e-9:
         reason = (
             f"challenger accuracy {acc:.4f} vs champion v{champion_version} {champ:.4f} "
             f"(delta {delta:+.4f}, margin {margin}); McNemar p={test['p_value']:.3g}"
         )
-        return GateDecision(True, reason, acc, champ, champion_version, margin, test, n)
+        return GateDecision(True, reason, *args)
     reason = (
         f"challenger accuracy {acc:.4f} trails champion v{champion_version} {champ:.4f} "
         f"by {-delta:.4f}, more than the margin {margin}; McNemar p={test['p_value']:.3g}"
     )
-    return GateDecision(False, reason, acc, champ, champion_version, margin, test, n)
+    return GateDecision(False, reason, *args)
+
+
+def decide_regression(
+    challenger_sq_err: np.ndarray,
+    champion_sq_err: np.ndarray | None,
+    *,
+    margin: float,
+    champion_version: int | None,
+) -> GateDecision:
+    """Promote unless the challenger's MSE exceeds the champion's by more than ``margin``.
+
+    The margin is relative: 0.05 lets the challenger's MSE be up to 5% higher.
+    """
+    challenger_sq_err = np.asarray(challenger_sq_err, dtype=np.float64)
+    n = len(challenger_sq_err)
+    mse = float(challenger_sq_err.mean()) if n else 0.0
+    if champion_sq_err is None:
+        return GateDecision(
+            True, "no production model yet", "mse", mse, None, None, margin, None, n
+        )
+    champion_sq_err = np.asarray(champion_sq_err, dtype=np.float64)
+    if champion_sq_err.shape != challenger_sq_err.shape:
+        raise ValueError("champion and challenger must be scored on the same held-out rows")
+    champ = float(champion_sq_err.mean()) if n else 0.0
+    test = wilcoxon(challenger_sq_err, champion_sq_err)
+    args = ("mse", mse, champ, champion_version, margin, test, n)
+    limit = champ * (1 + margin)
+    change = (mse - champ) / champ if champ > 0 else 0.0
+    if mse <= limit * (1 + 1e-12) + 1e-12:
+        reason = (
+            f"challenger MSE {mse:.4g} vs champion v{champion_version} {champ:.4g} "
+            f"({change:+.2%}, margin {margin:.0%}); Wilcoxon p={test['p_value']:.3g}"
+        )
+        return GateDecision(True, reason, *args)
+    reason = (
+        f"challenger MSE {mse:.4g} exceeds champion v{champion_version} {champ:.4g} "
+        f"by {change:.2%}, more than the margin {margin:.0%}; Wilcoxon p={test['p_value']:.3g}"
+    )
+    return GateDecision(False, reason, *args)

@@ -12,22 +12,24 @@ __all__ = ["Answer", "CuratedRow", "Curation", "curate"]
 
 @dataclass(frozen=True)
 class Answer:
-    """One usable answer: the label a user says an input has."""
+    """One usable answer: the label (or, for regression, the value) a user says an input has."""
 
     feedback_id: str
     input_hash: str
-    label: str
+    label: str | None
     user_id: str | None
     created_at: datetime
+    value: float | None = None
 
 
 @dataclass(frozen=True)
 class CuratedRow:
     input_hash: str
-    label: str
+    label: str | None
     feedback_id: str
     user_id: str | None
     votes: int
+    value: float | None = None
 
 
 @dataclass
@@ -49,7 +51,8 @@ def curate(
     - Inputs already in the dataset are dropped (they are known).
     - Several answers about one input (the same image sent twice, or by two
       users) become one row: each user's latest answer counts once; the most
-      common label wins, ties going to the most recent answer.
+      common label wins, ties going to the most recent answer (regression: the
+      median of the values).
     """
     holdout = set(holdout_inputs)
     known = set(known_inputs)
@@ -70,6 +73,16 @@ def curate(
             latest_per_user[key] = a
         votes = list(latest_per_user.values())
         out.merged_duplicates += len(group) - 1
+        latest = max(votes, key=lambda a: (a.created_at, a.feedback_id))
+        if all(a.label is None for a in votes):
+            # Regression: the median of the users' values.
+            values = sorted(float(a.value) for a in votes if a.value is not None)
+            mid = len(values) // 2
+            median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+            out.rows.append(
+                CuratedRow(digest, None, latest.feedback_id, latest.user_id, len(values), median)
+            )
+            continue
         counts = Counter(a.label for a in votes)
         top = max(counts.values())
         winner = max(

@@ -1,12 +1,26 @@
 """Models: architectures by name, rebuilt from a JSON ``ModelSpec``."""
 
+from flywheel.models import tabular, vision  # noqa: F401  (they register their architectures)
 from flywheel.models.spec import SPEC_FORMAT, ModelSpec
-from flywheel.models.zoo import SeedCNN, create_model, default_hparams, known_archs, register_arch
+from flywheel.models.tabular import MLPRegressor
+from flywheel.models.vision import CNN32, SeedCNN
+from flywheel.models.zoo import (
+    ArchInfo,
+    arch_info,
+    create_model,
+    default_hparams,
+    known_archs,
+    register_arch,
+)
 
 __all__ = [
+    "CNN32",
     "SPEC_FORMAT",
+    "ArchInfo",
+    "MLPRegressor",
     "ModelSpec",
     "SeedCNN",
+    "arch_info",
     "create_model",
     "default_hparams",
     "known_archs",

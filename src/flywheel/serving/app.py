@@ -89,7 +89,8 @@ def create_app(settings: Settings, project: Project | None = None) -> FastAPI:
     app.state.runner = JobRunner(project)
     app.state.settings = settings
     app.add_exception_handler(FlywheelError, _flywheel_error)
-    for r in (predict.router, feedback.router, models.router, jobs.router, stats.router):
+    app.include_router(predict.build_router(project.task))
+    for r in (feedback.router, models.router, jobs.router, stats.router):
         app.include_router(r)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "FeaturesInput",
     "FeedbackCreate",
     "FeedbackPublic",
     "Health",
@@ -16,28 +17,48 @@ __all__ = [
     "PredictionPublic",
     "RetrainRequest",
     "RollbackPublic",
+    "TextInput",
 ]
 
 
 class PredictionPublic(BaseModel):
+    """Classification: ``label`` and ``probabilities``; regression: ``value``."""
+
     prediction_id: str
-    label: str
-    probabilities: dict[str, float]
     model_version: int
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    value: float | None = None
+
+
+class TextInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=100_000, description="The text to classify.")
+
+
+class FeaturesInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    features: dict[str, float] = Field(
+        min_length=1, description="One number per feature column of the model."
+    )
 
 
 class FeedbackCreate(BaseModel):
-    """The true label of a prediction, or whether the prediction was correct."""
+    """The true label (or value) of a prediction, or whether the prediction was correct."""
 
     model_config = ConfigDict(extra="forbid")
     prediction_id: str = Field(min_length=1, max_length=64)
     label: str | None = Field(default=None, min_length=1, max_length=256)
+    value: float | None = Field(default=None, description="Regression: the true value.")
     correct: bool | None = None
 
     @model_validator(mode="after")
     def _one_answer(self) -> FeedbackCreate:
-        if self.label is None and self.correct is None:
-            raise ValueError("give 'label' (the true label) or 'correct' (true or false)")
+        if self.label is None and self.correct is None and self.value is None:
+            raise ValueError(
+                "give 'label' (the true label), 'value' (the true value, regression) "
+                "or 'correct' (true or false)"
+            )
         return self
 
 
@@ -76,6 +97,7 @@ class JobPublic(BaseModel):
     job_id: str
     kind: str
     status: str
+    params: dict[str, Any]
     result: dict[str, Any] | None
     error: str | None
     created_at: str

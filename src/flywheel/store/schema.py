@@ -98,7 +98,8 @@ class Example(Base):
     __tablename__ = "examples"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     input_hash: Mapped[str] = mapped_column(String(64), index=True)
-    label: Mapped[str] = mapped_column(String(256))
+    label: Mapped[str | None] = mapped_column(String(256), nullable=True)  # classification
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # regression target
     split: Mapped[str] = mapped_column(String(16))  # "train" or "holdout"
     origin: Mapped[str] = mapped_column(String(16))  # "base" or "feedback"
     feedback_id: Mapped[str | None] = mapped_column(
@@ -191,7 +192,8 @@ class Prediction(Base):
         String(128), ForeignKey("users.id"), nullable=True, index=True
     )
     input_hash: Mapped[str] = mapped_column(String(64))
-    label: Mapped[str] = mapped_column(String(256), index=True)
+    label: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
     probabilities: Mapped[dict[str, Any]] = mapped_column(JSON)
     latency_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)
@@ -207,6 +209,7 @@ class Feedback(Base):
         String(128), ForeignKey("users.id"), nullable=True, index=True
     )
     label: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # regression: true value
     correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 

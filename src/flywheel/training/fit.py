@@ -1,11 +1,13 @@
-"""The fit loop: cross-entropy, Adam with weight decay, early stopping on a validation split."""
+"""The fit loop: cross-entropy or MSE, Adam with weight decay (L2), a learning-rate
+schedule, augmentation, early stopping on a validation split, and checkpoints to resume."""
 
 from __future__ import annotations
 
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,15 +15,28 @@ import torch
 from torch import nn
 
 from flywheel.data.datasets import Arrays
+from flywheel.errors import ModelError
+from flywheel.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
-__all__ = ["EpochReport", "FitResult", "TrainConfig", "fit", "predict_proba", "seed_everything"]
+__all__ = [
+    "EpochReport",
+    "FitResult",
+    "TrainConfig",
+    "fit",
+    "predict_outputs",
+    "predict_proba",
+    "seed_everything",
+    "split_validation",
+]
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; saved whole with every model version."""
 
-    arch: str = "seed_cnn"
+    arch: str | None = None  # None: the task's default
     epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -31,9 +46,24 @@ class TrainConfig:
     val_fraction: float = 0.15
     seed: int = 0
     warm_start: bool = True
+    lr_schedule: str = "none"  # none, cosine, plateau
+    augment: bool = False
+    image_size: int | None = None  # images: side to resize to (None: the architecture's)
+    finetune_layers: int = 0  # text: top encoder layers trained with the head
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("none", "cosine", "plateau"):
+            raise ValueError(
+                f"lr_schedule must be one of none, cosine, plateau; got {self.lr_schedule!r}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -42,7 +72,12 @@ class EpochReport:
     epochs: int
     train_loss: float
     val_loss: float
-    val_accuracy: float
+    val_metric: float  # accuracy (classification) or MSE (regression)
+    lr: float
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.val_metric
 
 
 @dataclass
@@ -50,8 +85,13 @@ class FitResult:
     best_epoch: int
     epochs_run: int
     best_val_loss: float
-    best_val_accuracy: float
+    best_val_metric: float
     history: list[EpochReport] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return self.best_val_metric
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -61,14 +101,19 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def split_validation(data: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
-    """A seeded, stratified train/validation split of the training rows."""
+    """A seeded train/validation split of the training rows (stratified for classes)."""
     from sklearn.model_selection import train_test_split
 
     n = len(data)
-    n_val = max(1, round(n * fraction))
-    counts = np.bincount(data.y)
-    counts = counts[counts > 0]
-    stratify = data.y if counts.min() >= 2 and n_val >= len(counts) else None
+    if n < 2:
+        raise ModelError(f"{n} training row(s) are too few to keep a validation split")
+    n_val = min(n - 1, max(1, round(n * fraction)))
+    stratify = None
+    if data.y.dtype.kind in "iu":
+        counts = np.bincount(data.y)
+        counts = counts[counts > 0]
+        if counts.min() >= 2 and n_val >= len(counts) and n - n_val >= len(counts):
+            stratify = data.y
     tr, va = train_test_split(np.arange(n), test_size=n_val, random_state=seed, stratify=stratify)
     tr.sort()
     va.sort()
@@ -81,29 +126,48 @@ def split_validation(data: Arrays, fraction: float, seed: int) -> tuple[Arrays, 
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def predict_outputs(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Raw outputs (logits, or values for regression) in batches."""
     model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        logits = model(torch.from_numpy(x[i : i + batch_size]))
-        out.append(torch.softmax(logits, dim=1).numpy())
-    if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(out)
+    out = [
+        model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, data: Arrays, loss_fn: nn.Module) -> tuple[float, float]:
-    model.eval()
-    x = torch.from_numpy(data.x)
-    y = torch.from_numpy(data.y)
-    total, correct, n = 0.0, 0, 0
-    for i in range(0, len(y), 512):
-        logits = model(x[i : i + 512])
-        total += float(loss_fn(logits, y[i : i + 512])) * len(logits)
-        correct += int((logits.argmax(1) == y[i : i + 512]).sum())
-        n += len(logits)
-    return total / max(n, 1), correct / max(n, 1)
+def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    logits = predict_outputs(model, x, batch_size)
+    if logits.size == 0:
+        return logits
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+def _loss_fn(model: nn.Module, regression: bool) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    if not regression:
+        return nn.CrossEntropyLoss()
+    # MSE on the standardised target, so the learning rate means the same for any unit.
+    scale = float(getattr(model, "y_std", torch.tensor(1.0))) ** 2
+
+    def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(out, y) / scale
+
+    return mse
+
+
+@torch.no_grad()
+def _encode(prefix: nn.Module, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    prefix.eval()
+    parts = [prefix(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    return torch.cat(parts).numpy()
+
+
+def _scheduler(opt: torch.optim.Optimizer, config: TrainConfig) -> Any:
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+    if config.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+    return None
 
 
 def fit(
@@ -111,47 +175,148 @@ def fit(
     train: Arrays,
     config: TrainConfig,
     *,
+    regression: bool = False,
+    augment: Augment | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    run_id: str = "",
+    resume: bool = False,
 ) -> FitResult:
-    """Train ``model`` in place; it ends with the weights of its best validation epoch."""
+    """Train ``model`` in place; it ends with the weights of its best validation epoch.
+
+    With ``checkpoint_dir`` the state after each epoch is saved there; ``resume``
+    continues from it (same ``run_id``) as if the run had not been interrupted.
+    """
     gen = seed_everything(config.seed)
     train_part, val = split_validation(train, config.val_fraction, config.seed)
-    x = torch.from_numpy(train_part.x)
+    loss_fn = _loss_fn(model, regression)
+
+    # A model with a frozen prefix (a pre-trained encoder) is run through it once:
+    # training the rest on cached features gives the same gradients, many times faster.
+    split = getattr(model, "split_frozen", None)
+    frozen = split() if callable(split) else None
+    trainable: nn.Module = model
+    x_train, x_val = train_part.x, val.x
+    if frozen is not None:
+        prefix, trainable = frozen
+        x_train, x_val = _encode(prefix, x_train), _encode(prefix, x_val)
+        augment = None
+    x = torch.from_numpy(x_train)
     y = torch.from_numpy(train_part.y)
-    loss_fn = nn.CrossEntropyLoss()
-    # Adam's weight_decay is the L2 penalty of the seed (section 2.1).
+    xv, yv = torch.from_numpy(x_val), torch.from_numpy(val.y)
+
     opt = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        [p for p in trainable.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,  # the L2 penalty of the seed (2.1)
     )
+    sched = _scheduler(opt, config)
     best_state = copy.deepcopy(model.state_dict())
-    best_loss, best_acc, best_epoch, since_best = math.inf, 0.0, 0, 0
+    best_loss, best_metric, best_epoch, since_best = math.inf, 0.0, 0, 0
     history: list[EpochReport] = []
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
+    start, resumed_from = 1, None
+
+    if resume:
+        if checkpoint_dir is None or not checkpoint_dir.exists():
+            raise ModelError("there is no interrupted run to resume")
+        ck = load_checkpoint(checkpoint_dir)
+        if ck.meta.get("run_id") != run_id:
+            raise ModelError(
+                "the checkpoint belongs to another run (different data or settings); "
+                "train without --resume to start afresh"
+            )
+        model.load_state_dict(ck.model)
+        best_state = ck.best_model
+        opt.load_state_dict(ck.optimizer)
+        if sched is not None and ck.scheduler is not None:
+            sched.load_state_dict(ck.scheduler)
+        gen.set_state(ck.rng)
+        torch.set_rng_state(ck.global_rng)
+        best_loss, best_metric = ck.meta["best_loss"], ck.meta["best_metric"]
+        best_epoch, since_best = ck.meta["best_epoch"], ck.meta["since_best"]
+        history = [EpochReport(**h) for h in ck.meta["history"]]
+        start = resumed_from = ck.epoch + 1
+        if since_best >= config.patience:
+            start = config.epochs + 1  # it had already stopped early
+
+    epoch = start - 1
+    for epoch in range(start, config.epochs + 1):
+        trainable.train()
         order = torch.randperm(len(y), generator=gen)
         running, seen = 0.0, 0
         for i in range(0, len(order), config.batch_size):
             idx = order[i : i + config.batch_size]
+            xb = x[idx]
+            if augment is not None:
+                xb = augment(xb, gen)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
+            loss = loss_fn(trainable(xb), y[idx])
             loss.backward()
             opt.step()
             running += loss.item() * len(idx)
             seen += len(idx)
-        val_loss, val_acc = _evaluate(model, val, loss_fn)
-        report = EpochReport(epoch, config.epochs, running / max(seen, 1), val_loss, val_acc)
+        val_loss, val_metric = _validate(trainable, xv, yv, loss_fn, regression)
+        lr = opt.param_groups[0]["lr"]
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(val_loss)
+        elif sched is not None:
+            sched.step()
+        report = EpochReport(epoch, config.epochs, running / max(seen, 1), val_loss, val_metric, lr)
         history.append(report)
-        if on_epoch is not None:
-            on_epoch(report)
-        if val_loss < best_loss - 1e-6:
-            best_loss, best_acc, best_epoch, since_best = val_loss, val_acc, epoch, 0
+        if val_loss < best_loss - 1e-7:
+            best_loss, best_metric, best_epoch, since_best = val_loss, val_metric, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
-            # Early stopping: the validation loss has not improved for `patience` epochs.
-            if since_best >= config.patience:
-                break
+        if checkpoint_dir is not None:
+            save_checkpoint(
+                checkpoint_dir,
+                Checkpoint(
+                    epoch=epoch,
+                    model=model.state_dict(),
+                    best_model=best_state,
+                    optimizer=opt.state_dict(),
+                    scheduler=None if sched is None else sched.state_dict(),
+                    rng=gen.get_state(),
+                    global_rng=torch.get_rng_state(),
+                    meta={
+                        "run_id": run_id,
+                        "best_loss": best_loss,
+                        "best_metric": best_metric,
+                        "best_epoch": best_epoch,
+                        "since_best": since_best,
+                        "history": [asdict(h) for h in history],
+                    },
+                ),
+            )
+        if on_epoch is not None:
+            on_epoch(report)
+        # Early stopping: the validation loss has not improved for `patience` epochs.
+        if since_best >= config.patience:
+            break
     model.load_state_dict(best_state)
     model.eval()
-    return FitResult(best_epoch, epoch, best_loss, best_acc, history)
+    return FitResult(best_epoch, epoch, best_loss, best_metric, history, resumed_from)
+
+
+@torch.no_grad()
+def _validate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
+    regression: bool,
+) -> tuple[float, float]:
+    """(loss, metric): accuracy for classes, MSE in the target's units for regression."""
+    model.eval()
+    total, metric, n = 0.0, 0.0, 0
+    for i in range(0, len(y), 256):
+        out = model(x[i : i + 256])
+        yb = y[i : i + 256]
+        total += float(loss_fn(out, yb)) * len(yb)
+        if regression:
+            metric += float(((out - yb) ** 2).sum())
+        else:
+            metric += float((out.argmax(1) == yb).sum())
+        n += len(yb)
+    return total / max(n, 1), metric / max(n, 1)

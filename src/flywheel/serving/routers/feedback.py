@@ -28,6 +28,10 @@ def create_feedback(
     project: ProjectDep, body: FeedbackCreate, x_user_id: UserHeader = None
 ) -> FeedbackPublic:
     result = project.record_feedback(
-        body.prediction_id, label=body.label, correct=body.correct, user_id=x_user_id
+        body.prediction_id,
+        label=body.label,
+        correct=body.correct,
+        value=body.value,
+        user_id=x_user_id,
     )
     return FeedbackPublic(feedback_id=result.feedback_id)

@@ -1,43 +1,77 @@
-"""POST /v1/predict."""
+"""POST /v1/predict, in the form the project's task takes (documented per task in OpenAPI)."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: the routes are built inside a function
+# and FastAPI must see their annotations evaluated, closure variables included.
 
-from typing import Annotated
+
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Header, UploadFile
 
+from flywheel.data import tabular_bytes
+from flywheel.project import PredictionResult
 from flywheel.serving.deps import ProjectDep, require
-from flywheel.serving.schemas import PredictionPublic
+from flywheel.serving.schemas import FeaturesInput, PredictionPublic, TextInput
+from flywheel.tasks import Task
 
-__all__ = ["router"]
-
-router = APIRouter(tags=["predict"])
+__all__ = ["UserHeader", "build_router"]
 
 UserHeader = Annotated[
     str | None, Header(alias="X-User-Id", description="The end user's pseudonymous id.")
 ]
 
+RESPONSES: dict[int | str, dict[str, str]] = {
+    413: {"description": "The body is over the size limit."},
+    422: {"description": "The input is missing, empty or unreadable for this task."},
+    503: {"description": "No production model yet."},
+}
 
-@router.post(
-    "/v1/predict",
-    response_model=PredictionPublic,
-    dependencies=[Depends(require("predict"))],
-    summary="Predict the label of one image",
-    responses={
-        413: {"description": "The body is over the size limit."},
-        422: {"description": "The upload is missing, empty or not an image."},
-        503: {"description": "No production model yet."},
-    },
-)
-def create_prediction(
-    project: ProjectDep,
-    file: Annotated[UploadFile, File(description="An image (PNG or JPEG).")],
-    x_user_id: UserHeader = None,
-) -> PredictionPublic:
-    result = project.predict(file.file.read(), user_id=x_user_id)
+
+def _public(r: PredictionResult) -> PredictionPublic:
     return PredictionPublic(
-        prediction_id=result.prediction_id,
-        label=result.label,
-        probabilities=result.probabilities,
-        model_version=result.model_version,
+        prediction_id=r.prediction_id,
+        model_version=r.model_version,
+        label=r.label,
+        probabilities=r.probabilities,
+        value=r.value,
     )
+
+
+def build_router(task: Task) -> APIRouter:
+    router = APIRouter(tags=["predict"])
+    kwargs: dict[str, Any] = {
+        "response_model": PredictionPublic,
+        "response_model_exclude_none": True,
+        "dependencies": [Depends(require("predict"))],
+        "responses": RESPONSES,
+    }
+    if task.input == "file":
+        what = "an image (PNG or JPEG)" if task.modality == "image" else "a WAV recording"
+
+        @router.post("/v1/predict", summary=f"Predict from {what} ({task.name})", **kwargs)
+        def create_prediction(
+            project: ProjectDep,
+            file: Annotated[UploadFile, File(description=f"{what[0].upper()}{what[1:]}.")],
+            x_user_id: UserHeader = None,
+        ) -> PredictionPublic:
+            return _public(project.predict(file.file.read(), user_id=x_user_id))
+
+    elif task.input == "text":
+
+        @router.post("/v1/predict", summary=f"Classify a text ({task.name})", **kwargs)
+        def create_text_prediction(
+            project: ProjectDep, body: TextInput, x_user_id: UserHeader = None
+        ) -> PredictionPublic:
+            return _public(project.predict(body.text.encode("utf-8"), user_id=x_user_id))
+
+    else:
+
+        @router.post(
+            "/v1/predict", summary=f"Predict a value from features ({task.name})", **kwargs
+        )
+        def create_value_prediction(
+            project: ProjectDep, body: FeaturesInput, x_user_id: UserHeader = None
+        ) -> PredictionPublic:
+            return _public(project.predict(tabular_bytes(body.features), user_id=x_user_id))
+
+    return router
