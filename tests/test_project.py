@@ -90,10 +90,7 @@ def test_the_gate_refuses_a_worse_challenger_and_keeps_production(project: Proje
     assert info.aliases == ["candidate"]
     assert info.gate is not None
     assert info.gate["promoted"] is False
-    assert (
-        info.gate["test"]["champion_only_correct"]
-        > info.gate["test"]["challenger_only_correct"]
-    )
+    assert info.gate["test"]["champion_only_correct"] > info.gate["test"]["challenger_only_correct"]
 
 
 def test_the_gate_promotes_a_challenger_that_does_not_lose(project: Project) -> None:

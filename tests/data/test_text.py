@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,21 @@ def test_decode_batch_equals_stacked_decode(codec: TextCodec) -> None:
     assert batch.dtype == np.int64
     np.testing.assert_array_equal(batch, np.stack([codec.decode(c, PARAMS) for c in contents]))
     assert codec.decode_batch([], PARAMS).shape == (0, 2, 16)
+
+
+def test_decode_batch_is_safe_from_many_threads(codec: TextCodec) -> None:
+    contents = [f"message number {i} ".encode() * (1 + i % 7) for i in range(64)]
+    starts = range(0, 64, 8)
+
+    def batch(i: int) -> np.ndarray:
+        # Different lengths per call: a shared tokenizer changes its settings each time.
+        return codec.decode_batch(contents[i : i + 8], {**PARAMS, "max_length": 16 + 8 * (i % 3)})
+
+    serial = [batch(i) for i in starts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parallel = list(pool.map(batch, starts))
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("bad", [None, 1, 16.0, "16", True])

@@ -22,7 +22,12 @@ def test_a_better_challenger_is_promoted() -> None:
     assert d.champion_score == 0.7
     assert d.champion_version == 3
     assert d.n == 10
-    assert d.test == {"name": "mcnemar", "challenger_only_correct": 2, "champion_only_correct": 0, "p_value": 0.5}
+    assert d.test == {
+        "name": "mcnemar",
+        "challenger_only_correct": 2,
+        "champion_only_correct": 0,
+        "p_value": 0.5,
+    }
     assert d.reason.startswith("challenger accuracy 0.9000 vs champion v3 0.7000 (delta +0.2000")
 
 

@@ -165,10 +165,7 @@ def test_a_wrongly_shaped_input_raises_model_error_naming_the_expected_shape(
 ) -> None:
     model = _seeded_model(case, 0).eval()
     x = torch.from_numpy(_tiny(case, 2).x)
-    if bad == "last_axis":
-        x = torch.cat([x, x[..., :1]], dim=-1)
-    else:
-        x = x[0]
+    x = torch.cat([x, x[..., :1]], dim=-1) if bad == "last_axis" else x[0]
     expected = ", ".join(map(str, case.input_shape))
     with pytest.raises(ModelError, match=re.escape(f"(N, {expected})")), torch.no_grad():
         model(x)

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from flywheel.errors import ConfigError
 from flywheel.store import Database
+from flywheel.store.db import _alembic_config
 from flywheel.store.schema import Base, Prediction, User
 
 TABLES = {
@@ -55,7 +57,8 @@ def test_migrate_is_idempotent_and_is_current_follows_it(database_url: str) -> N
         assert set(inspect(database.engine).get_table_names()) == TABLES | {"alembic_version"}
         with database.engine.connect() as conn:
             revisions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
-        assert revisions == [("0001",)]
+        head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+        assert revisions == [(head,)]
     finally:
         database.dispose()
 
@@ -157,3 +160,27 @@ def test_session_rolls_back_on_an_exception(db: Database) -> None:
     with db.session() as s:
         assert s.get(User, "ghost") is None
         assert s.scalar(select(func.count()).select_from(User)) == 0
+
+
+def test_upgrading_from_the_first_schema_keeps_the_rows(database_url: str) -> None:
+    """A project made before regression support (0001) opens under the newest schema."""
+    from alembic import command
+
+    database = Database(database_url)
+    try:
+        cfg = _alembic_config()
+        with database.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        with database.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO users (id, created_at) VALUES ('u1', CURRENT_TIMESTAMP)")
+            )
+        database.migrate()
+        assert database.is_current() is True
+        with database.session() as s:
+            assert s.get(User, "u1") is not None
+        columns = {c["name"] for c in inspect(database.engine).get_columns("examples")}
+        assert "value" in columns
+    finally:
+        database.dispose()

@@ -3,7 +3,6 @@
 # No `from __future__ import annotations` here: the routes are built inside a function
 # and FastAPI must see their annotations evaluated, closure variables included.
 
-
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Header, UploadFile
