@@ -91,7 +91,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--augment", action="store_true", help="time shift and noise on batches")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; on a shared 2-core machine one thread is several times faster "
+        "than two competing with other processes",
+    )
     parser.add_argument("--data", type=Path, default=FSDD)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

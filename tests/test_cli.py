@@ -122,3 +122,42 @@ def test_failed_init_leaves_nothing_behind(tmp_path: Path) -> None:
     r = runner.invoke(app, ["init", str(tmp_path / "p"), "--data", str(folders)])
     assert r.exit_code != 0
     assert not (tmp_path / "p").exists()
+
+
+def test_data_report_and_evaluate_on_outside_data(tmp_path: Path) -> None:
+    from flywheel.data import digits_arrays
+
+    images, labels = digits_arrays()
+    by_class = {str(d): [images[i] for i in range(600) if labels[i] == d][:12] for d in range(3)}
+    by_class["0"].append(by_class["0"][0])  # an exact duplicate
+    folders = write_class_folders(tmp_path / "data", by_class)
+    (folders / "1" / "clash.png").write_bytes((folders / "2" / "0.png").read_bytes())
+    root = str(tmp_path / "p")
+    out = run("init", root, "--data", str(folders), "--json")
+    cleaning = out["dataset"]["cleaning"]
+    assert cleaning["exact_duplicates"]["count"] == 1
+    assert cleaning["conflicting_labels"]["count"] == 1
+    assert sorted(cleaning["conflicting_labels"]["items"][0]["paths"]) == [
+        "1/clash.png",
+        "2/0.png",
+    ]
+    # 38 files: 36 distinct digits, a copy of one (kept once), and a copy of a class-2 digit
+    # filed under class 1 (both copies dropped): 35 kept.
+    assert cleaning["kept"] == 35
+    assert cleaning["total"] == 38
+
+    report = run("data", "report", "--project", root, "--json")
+    assert report["cleaning"] == cleaning
+    r = runner.invoke(app, ["data", "report", "--project", root])
+    assert r.exit_code == 0
+    assert "conflicting labels" in r.stdout
+
+    run("train", "--project", root, "--epochs", "2", "--image-size", "8", "--json")
+    outside = write_class_folders(
+        tmp_path / "outside",
+        {str(d): [images[i] for i in range(1000, 1300) if labels[i] == d][:5] for d in range(3)},
+    )
+    ev = run("evaluate", "--project", root, "--data", str(outside), "--json")
+    assert ev["n"] == 15
+    assert ev["data"] == str(outside.resolve())
+    assert ev["labels"] == ["0", "1", "2"]

@@ -220,7 +220,7 @@ def test_text_and_tabular_sources_are_guessed(tmp_path: Path) -> None:
     odd.write_text("foo,bar\n1,2\n")
     from flywheel.errors import DataError
 
-    with pytest.raises(DataError, match="cannot tell what o.csv holds"):
+    with pytest.raises(DataError, match=r"cannot tell what o\.csv holds"):
         resolve_source(str(odd))
 
 

@@ -210,9 +210,9 @@ def test_feedback_malformed_json_is_422(client: TestClient) -> None:
 def test_feedback_without_an_answer_is_422(client: TestClient) -> None:
     r = client.post("/v1/feedback", json={"prediction_id": "x"})
     assert r.status_code == 422
-    assert (
-        "give 'label' (the true label), 'value' (the true value, regression) or 'correct' (true or false)"
-        in (r.json()["detail"][0]["msg"])
+    assert r.json()["detail"][0]["msg"] == (
+        "Value error, give 'label' (the true label), 'value' (the true value, regression) "
+        "or 'correct' (true or false)"
     )
 
 

@@ -17,8 +17,11 @@ __all__ = ["MLPRegressor"]
 class MLPRegressor(nn.Module):
     """Standardised features → hidden layers → one value, in the target's own units.
 
-    The network learns the standardised target; ``y_mean`` and ``y_std`` (buffers,
-    saved with the weights) bring its output back to the target's scale.
+    A linear path runs beside the hidden layers ("wide and deep"): small tabular
+    sets are often nearly linear, and the MLP then only has to learn what a
+    linear model misses. The network learns the standardised target; ``y_mean``
+    and ``y_std`` (buffers, saved with the weights) bring its output back to the
+    target's scale.
     """
 
     def __init__(
@@ -39,12 +42,13 @@ class MLPRegressor(nn.Module):
             width = h
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
+        self.linear = nn.Linear(n_features, 1)
         self.register_buffer("y_mean", torch.tensor(float(y_mean)))
         self.register_buffer("y_std", torch.tensor(float(y_std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("mlp_regressor", x, self.input_shape)
-        return self.net(x).squeeze(-1) * self.y_std + self.y_mean
+        return (self.net(x) + self.linear(x)).squeeze(-1) * self.y_std + self.y_mean
 
 
 def _build(spec: ModelSpec) -> nn.Module:
