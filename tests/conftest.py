@@ -13,8 +13,9 @@ import torch
 from flywheel import Project
 from tests.factories import make_project
 
-# Two cores: keep torch from oversubscribing them when tests run servers in threads.
-torch.set_num_threads(2)
+# Two cores, and tests run servers and training in threads: one torch thread each keeps
+# them from oversubscribing the cores (two threads were 5-6x slower under load).
+torch.set_num_threads(1)
 
 POSTGRES_URL = os.environ.get(
     "FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

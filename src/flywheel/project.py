@@ -846,6 +846,7 @@ class Project:
         with self.db.session() as s:
             info = registry.get_version(s, version)
         model, spec = load_artifact(Path(info.artifact_dir))
+        self.codec.warm_up(spec.preprocessing)
         return LoadedModel(version, model, spec, self.codec)
 
     def refresh_model(self) -> LoadedModel | None:

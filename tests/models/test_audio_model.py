@@ -140,7 +140,7 @@ def test_it_learns_two_tones_and_tells_them_apart_for_an_unseen_speaker(
     assert train.x.shape[1:] == shape
     torch.manual_seed(0)
     model = create_model(_spec(shape, hidden=32))
-    config = TrainConfig(epochs=6, batch_size=16, learning_rate=3e-3, val_fraction=0.2, seed=0)
+    config = TrainConfig(epochs=6, batch_size=32, learning_rate=3e-3, val_fraction=0.2, seed=0)
 
     result = fit(model, train, config)
 

@@ -135,6 +135,16 @@ class AudioCodec(Codec):
             "features": "log-mel",
         }
 
+    def warm_up(self, params: dict[str, Any]) -> None:
+        """Decode a silent clip once: librosa's first call loads its dependencies (seconds)."""
+        import io
+
+        sf = _module("soundfile")
+        buf = io.BytesIO()
+        rate = int(params["sample_rate"])
+        sf.write(buf, np.zeros(rate // 10, dtype=np.float32), rate, format="WAV")
+        self.decode(buf.getvalue(), params)
+
     def decode(self, content: bytes, params: dict[str, Any]) -> np.ndarray:
         samples, rate = _read(content)
         y = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]

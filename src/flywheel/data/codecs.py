@@ -60,6 +60,9 @@ class Codec(ABC):
     def decode_batch(self, contents: Sequence[bytes], params: dict[str, Any]) -> np.ndarray:
         return np.stack([self.decode(c, params) for c in contents])
 
+    def warm_up(self, params: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Load what the first ``decode`` would (a server calls this before it swaps a model in)."""
+
 
 _CODECS: dict[str, Callable[[], Codec]] = {}
 
