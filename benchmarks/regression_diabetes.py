@@ -33,9 +33,15 @@ def main() -> None:
             Path(tmp) / "p",
             DiabetesSource(),
             task="regression",
-            settings={"epochs": args.epochs, "patience": 30, "learning_rate": 1e-3,
-                      "weight_decay": 0.1, "dropout": 0.1, "batch_size": 32,
-                      "warm_start": False},
+            settings={
+                "epochs": args.epochs,
+                "patience": 30,
+                "learning_rate": 1e-3,
+                "weight_decay": 0.1,
+                "dropout": 0.1,
+                "batch_size": 32,
+                "warm_start": False,
+            },
         )
         # The same rows for both arms, decoded the way the model sees them.
         from flywheel.data import HOLDOUT, TRAIN
@@ -55,8 +61,13 @@ def main() -> None:
         for seed in range(args.seeds):
             t = time.perf_counter()
             result = project.train(project.train_config(seed=seed))
-            mlp.append((result.decision.challenger_score, time.perf_counter() - t,
-                        result.model.metrics["epochs_run"]))
+            mlp.append(
+                (
+                    result.decision.challenger_score,
+                    time.perf_counter() - t,
+                    result.model.metrics["epochs_run"],
+                )
+            )
         project.close()
 
     mses = np.array([m for m, _, _ in mlp])
@@ -67,14 +78,20 @@ def main() -> None:
         label = f"mlp_regressor seed {seed} ({epochs} ep)"
         print(f"{label:<28}{m:>12.1f}{m / ridge_mse:>8.3f}{secs:>8.2f}")
     print(f"{'mlp_regressor mean':<28}{mses.mean():>12.1f}{mses.mean() / ridge_mse:>8.3f}")
-    print(json.dumps({
-        "benchmark": "regression_diabetes",
-        "n_train": len(train), "n_test": len(test),
-        "ridge_mse": round(ridge_mse, 2), "ridge_alpha": float(ridge.alpha_),
-        "mlp_mse": [round(float(m), 2) for m in mses],
-        "mlp_mse_mean": round(float(mses.mean()), 2),
-        "ratio_mean": round(float(mses.mean() / ridge_mse), 4),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "regression_diabetes",
+                "n_train": len(train),
+                "n_test": len(test),
+                "ridge_mse": round(ridge_mse, 2),
+                "ridge_alpha": float(ridge.alpha_),
+                "mlp_mse": [round(float(m), 2) for m in mses],
+                "mlp_mse_mean": round(float(mses.mean()), 2),
+                "ratio_mean": round(float(mses.mean() / ridge_mse), 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

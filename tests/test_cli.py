@@ -83,7 +83,7 @@ def test_keys_create_shows_the_key_once_and_stores_its_hash(tmp_path: Path) -> N
     ("args", "message"),
     [
         (["train", "--project", "{missing}"], "no flywheel project in"),
-        (["init", "{tmp}/x", "--data", "{tmp}/nowhere"], "does not exist or is not a folder"),
+        (["init", "{tmp}/x", "--data", "{tmp}/nowhere"], "does not exist (expected"),
         (["keys", "create", "--scope", "root", "--project", "{proj}"], "scopes must be among"),
         (["promote", "42", "--project", "{proj}"], "model version 42 not found"),
         (["rollback", "--project", "{proj}"], "no production model to roll back"),
