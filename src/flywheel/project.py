@@ -47,10 +47,12 @@ from flywheel.errors import (
 )
 from flywheel.evaluation import (
     GateDecision,
+    class_check,
     classification_report,
     decide,
     decide_regression,
     regression_report,
+    with_check,
 )
 from flywheel.feedback import Answer, curate
 from flywheel.models import ModelSpec, arch_info, create_model
@@ -622,6 +624,14 @@ class Project:
             margin=self.settings.gate_margin,
             champion_version=champion_version,
         )
+        class_margin = self.settings.gate_class_margin
+        if champion_score is not None and not self.task.is_regression and class_margin is not None:
+            passed, why, detail = class_check(
+                holdout.y, score, champion_score, list(spec.labels), class_margin=class_margin
+            )
+            decision = with_check(
+                decision, "per_class", passed=passed, refuse=True, reason=why, **detail
+            )
         metrics = {
             **report,
             "n_train": len(train),

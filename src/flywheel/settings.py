@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         le=1.0,
         description="A challenger may trail the champion's held-out accuracy by at most this.",
     )
+    gate_class_margin: float | None = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="No class may lose more recall than this against the champion (None: off).",
+    )
     auto_promote: bool = Field(
         default=True, description="Promote a challenger that passes the gate after a retrain."
     )

@@ -166,3 +166,28 @@ def test_regression_gate_both_ways_and_wilcoxon() -> None:
     assert worse.reason.startswith("challenger MSE 4.2 exceeds champion v2 3.5 by 20.00%")
     within = decide_regression(champion * 1.05, champion, margin=0.1, champion_version=2)
     assert within.promote is True
+
+
+def test_class_check_refuses_a_challenger_that_sacrifices_one_class() -> None:
+    from flywheel.evaluation import class_check, with_check
+
+    # 3 classes, 4 held-out rows each. The challenger gets two more rows of class 'a' and
+    # 'c' right but loses half of class 'b': overall better, one class collapsed.
+    y = np.array([0] * 4 + [1] * 4 + [2] * 4)
+    champion = np.array([1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=bool)
+    challenger = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1], dtype=bool)
+    overall = decide(challenger, champion, margin=0.0, champion_version=1)
+    assert overall.promote is True
+    passed, reason, detail = class_check(y, challenger, champion, ["a", "b", "c"], class_margin=0.1)
+    assert passed is False
+    assert detail["recall_drop"] == {"a": -0.5, "b": 0.5, "c": -0.5}
+    assert detail["failed_classes"] == ["b"]
+    assert reason == (
+        "class 'b' loses 0.5000 of its recall against the champion, more than the class margin 0.1"
+    )
+    refused = with_check(overall, "per_class", passed=passed, refuse=True, reason=reason, **detail)
+    assert refused.promote is False
+    assert refused.reason.startswith("class 'b' loses 0.5000")
+    assert refused.checks["per_class"]["failed_classes"] == ["b"]
+    lenient = class_check(y, challenger, champion, ["a", "b", "c"], class_margin=0.5)
+    assert lenient[0] is True

@@ -24,6 +24,7 @@ TABLES = {
     "dataset_versions",
     "examples",
     "feedback",
+    "review_items",
     "jobs",
     "model_aliases",
     "model_versions",

@@ -1,14 +1,24 @@
 """Evaluation: metrics and the champion/challenger gate."""
 
-from flywheel.evaluation.gate import GateDecision, decide, decide_regression, mcnemar, wilcoxon
+from flywheel.evaluation.gate import (
+    GateDecision,
+    class_check,
+    decide,
+    decide_regression,
+    mcnemar,
+    wilcoxon,
+    with_check,
+)
 from flywheel.evaluation.metrics import classification_report, regression_report
 
 __all__ = [
     "GateDecision",
+    "class_check",
     "classification_report",
     "decide",
     "decide_regression",
     "mcnemar",
     "regression_report",
     "wilcoxon",
+    "with_check",
 ]

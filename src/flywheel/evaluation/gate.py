@@ -6,12 +6,20 @@ Regression: mean squared error on the same held-out rows, Wilcoxon's signed-rank
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-__all__ = ["GateDecision", "decide", "decide_regression", "mcnemar", "wilcoxon"]
+__all__ = [
+    "GateDecision",
+    "class_check",
+    "decide",
+    "decide_regression",
+    "mcnemar",
+    "wilcoxon",
+    "with_check",
+]
 
 
 def mcnemar(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> dict[str, Any]:
@@ -54,9 +62,61 @@ class GateDecision:
     margin: float
     test: dict[str, Any] | None
     n: int
+    #: further checks beside the overall score, by name: {"passed", "refuse", "detail", ...}
+    checks: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def with_check(
+    decision: GateDecision, name: str, *, passed: bool, refuse: bool, reason: str, **detail: Any
+) -> GateDecision:
+    """Add a named check; a failed check that may refuse turns the decision into a refusal."""
+    checks = {**decision.checks, name: {"passed": passed, "refuse": refuse, **detail}}
+    if passed:
+        return replace(decision, checks=checks)
+    if refuse and decision.promote:
+        return replace(
+            decision, promote=False, reason=f"{reason}; {decision.reason}", checks=checks
+        )
+    return replace(decision, reason=f"{decision.reason}; {reason}", checks=checks)
+
+
+def class_check(
+    y_true: np.ndarray,
+    challenger_correct: np.ndarray,
+    champion_correct: np.ndarray,
+    labels: list[str],
+    *,
+    class_margin: float,
+) -> tuple[bool, str, dict[str, Any]]:
+    """No class may lose more than ``class_margin`` of its recall against the champion.
+
+    Overall accuracy can rise while one class collapses (a targeted poisoning does
+    exactly that); this looks at each class on the same held-out rows.
+    """
+    drops: dict[str, float] = {}
+    for k, label in enumerate(labels):
+        rows = y_true == k
+        if not rows.any():
+            continue
+        drops[label] = float(champion_correct[rows].mean() - challenger_correct[rows].mean())
+    worst = max(drops, key=lambda lab: drops[lab]) if drops else None
+    failed = sorted(lab for lab, d in drops.items() if d > class_margin + 1e-9)
+    detail = {
+        "class_margin": class_margin,
+        "recall_drop": {lab: round(d, 4) for lab, d in drops.items()},
+        "worst_class": worst,
+        "failed_classes": failed,
+    }
+    if not failed:
+        return True, "", detail
+    reason = (
+        f"class {worst!r} loses {drops[str(worst)]:.4f} of its recall against the champion, "
+        f"more than the class margin {class_margin}"
+    )
+    return False, reason, detail
 
 
 def decide(

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -32,6 +33,7 @@ __all__ = [
     "ModelAlias",
     "ModelVersion",
     "Prediction",
+    "ReviewItem",
     "User",
     "utcnow",
 ]
@@ -77,6 +79,14 @@ class User(Base):
     __tablename__ = "users"
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    #: estimated reliability in (0, 1); None until estimated
+    trust: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: the counts behind the estimate
+    trust_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    trust_updated_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    #: a quarantined user's feedback is kept and listed but not trained on
+    quarantined_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    quarantine_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ApiKey(Base):
@@ -109,6 +119,8 @@ class Example(Base):
         String(128), ForeignKey("users.id"), nullable=True, index=True
     )
     source_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: training weight (trust of the user who gave it); None means 1
+    weight: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 
@@ -211,6 +223,25 @@ class Feedback(Base):
     label: Mapped[str | None] = mapped_column(String(256), nullable=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)  # regression: true value
     correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    #: the prediction had been handed out by the review queue
+    via_queue: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class ReviewItem(Base):
+    """A prediction handed out by the review queue, with why it was picked."""
+
+    __tablename__ = "review_items"
+    prediction_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("predictions.id"), primary_key=True
+    )
+    strategy: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    #: a golden probe: a prediction on an example whose label is known
+    golden_example_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("examples.id"), nullable=True
+    )
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 
