@@ -55,6 +55,8 @@ from flywheel.evaluation import (
     with_check,
 )
 from flywheel.feedback import Answer, curate
+from flywheel.feedback.queue import Candidate, rank
+from flywheel.feedback.trust import Vote, estimate_trust
 from flywheel.models import ModelSpec, arch_info, create_model
 from flywheel.registry import VersionInfo, load_artifact, save_artifact
 from flywheel.settings import CONFIG_FILE, Settings
@@ -69,6 +71,8 @@ from flywheel.store.schema import (
     Job,
     ModelVersion,
     Prediction,
+    ReviewItem,
+    User,
     utcnow,
 )
 from flywheel.tasks import Task, get_task
@@ -99,6 +103,8 @@ CHECKPOINT = "checkpoints/current"
 ProgressFn = Callable[[EpochReport], None]
 ImportProgressFn = Callable[[int], None]
 Row = tuple[str, str | None, float | None]  # input hash, label, value
+#: trust given to a user the estimate has not seen yet (the Beta(2, 1) prior's mean)
+DEFAULT_TRUST = 2 / 3
 
 
 @dataclass(frozen=True)
@@ -483,15 +489,20 @@ class Project:
             return self._dataset_info(dv)
 
     def _rows(self, s: Session, dv_id: int, split: str) -> list[Row]:
+        return [(h, lab, val) for h, lab, val, _ in self._weighted_rows(s, dv_id, split)]
+
+    def _weighted_rows(
+        self, s: Session, dv_id: int, split: str
+    ) -> list[tuple[str, str | None, float | None, float | None]]:
         q = (
-            select(Example.input_hash, Example.label, Example.value)
+            select(Example.input_hash, Example.label, Example.value, Example.weight)
             .join(DatasetVersionExample, DatasetVersionExample.example_id == Example.id)
             .where(DatasetVersionExample.dataset_version_id == dv_id, Example.split == split)
             # Order by content, not by arrival: the same dataset version gives the same
             # rows in the same order, hence (with a fixed seed) the same model.
             .order_by(Example.input_hash, Example.label, Example.value)
         )
-        return [(h, lab, val) for h, lab, val in s.execute(q)]
+        return [(h, lab, val, w) for h, lab, val, w in s.execute(q)]
 
     def _arrays(self, rows: list[Row], spec: ModelSpec) -> Arrays:
         labels = list(spec.labels) if spec.labels else None
@@ -572,15 +583,19 @@ class Project:
         with self.db.session() as s:
             dv = self._latest_dataset(s)
             spec = self._spec(dv, config)
-            train_rows = self._rows(s, dv.id, TRAIN)
+            weighted = self._weighted_rows(s, dv.id, TRAIN)
+            train_rows = [(h, lab, val) for h, lab, val, _ in weighted]
             holdout_rows = self._rows(s, dv.id, HOLDOUT)
             champion_version = registry.get_alias(s, registry.PRODUCTION)
             dv_hash = dv.content_hash
+            contribution = dict(dv.stats.get("contribution", {}))
         if len(train_rows) < 2:
             raise DataError(
                 f"dataset version {dv.id} has {len(train_rows)} training rows; need >= 2"
             )
         train = self._arrays(train_rows, spec)
+        if any(w is not None for *_, w in weighted):
+            train.weights = np.array([1.0 if w is None else w for *_, w in weighted], np.float32)
         holdout = self._arrays(holdout_rows, spec)
 
         seed_everything(config.seed)
@@ -631,6 +646,18 @@ class Project:
             )
             decision = with_check(
                 decision, "per_class", passed=passed, refuse=True, reason=why, **detail
+            )
+        if contribution and champion_version is not None:
+            share = float(contribution.get("new_user_share", 0.0))
+            limit = self.settings.max_new_user_share
+            decision = with_check(
+                decision,
+                "contribution",
+                passed=share <= limit,
+                refuse=self.settings.refuse_on_contribution,
+                reason=f"{share:.0%} of the new rows come from first-time users "
+                f"(limit {limit:.0%})",
+                **contribution,
             )
         metrics = {
             **report,
@@ -740,49 +767,81 @@ class Project:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def _answers(self, s: Session) -> list[Answer]:
-        """Answers with a usable target, from feedback not yet turned into an example."""
+    def _answers(self, s: Session) -> tuple[list[Answer], int]:
+        """Usable answers from feedback not yet turned into an example, weighted by trust.
+
+        Returns the answers and how many were held back because their user is quarantined.
+        """
         used = select(Example.feedback_id).where(Example.feedback_id.is_not(None))
         q = (
-            select(Feedback, Prediction.input_hash, Prediction.label, Prediction.value)
+            select(
+                Feedback,
+                Prediction.input_hash,
+                Prediction.label,
+                Prediction.value,
+                User.trust,
+                User.quarantined_at,
+            )
             .join(Prediction, Prediction.id == Feedback.prediction_id)
+            .outerjoin(User, User.id == Feedback.user_id)
             .where(Feedback.id.not_in(used))
             .order_by(Feedback.created_at, Feedback.id)
         )
-        out = []
-        for fb, input_hash, predicted, predicted_value in s.execute(q):
+        out: list[Answer] = []
+        held_back = 0
+        for fb, input_hash, predicted, predicted_value, trust, quarantined in s.execute(q):
+            if quarantined is not None:
+                held_back += 1
+                continue
+            weight = DEFAULT_TRUST if trust is None else float(trust)
             if self.task.is_regression:
                 value = (
                     fb.value if fb.value is not None else (predicted_value if fb.correct else None)
                 )
                 if value is not None:
                     out.append(
-                        Answer(fb.id, input_hash, None, fb.user_id, fb.created_at, float(value))
+                        Answer(
+                            fb.id, input_hash, None, fb.user_id, fb.created_at, float(value), weight
+                        )
                     )
                 continue
             label = fb.label if fb.label is not None else (predicted if fb.correct else None)
             if label is not None:
-                out.append(Answer(fb.id, input_hash, label, fb.user_id, fb.created_at))
-        return out
+                out.append(
+                    Answer(fb.id, input_hash, label, fb.user_id, fb.created_at, weight=weight)
+                )
+        return out, held_back
 
-    def curate(self) -> tuple[DatasetInfo | None, dict[str, int]]:
-        """Make a new dataset version from the feedback not yet used; None when there is none."""
+    def curate(self) -> tuple[DatasetInfo | None, dict[str, Any]]:
+        """Make a new dataset version from the feedback not yet used; None when there is none.
+
+        Trust is re-estimated first; quarantined users' answers are held back (and
+        counted); conflicting answers are settled by a trust-weighted vote; no user
+        gives more than ``max_user_share`` of the new rows; each row carries its
+        user's trust as its training weight.
+        """
+        if not self.task.is_regression:
+            self.update_trust()
         with self.db.session() as s:
             dv = self._latest_dataset(s)
             labels = list(dv.stats["labels"])
-            answers = [a for a in self._answers(s) if self.task.is_regression or a.label in labels]
+            answers, held_back = self._answers(s)
+            answers = [a for a in answers if self.task.is_regression or a.label in labels]
             holdout = {h for h, _, _ in self._rows(s, dv.id, HOLDOUT)}
             known = {h for h, _, _ in self._rows(s, dv.id, TRAIN)}
-            c = curate(answers, holdout, known)
-            summary = {
+            c = curate(answers, holdout, known, max_user_share=self.settings.max_user_share)
+            summary: dict[str, Any] = {
                 "answers": c.answers,
                 "rows": len(c.rows),
                 "dropped_holdout": c.dropped_holdout,
                 "dropped_known": c.dropped_known,
                 "merged_duplicates": c.merged_duplicates,
+                "quarantined": held_back,
+                "capped": c.capped,
             }
             if not c.rows:
                 return None, summary
+            contribution = self._contribution(s, c.rows, dv)
             new = [
                 Example(
                     input_hash=r.input_hash,
@@ -792,6 +851,7 @@ class Project:
                     origin="feedback",
                     feedback_id=r.feedback_id,
                     user_id=r.user_id,
+                    weight=r.weight,
                 )
                 for r in c.rows
             ]
@@ -811,9 +871,28 @@ class Project:
                 source="feedback",
                 preprocessing=dict(dv.preprocessing),
                 labels=labels,
-                extra={"curation": summary},
+                extra={"curation": summary, "contribution": contribution},
             )
             return self._dataset_info(nv), summary
+
+    def _contribution(
+        self, s: Session, rows: Sequence[Any], since: DatasetVersion
+    ) -> dict[str, Any]:
+        """Who gave the new rows: the largest single share, and the share of first-time users."""
+        users = [r.user_id for r in rows if r.user_id is not None]
+        counts = Counter(users)
+        top_user, top = counts.most_common(1)[0] if counts else (None, 0)
+        first_seen = dict(
+            s.execute(select(User.id, User.created_at).where(User.id.in_(set(users)))).all()
+        )
+        fresh = sum(1 for u in users if first_seen.get(u) and first_seen[u] > since.created_at)
+        return {
+            "rows": len(rows),
+            "users": len(counts),
+            "top_user": top_user,
+            "top_user_share": round(top / len(rows), 4) if rows else 0.0,
+            "new_user_share": round(fresh / len(rows), 4) if rows else 0.0,
+        }
 
     def retrain(
         self, config: TrainConfig | None = None, *, on_epoch: ProgressFn | None = None
@@ -826,6 +905,235 @@ class Project:
             )
         result = self.train(config, on_epoch=on_epoch, reason="retrain")
         return RetrainResult(summary["rows"], summary, dataset, result)
+
+    # -- users: trust, quarantine, the review queue ------------------------------------
+
+    def update_trust(self) -> dict[str, dict[str, Any]]:
+        """Re-estimate every user's trust from what the system can check, and store it.
+
+        Votes are users' labels per input; golden probes (queue items whose label is
+        known) are clamped; confident production predictions act as one more voter.
+        Users below ``quarantine_below`` after ``quarantine_min_answers`` answers are
+        quarantined, unless an admin released them.
+        """
+        st = self.settings
+        with self.db.session() as s:
+            dv = self._latest_dataset(s)
+            labels = list(dv.stats["labels"])
+            rows = s.execute(
+                select(
+                    Feedback.user_id,
+                    Prediction.input_hash,
+                    Feedback.label,
+                    Feedback.correct,
+                    Prediction.label,
+                )
+                .join(Prediction, Prediction.id == Feedback.prediction_id)
+                .where(Feedback.user_id.is_not(None))
+                .order_by(Feedback.created_at, Feedback.id)
+            ).all()
+            votes = []
+            for user, item, label, correct, predicted in rows:
+                said = label if label is not None else (predicted if correct else None)
+                if said in labels:
+                    votes.append(Vote(str(user), item, str(said)))
+            if not votes:
+                return {}
+            items = {v.item for v in votes}
+            golden = {
+                h: str(lab)
+                for h, lab in s.execute(
+                    select(Prediction.input_hash, Example.label)
+                    .join(ReviewItem, ReviewItem.prediction_id == Prediction.id)
+                    .join(Example, Example.id == ReviewItem.golden_example_id)
+                )
+                if h in items
+            }
+            model: dict[str, tuple[str, float]] = {}
+            for h, lab, probs in s.execute(
+                select(Prediction.input_hash, Prediction.label, Prediction.probabilities).where(
+                    Prediction.input_hash.in_(items), Prediction.label.is_not(None)
+                )
+            ):
+                model[h] = (str(lab), max(probs.values()) if probs else 0.0)
+            trust = estimate_trust(votes, golden=golden, model=model, labels=labels)
+            now = utcnow()
+            out = {}
+            for user_id, t in trust.items():
+                row = s.get(User, user_id)
+                if row is None:
+                    continue
+                row.trust, row.trust_detail, row.trust_updated_at = t.trust, t.to_json(), now
+                released = (row.quarantine_reason or "").startswith("released")
+                if (
+                    row.quarantined_at is None
+                    and not released
+                    and t.votes >= st.quarantine_min_answers
+                    and t.trust < st.quarantine_below
+                ):
+                    row.quarantined_at = now
+                    row.quarantine_reason = (
+                        f"trust {t.trust:.2f} below {st.quarantine_below} after {t.votes} answers"
+                    )
+                out[user_id] = t.to_json()
+            return out
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user with trust, the counts behind it, contributions and quarantine."""
+        with self.db.session() as s:
+            answers = dict(
+                s.execute(select(Feedback.user_id, func.count()).group_by(Feedback.user_id)).all()
+            )
+            rows_used = dict(
+                s.execute(
+                    select(Example.user_id, func.count())
+                    .where(Example.origin == "feedback")
+                    .group_by(Example.user_id)
+                ).all()
+            )
+            return [
+                {
+                    "user_id": u.id,
+                    "trust": u.trust,
+                    "trust_detail": u.trust_detail,
+                    "answers": answers.get(u.id, 0),
+                    "rows_used": rows_used.get(u.id, 0),
+                    "quarantined": u.quarantined_at is not None,
+                    "quarantine_reason": u.quarantine_reason,
+                    "created_at": u.created_at.isoformat(),
+                }
+                for u in s.scalars(select(User).order_by(User.id))
+            ]
+
+    def quarantine(self, user_id: str, reason: str = "quarantined by an admin") -> dict[str, Any]:
+        """Hold back a user's feedback from training (kept, listed, reversible)."""
+        with self.db.session() as s:
+            row = s.get(User, user_id)
+            if row is None:
+                raise NotFoundError("user", user_id)
+            row.quarantined_at, row.quarantine_reason = utcnow(), reason
+        return next(u for u in self.users() if u["user_id"] == user_id)
+
+    def release(self, user_id: str) -> dict[str, Any]:
+        """Take a user out of quarantine; their held-back feedback is used by the next retrain."""
+        with self.db.session() as s:
+            row = s.get(User, user_id)
+            if row is None:
+                raise NotFoundError("user", user_id)
+            row.quarantined_at, row.quarantine_reason = None, "released by an admin"
+        return next(u for u in self.users() if u["user_id"] == user_id)
+
+    def review_queue(
+        self,
+        *,
+        limit: int = 20,
+        strategy: str | None = None,
+        spread: bool = False,
+        seed: int = 0,
+    ) -> list[dict[str, Any]]:
+        """The logged predictions most worth a user's answer, not yet answered.
+
+        A share (``golden_share``) of the items are golden probes: training examples
+        whose label is known, predicted afresh, so that answers to them measure trust.
+        Every item handed out is recorded; feedback on it is marked as queue feedback.
+        """
+        if self.task.is_regression:
+            raise InputError(
+                "the review queue ranks class probabilities; this is a regression project"
+            )
+        strategy = strategy or self.settings.review_strategy
+        if limit < 1 or limit > 500:
+            raise InputError(f"limit must be between 1 and 500; got {limit}")
+        with self.db.session() as s:
+            answered = select(Feedback.prediction_id)
+            recent = s.execute(
+                select(Prediction.id, Prediction.probabilities, Prediction.input_hash)
+                .where(Prediction.label.is_not(None), Prediction.id.not_in(answered))
+                .order_by(Prediction.created_at.desc())
+                .limit(self.settings.review_window)
+            ).all()
+        candidates = [Candidate(pid, probs, h) for pid, probs, h in recent if probs]
+        n_golden = min(limit - 1, round(limit * self.settings.golden_share)) if limit > 1 else 0
+        picked = rank(
+            candidates, strategy=strategy, limit=limit - n_golden, spread=spread, seed=seed
+        )
+        items = [i.to_json() for i in picked]
+        golden = self._golden_probes(n_golden, seed, strategy) if n_golden else []
+        with self.db.session() as s:
+            for i in picked:
+                if s.get(ReviewItem, i.prediction_id) is None:
+                    s.add(
+                        ReviewItem(
+                            prediction_id=i.prediction_id,
+                            strategy=strategy,
+                            score=i.score,
+                            reason=i.reason,
+                        )
+                    )
+        # Golden probes sit among the others, so a user cannot tell them apart.
+        rng = np.random.default_rng(seed + len(items))
+        for g in golden:
+            items.insert(int(rng.integers(0, len(items) + 1)), g)
+        return items
+
+    def _golden_probes(self, n: int, seed: int, strategy: str) -> list[dict[str, Any]]:
+        loaded = self.serving_model()
+        with self.db.session() as s:
+            dv = self._latest_dataset(s)
+            pool = s.execute(
+                select(Example.id, Example.input_hash)
+                .join(DatasetVersionExample, DatasetVersionExample.example_id == Example.id)
+                .where(
+                    DatasetVersionExample.dataset_version_id == dv.id,
+                    Example.split == TRAIN,
+                    Example.origin == "base",
+                )
+                .order_by(Example.id)
+            ).all()
+            used = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(ReviewItem)
+                    .where(ReviewItem.golden_example_id.is_not(None))
+                )
+                or 0
+            )
+        if not pool:
+            return []
+        rng = np.random.default_rng(seed * 7919 + used)
+        out = []
+        for k in rng.choice(len(pool), size=min(n, len(pool)), replace=False):
+            example_id, digest = pool[int(k)]
+            content = self.blobs.get(digest)
+            probs = loaded.outputs(loaded.decode(content)[None])[0]
+            pid = str(uuid.uuid4())
+            probabilities = {lab: float(p) for lab, p in zip(loaded.labels, probs, strict=True)}
+            # Scored and explained like any other item, so a user cannot tell it apart.
+            (item,) = rank([Candidate(pid, probabilities, digest)], strategy=strategy, limit=1)
+            with self.db.session() as s:
+                s.add(
+                    Prediction(
+                        id=pid,
+                        model_version=loaded.version,
+                        user_id=None,
+                        input_hash=digest,
+                        label=max(probabilities, key=lambda k: probabilities[k]),
+                        probabilities=probabilities,
+                        latency_ms=0.0,
+                    )
+                )
+                s.flush()
+                s.add(
+                    ReviewItem(
+                        prediction_id=pid,
+                        strategy=strategy,
+                        score=item.score,
+                        reason=item.reason,
+                        golden_example_id=int(example_id),
+                    )
+                )
+            out.append(item.to_json())
+        return out
 
     # -- registry ----------------------------------------------------------------------
 
@@ -966,6 +1274,7 @@ class Project:
                     label=label,
                     value=value,
                     correct=agreed,
+                    via_queue=s.get(ReviewItem, prediction_id) is not None,
                 )
             )
         return FeedbackResult(fid, prediction_id, label, value)

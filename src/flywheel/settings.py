@@ -76,6 +76,32 @@ class Settings(BaseSettings):
         le=1.0,
         description="No class may lose more recall than this against the champion (None: off).",
     )
+    # Learning from users (review queue, trust, curation).
+    review_strategy: str = Field(
+        default="margin", pattern="^(margin|entropy|least_confidence|random)$"
+    )
+    review_window: int = Field(
+        default=5000, ge=1, description="How many recent predictions the queue ranks."
+    )
+    golden_share: float = Field(
+        default=0.1, ge=0.0, le=0.5, description="Share of queue items that are golden probes."
+    )
+    quarantine_below: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Quarantine users whose trust falls below this."
+    )
+    quarantine_min_answers: int = Field(
+        default=5, ge=1, description="Answers a user must have given before quarantine applies."
+    )
+    max_user_share: float = Field(
+        default=0.25, gt=0.0, le=1.0, description="Cap on one user's share of a retrain's new rows."
+    )
+    refuse_on_contribution: bool = Field(
+        default=False,
+        description="Refuse a challenger whose new rows come mostly from brand-new users.",
+    )
+    max_new_user_share: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Share of new rows from first-time users flagged."
+    )
     auto_promote: bool = Field(
         default=True, description="Promote a challenger that passes the gate after a retrain."
     )

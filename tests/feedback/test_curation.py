@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from flywheel.feedback import Answer, CuratedRow, curate
@@ -122,3 +123,21 @@ def test_rows_are_one_per_input_in_feedback_order() -> None:
 def test_no_answers_make_no_rows() -> None:
     c = curate([], holdout_inputs=["x"], known_inputs=["y"])
     assert (c.rows, c.answers, c.dropped_holdout, c.dropped_known) == ([], 0, 0, 0)
+
+
+def test_trust_weighs_the_vote_and_the_cap_limits_one_user() -> None:
+    liar = [
+        Answer(f"l{i}", "x", "cat", f"liar{i}", T0 + timedelta(minutes=i), weight=0.2)
+        for i in range(3)
+    ]
+    honest = [Answer("h1", "x", "dog", "honest", T0, weight=0.95)]
+    (row,) = curate(liar + honest, [], []).rows
+    assert (row.label, row.user_id, row.votes, row.weight) == ("dog", "honest", 1, 0.95)
+
+    spam = [Answer(f"s{i}", f"in{i}", "cat", "bulk", T0, weight=1.0) for i in range(8)]
+    others = [Answer(f"o{i}", f"other{i}", "dog", f"u{i}", T0, weight=1.0) for i in range(4)]
+    c = curate(spam + others, [], [], max_user_share=0.25)
+    by_user = Counter(r.user_id for r in c.rows)
+    assert by_user["bulk"] == 3  # 25% of the 12 rows
+    assert c.capped == {"bulk": 5}
+    assert all(by_user[f"u{i}"] == 1 for i in range(4))

@@ -140,3 +140,47 @@ def test_train_config_json_round_trip() -> None:
     assert set(data) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert TrainConfig(**json.loads(json.dumps(data))) == config
     assert TrainConfig(**TrainConfig().to_json()) == TrainConfig()
+
+
+def test_row_weights_let_training_ignore_rows() -> None:
+    """Rows of weight 0 (say, from an untrusted user) do not teach the model their labels."""
+    from flywheel.data import digits_arrays
+    from flywheel.models import ModelSpec, arch_info, create_model
+    from flywheel.training import predict_proba, seed_everything
+
+    images, labels = digits_arrays()
+    x = (images[:, None, :, :] / 255.0).astype(np.float32)
+    y = labels.astype(np.int64)
+    train, test = slice(0, 600), slice(1200, 1797)
+    rng = np.random.default_rng(0)
+    noisy = y[train].copy()
+    flipped = rng.random(len(noisy)) < 0.4
+    noisy[flipped] = (noisy[flipped] + 1) % 10  # a consistent, targeted flip
+
+    info = arch_info("seed_cnn")
+    params = info.preprocess(
+        {"kind": "image", "mode": "L", "height": 8, "width": 8}, {"image_size": 8}
+    )
+    shape = info.input_shape(params)
+    spec = ModelSpec(
+        "seed_cnn",
+        "image-classification",
+        shape,
+        tuple(map(str, range(10))),
+        info.defaults(shape),
+        params,
+    )
+    config = TrainConfig(epochs=15, patience=15, seed=0)
+
+    def accuracy(weights: np.ndarray | None) -> float:
+        seed_everything(0)
+        model = create_model(spec)
+        data = Arrays(x=x[train], y=noisy, labels=list(spec.labels), weights=weights)
+        fit(model, data, config)
+        return float((predict_proba(model, x[test]).argmax(1) == y[test]).mean())
+
+    equal = accuracy(None)
+    ignoring = accuracy(np.where(flipped, 0.0, 1.0))
+    assert ignoring > equal + 0.1
+    # Weights are relative: scaling them all changes nothing but rounding.
+    assert accuracy(np.full(600, 3.0)) == pytest.approx(equal, abs=0.01)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +20,7 @@ class Answer:
     user_id: str | None
     created_at: datetime
     value: float | None = None
+    weight: float = 1.0  # the answering user's trust
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class CuratedRow:
     user_id: str | None
     votes: int
     value: float | None = None
+    weight: float = 1.0
 
 
 @dataclass
@@ -39,10 +41,15 @@ class Curation:
     dropped_holdout: int = 0
     dropped_known: int = 0
     merged_duplicates: int = 0
+    capped: dict[str, int] = field(default_factory=dict)  # user → rows left out by the cap
 
 
 def curate(
-    answers: Sequence[Answer], holdout_inputs: Iterable[str], known_inputs: Iterable[str]
+    answers: Sequence[Answer],
+    holdout_inputs: Iterable[str],
+    known_inputs: Iterable[str],
+    *,
+    max_user_share: float | None = None,
 ) -> Curation:
     """One row per distinct input, by majority vote of its answers.
 
@@ -51,8 +58,9 @@ def curate(
     - Inputs already in the dataset are dropped (they are known).
     - Several answers about one input (the same image sent twice, or by two
       users) become one row: each user's latest answer counts once; the most
-      common label wins, ties going to the most recent answer (regression: the
-      median of the values).
+      common label wins (each vote weighted by its user's trust), ties going to
+      the most recent answer (regression: the median of the values).
+    - With ``max_user_share``, no user gives more than that share of the rows.
     """
     holdout = set(holdout_inputs)
     known = set(known_inputs)
@@ -83,12 +91,48 @@ def curate(
                 CuratedRow(digest, None, latest.feedback_id, latest.user_id, len(values), median)
             )
             continue
-        counts = Counter(a.label for a in votes)
-        top = max(counts.values())
+        # A trust-weighted vote: a liar's answer counts for less than an honest user's.
+        mass: dict[str, float] = {}
+        for a in votes:
+            mass[str(a.label)] = mass.get(str(a.label), 0.0) + a.weight
+        top = max(mass.values())
         winner = max(
-            (a for a in votes if counts[a.label] == top),
+            (a for a in votes if abs(mass[str(a.label)] - top) < 1e-12),
             key=lambda a: (a.created_at, a.feedback_id),
         )
-        out.rows.append(CuratedRow(digest, winner.label, winner.feedback_id, winner.user_id, top))
+        agreeing = [a for a in votes if a.label == winner.label]
+        out.rows.append(
+            CuratedRow(
+                digest,
+                winner.label,
+                winner.feedback_id,
+                winner.user_id,
+                len(agreeing),
+                weight=max(a.weight for a in agreeing),
+            )
+        )
     out.rows.sort(key=lambda r: r.feedback_id)
+    if max_user_share is not None:
+        out.rows, out.capped = _cap(out.rows, max_user_share)
     return out
+
+
+def _cap(rows: list[CuratedRow], share: float) -> tuple[list[CuratedRow], dict[str, int]]:
+    """At most ``share`` of the new rows may come from one user (at least one row each).
+
+    A user over the cap keeps their rows with the most votes, then the earliest.
+    """
+    limit = max(1, int(share * len(rows)))
+    by_user: dict[str, list[CuratedRow]] = defaultdict(list)
+    for r in rows:
+        if r.user_id is not None:
+            by_user[r.user_id].append(r)
+    dropped: set[str] = set()
+    capped: dict[str, int] = {}
+    for user, own in by_user.items():
+        if len(own) > limit:
+            keep = sorted(own, key=lambda r: (-r.votes, r.feedback_id))[:limit]
+            kept = {r.feedback_id for r in keep}
+            dropped |= {r.feedback_id for r in own if r.feedback_id not in kept}
+            capped[user] = len(own) - limit
+    return [r for r in rows if r.feedback_id not in dropped], capped

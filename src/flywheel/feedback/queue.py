@@ -81,12 +81,13 @@ def score(probs: np.ndarray, strategy: str, *, seed: int = 0) -> np.ndarray:
         raise ValueError("probabilities must be finite and non-negative")
     n, k = p.shape
     if strategy == "random":
-        return np.random.default_rng(seed).random(n)
+        return np.random.default_rng(seed).random((n,))
     if k == 0:
         raise ValueError("probabilities must have at least one class")
     if strategy == "entropy":
         safe = np.where(p > 0, p, 1.0)  # log(1) = 0, so 0·log 0 contributes 0
-        return np.asarray(-(p * np.log(safe)).sum(axis=1) + 0.0)  # + 0.0: no -0.0
+        entropy: np.ndarray = -np.sum(p * np.log(safe), axis=1)
+        return np.where(entropy == 0, 0.0, entropy)  # a certain row scores 0.0, not -0.0
     ordered = -np.sort(-p, axis=1)
     if strategy == "least_confidence":
         return np.asarray(1.0 - ordered[:, 0])
@@ -95,15 +96,14 @@ def score(probs: np.ndarray, strategy: str, *, seed: int = 0) -> np.ndarray:
 
 
 def _reason(strategy: str, value: float, top: list[tuple[str, float]]) -> str:
-    first = f"{top[0][0]!r} ({top[0][1]:.2f})" if top else "nothing"
-    if len(top) < 2:
-        pair = f"only guess {first}"
+    (best, p_best), *rest = top
+    if not rest:
+        pair = f"only guess {best!r} ({p_best:.2f})"
     else:
-        pair = f"{first} and {top[1][0]!r} ({top[1][1]:.2f})"
+        pair = f"{best!r} ({p_best:.2f}) and {rest[0][0]!r} ({rest[0][1]:.2f})"
     if strategy == "margin":
-        if len(top) < 2:
-            return f"margin {1.0 - value:.2f}: {pair}"
-        return f"margin {1.0 - value:.2f} between {pair}"
+        sep = " between " if rest else ": "
+        return f"margin {1.0 - value:.2f}{sep}{pair}"
     if strategy == "entropy":
         return f"entropy {value:.2f} nats; top guesses {pair}"
     if strategy == "least_confidence":
@@ -138,6 +138,9 @@ def rank(
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     ordered = sorted(candidates, key=lambda c: c.prediction_id)
+    for c in ordered:
+        if not c.probabilities:
+            raise ValueError(f"candidate {c.prediction_id!r} has no class probabilities")
     labels = sorted({label for c in ordered for label in c.probabilities})
     column = {label: j for j, label in enumerate(labels)}
     probs = np.zeros((len(ordered), len(labels)))
@@ -168,7 +171,7 @@ def rank(
         # Classes in order of their best item (``kept`` is already best first).
         per_class: dict[str, list[QueueItem]] = defaultdict(list)
         for item in kept:
-            per_class[item.top[0][0] if item.top else ""].append(item)
+            per_class[item.top[0][0]].append(item)
         queues = list(per_class.values())
         kept = [q[r] for r in range(max(map(len, queues), default=0)) for q in queues if r < len(q)]
     return kept[:limit]

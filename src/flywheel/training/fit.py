@@ -144,13 +144,14 @@ def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.
 
 
 def _loss_fn(model: nn.Module, regression: bool) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    """Per-row losses (no reduction), so rows can carry weights."""
     if not regression:
-        return nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(reduction="none")
     # MSE on the standardised target, so the learning rate means the same for any unit.
     scale = float(getattr(model, "y_std", torch.tensor(1.0))) ** 2
 
     def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.mse_loss(out, y) / scale
+        return nn.functional.mse_loss(out, y, reduction="none") / scale
 
     return mse
 
@@ -203,7 +204,14 @@ def fit(
         augment = None
     x = torch.from_numpy(x_train)
     y = torch.from_numpy(train_part.y)
+    # Row weights (e.g. the trust of the user who gave a label); None trains them equally.
+    w = (
+        None
+        if train_part.weights is None
+        else torch.from_numpy(np.asarray(train_part.weights, dtype=np.float32))
+    )
     xv, yv = torch.from_numpy(x_val), torch.from_numpy(val.y)
+    wv = None if val.weights is None else torch.from_numpy(np.asarray(val.weights, np.float32))
 
     opt = torch.optim.Adam(
         [p for p in trainable.parameters() if p.requires_grad],
@@ -250,12 +258,17 @@ def fit(
             if augment is not None:
                 xb = augment(xb, gen)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(trainable(xb), y[idx])
+            per_row = loss_fn(trainable(xb), y[idx])
+            if w is None:
+                loss = per_row.mean()
+            else:
+                wb = w[idx]
+                loss = (per_row * wb).sum() / wb.sum().clamp_min(1e-12)
             loss.backward()
             opt.step()
             running += loss.item() * len(idx)
             seen += len(idx)
-        val_loss, val_metric = _validate(trainable, xv, yv, loss_fn, regression)
+        val_loss, val_metric = _validate(trainable, xv, yv, wv, loss_fn, regression)
         lr = opt.param_groups[0]["lr"]
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val_loss)
@@ -304,19 +317,23 @@ def _validate(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    w: torch.Tensor | None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
     regression: bool,
 ) -> tuple[float, float]:
-    """(loss, metric): accuracy for classes, MSE in the target's units for regression."""
+    """(loss, metric), weighted like training: accuracy for classes, MSE for regression.
+
+    Validation rows carry their weights too: a row the training ignores must not
+    decide early stopping either.
+    """
     model.eval()
-    total, metric, n = 0.0, 0.0, 0
+    total, metric, mass = 0.0, 0.0, 0.0
     for i in range(0, len(y), 256):
         out = model(x[i : i + 256])
         yb = y[i : i + 256]
-        total += float(loss_fn(out, yb)) * len(yb)
-        if regression:
-            metric += float(((out - yb) ** 2).sum())
-        else:
-            metric += float((out.argmax(1) == yb).sum())
-        n += len(yb)
-    return total / max(n, 1), metric / max(n, 1)
+        wb = torch.ones(len(yb)) if w is None else w[i : i + 256]
+        total += float((loss_fn(out, yb) * wb).sum())
+        hits = ((out - yb) ** 2) if regression else (out.argmax(1) == yb).float()
+        metric += float((hits * wb).sum())
+        mass += float(wb.sum())
+    return total / max(mass, 1e-12), metric / max(mass, 1e-12)

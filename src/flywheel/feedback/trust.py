@@ -1,0 +1,182 @@
+"""Trust: how reliable each user's answers are, from what the system can check.
+
+Users' answers become training rows, so one careless or malicious user can
+poison the next model. Nobody knows most true labels, but three things can be
+checked: golden items (inputs whose label is known), agreement with other
+users, and agreement with a confident production model. A one-coin
+Dawid–Skene model weighs them together: each user has one accuracy, each
+item's label is inferred from the votes weighted by those accuracies, and the
+accuracies are re-estimated from the inferred labels until they settle.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+__all__ = ["UserTrust", "Vote", "estimate_trust"]
+
+_NO_GOLDEN: Mapping[str, str] = MappingProxyType({})
+_NO_MODEL: Mapping[str, tuple[str, float]] = MappingProxyType({})
+# The model is a voter with accuracy = its confidence; keep it off exactly 0 or 1
+# so that one prediction can never outweigh every user, as a golden item does.
+_MAX_MODEL_ACCURACY = 1.0 - 1e-6
+_TOLERANCE = 1e-10
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One user's answer: ``item`` (an input key) has ``label``."""
+
+    user_id: str
+    item: str
+    label: str
+
+
+@dataclass(frozen=True)
+class UserTrust:
+    """A user's estimated accuracy, with the counts that explain it.
+
+    ``trust`` is the posterior-mean probability that this user's answer is
+    right. The comparisons count the user's votes (one per item):
+
+    - golden: on items whose label is known;
+    - others: pairs of this user's vote and another user's vote on the same
+      item, and how many of those pairs gave the same label;
+    - model: votes on items the model was confident about
+      (confidence ≥ ``model_confidence``), and how many matched it.
+    """
+
+    user_id: str
+    trust: float
+    votes: int
+    golden_seen: int
+    golden_correct: int
+    agreed_with_others: int
+    compared_with_others: int
+    agreed_with_model: int
+    compared_with_model: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_trust(
+    answers: Sequence[Vote],
+    *,
+    golden: Mapping[str, str] = _NO_GOLDEN,
+    model: Mapping[str, tuple[str, float]] = _NO_MODEL,
+    labels: Sequence[str],
+    prior: tuple[float, float] = (2.0, 1.0),
+    model_confidence: float = 0.95,
+    iterations: int = 20,
+) -> dict[str, UserTrust]:
+    """Each user's trust, by one-coin Dawid–Skene EM; keyed and ordered by user id.
+
+    - A user's vote for label k has likelihood a_u if k is the true label and
+      (1 − a_u)/(K − 1) for each other label (one accuracy, errors spread
+      evenly: K·K confusion matrices need far more votes than users give).
+    - Item posteriors start from a uniform class prior and multiply in the
+      votes. Golden items are clamped to their known label. A model prediction
+      with confidence c ≥ ``model_confidence`` is one more voter with fixed
+      accuracy c: it breaks ties and exposes a lone liar, but two agreeing
+      users still outvote it.
+    - a_u is the posterior mean under Beta(``prior``) of the expected number
+      of correct votes: (E[correct] + α) / (votes + α + β). A user with one
+      vote is therefore never trusted 0 or 1; one who answered only items
+      nobody else did stays exactly at the prior mean α / (α + β).
+    - A user's later vote on an item replaces their earlier one, so repeating
+      an answer cannot buy agreement.
+    - Starts from every user at the prior mean (i.e. a majority vote) and runs
+      at most ``iterations`` rounds, stopping early once no accuracy moves;
+      no randomness, so the same input gives the same output.
+    """
+    alpha, beta = prior
+    if not (alpha > 0 and beta > 0):
+        raise ValueError(f"prior must be two positive numbers, got {prior}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    label_list = list(dict.fromkeys(labels))
+    n_labels = len(label_list)
+    if n_labels < 2:
+        raise ValueError("trust needs at least two labels")
+    column = {label: k for k, label in enumerate(label_list)}
+
+    def _label_index(label: str, where: str) -> int:
+        if label not in column:
+            raise ValueError(f"{where} has label {label!r}, which is not one of {label_list}")
+        return column[label]
+
+    latest: dict[tuple[str, str], str] = {}
+    for v in answers:
+        _label_index(v.label, f"vote by {v.user_id!r} on {v.item!r}")
+        latest[(v.user_id, v.item)] = v.label
+    users = sorted({u for u, _ in latest})
+    items = sorted({i for _, i in latest})
+    user_index = {u: n for n, u in enumerate(users)}
+    item_index = {i: n for n, i in enumerate(items)}
+    pairs = sorted(latest)
+    vote_user = np.array([user_index[u] for u, _ in pairs], dtype=np.int64)
+    vote_item = np.array([item_index[i] for _, i in pairs], dtype=np.int64)
+    vote_label = np.array([column[latest[p]] for p in pairs], dtype=np.int64)
+    votes_per_user = np.bincount(vote_user, minlength=len(users)).astype(np.float64)
+
+    truth = {i: _label_index(g, f"golden item {i!r}") for i, g in golden.items() if i in item_index}
+    confident = {
+        i: (_label_index(m, f"model prediction for {i!r}"), min(float(c), _MAX_MODEL_ACCURACY))
+        for i, (m, c) in model.items()
+        if i in item_index and c >= model_confidence
+    }
+
+    # The model's evidence never changes: add it once.
+    base = np.zeros((len(items), n_labels))
+    for i, (k, c) in confident.items():
+        base[item_index[i], :] += np.log((1.0 - c) / (n_labels - 1))
+        base[item_index[i], k] += np.log(c) - np.log((1.0 - c) / (n_labels - 1))
+    golden_rows = np.array([item_index[i] for i in truth], dtype=np.int64)
+    golden_cols = np.array(list(truth.values()), dtype=np.int64)
+
+    accuracy = np.full(len(users), alpha / (alpha + beta))
+    for _ in range(iterations):
+        # E-step: each item's posterior over labels given the current accuracies.
+        right = np.log(accuracy)
+        wrong = np.log((1.0 - accuracy) / (n_labels - 1))
+        log_post = base.copy()
+        np.add.at(log_post, vote_item, wrong[vote_user][:, None])
+        np.add.at(log_post, (vote_item, vote_label), (right - wrong)[vote_user])
+        log_post -= log_post.max(axis=1, keepdims=True)
+        post = np.exp(log_post)
+        post /= post.sum(axis=1, keepdims=True)
+        post[golden_rows] = 0.0
+        post[golden_rows, golden_cols] = 1.0
+        # M-step: expected share of correct votes, Beta-smoothed.
+        correct = np.bincount(vote_user, weights=post[vote_item, vote_label], minlength=len(users))
+        updated = (correct + alpha) / (votes_per_user + alpha + beta)
+        moved = float(np.max(np.abs(updated - accuracy), initial=0.0))
+        accuracy = updated
+        if moved < _TOLERANCE:
+            break
+
+    # The counts that explain the score.
+    by_item: dict[str, dict[str, str]] = defaultdict(dict)
+    for (u, i), label in latest.items():
+        by_item[i][u] = label
+    counts = {u: [0, 0, 0, 0, 0, 0, 0] for u in users}
+    for (u, i), label in latest.items():
+        tally = counts[u]
+        tally[0] += 1
+        if i in golden:
+            tally[1] += 1
+            tally[2] += label == golden[i]
+        others = [other for o, other in by_item[i].items() if o != u]
+        tally[3] += sum(other == label for other in others)
+        tally[4] += len(others)
+        if i in confident:
+            tally[5] += label == model[i][0]
+            tally[6] += 1
+    return {u: UserTrust(u, float(accuracy[user_index[u]]), *counts[u]) for u in users}
