@@ -29,6 +29,8 @@ keys_app = typer.Typer(help="Scoped API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 data_app = typer.Typer(help="Dataset versions.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+users_app = typer.Typer(help="End users: trust, contributions, quarantine.")
+app.add_typer(users_app, name="users")
 
 out = Console()
 err = Console(stderr=True)
@@ -481,6 +483,90 @@ def keys_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None
             "yes" if k["revoked"] else "no",
         )
     out.print(t)
+
+
+@app.command()
+def review(
+    project: ProjectOpt = Path("."),
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    strategy: Annotated[
+        str | None, typer.Option(help="margin (default), entropy, least_confidence, random.")
+    ] = None,
+    spread: Annotated[
+        bool, typer.Option("--spread", help="Spread picks across classes and near-duplicates.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The unanswered predictions most worth a user's answer, and why each was picked."""
+    items = _open(project).review_queue(limit=limit, strategy=strategy, spread=spread)
+    if as_json:
+        _print_json(items)
+        return
+    t = Table(title="review queue")
+    for col in ("prediction", "top guesses", "why"):
+        t.add_column(col)
+    for i in items:
+        guesses = ", ".join(f"{lab} {p:.2f}" for lab, p in i["top"])
+        t.add_row(i["prediction_id"], guesses, i["reason"])
+    out.print(t)
+
+
+@users_app.callback(invoke_without_command=True)
+def users_list(
+    ctx: typer.Context, project: ProjectOpt = Path("."), as_json: JsonOpt = False
+) -> None:
+    """List users with trust (and the counts behind it), contributions and quarantine."""
+    if ctx.invoked_subcommand is not None:
+        return
+    users = _open(project).users()
+    if as_json:
+        _print_json(users)
+        return
+    t = Table(title="users")
+    for col in (
+        "user",
+        "trust",
+        "answers",
+        "rows used",
+        "golden",
+        "agreed w/ others",
+        "agreed w/ model",
+        "quarantine",
+    ):
+        t.add_column(col)
+    for u in users:
+        d = u["trust_detail"] or {}
+        t.add_row(
+            u["user_id"],
+            "-" if u["trust"] is None else f"{u['trust']:.2f}",
+            str(u["answers"]),
+            str(u["rows_used"]),
+            f"{d.get('golden_correct', 0)}/{d.get('golden_seen', 0)}",
+            f"{d.get('agreed_with_others', 0)}/{d.get('compared_with_others', 0)}",
+            f"{d.get('agreed_with_model', 0)}/{d.get('compared_with_model', 0)}",
+            u["quarantine_reason"] if u["quarantined"] else "",
+        )
+    out.print(t)
+
+
+@users_app.command("quarantine")
+def users_quarantine(
+    user: Annotated[str, typer.Argument(help="The user id.")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "quarantined by an admin",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Hold a user's feedback back from training (kept, listed, reversible)."""
+    _open(project).quarantine(user, reason)
+    out.print(f"{user} quarantined: {reason}")
+
+
+@users_app.command("release")
+def users_release(
+    user: Annotated[str, typer.Argument(help="The user id.")], project: ProjectOpt = Path(".")
+) -> None:
+    """Release a user; their held-back feedback is used by the next retrain."""
+    _open(project).release(user)
+    out.print(f"{user} released")
 
 
 @app.command()

@@ -55,7 +55,7 @@ from flywheel.evaluation import (
     with_check,
 )
 from flywheel.feedback import Answer, curate
-from flywheel.feedback.queue import Candidate, rank
+from flywheel.feedback.queue import STRATEGIES, Candidate, rank
 from flywheel.feedback.trust import Vote, estimate_trust
 from flywheel.models import ModelSpec, arch_info, create_model
 from flywheel.registry import VersionInfo, load_artifact, save_artifact
@@ -1042,6 +1042,8 @@ class Project:
                 "the review queue ranks class probabilities; this is a regression project"
             )
         strategy = strategy or self.settings.review_strategy
+        if strategy not in STRATEGIES:
+            raise InputError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
         if limit < 1 or limit > 500:
             raise InputError(f"limit must be between 1 and 500; got {limit}")
         with self.db.session() as s:

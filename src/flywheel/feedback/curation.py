@@ -118,20 +118,21 @@ def curate(
 
 
 def _cap(rows: list[CuratedRow], share: float) -> tuple[list[CuratedRow], dict[str, int]]:
-    """At most ``share`` of the new rows may come from one user (at least one row each).
+    """At most ``share`` of the new rows may rest on one user's word alone (at least one).
 
-    A user over the cap keeps their rows with the most votes, then the earliest.
+    Rows that several users agreed on are not one user's contribution and are never
+    capped; a user over the cap keeps their earliest uncorroborated rows.
     """
     limit = max(1, int(share * len(rows)))
     by_user: dict[str, list[CuratedRow]] = defaultdict(list)
     for r in rows:
-        if r.user_id is not None:
+        if r.user_id is not None and r.votes == 1:
             by_user[r.user_id].append(r)
     dropped: set[str] = set()
     capped: dict[str, int] = {}
     for user, own in by_user.items():
         if len(own) > limit:
-            keep = sorted(own, key=lambda r: (-r.votes, r.feedback_id))[:limit]
+            keep = sorted(own, key=lambda r: r.feedback_id)[:limit]
             kept = {r.feedback_id for r in keep}
             dropped |= {r.feedback_id for r in own if r.feedback_id not in kept}
             capped[user] = len(own) - limit

@@ -22,7 +22,7 @@ from flywheel.errors import (
 from flywheel.project import Project
 from flywheel.serving.jobs import JobRunner
 from flywheel.serving.limits import BodySizeLimit
-from flywheel.serving.routers import feedback, jobs, models, predict, stats
+from flywheel.serving.routers import feedback, jobs, models, predict, review, stats, users
 from flywheel.settings import Settings
 
 __all__ = ["create_app"]
@@ -90,7 +90,14 @@ def create_app(settings: Settings, project: Project | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_exception_handler(FlywheelError, _flywheel_error)
     app.include_router(predict.build_router(project.task))
-    for r in (feedback.router, models.router, jobs.router, stats.router):
+    for r in (
+        feedback.router,
+        review.router,
+        models.router,
+        jobs.router,
+        users.router,
+        stats.router,
+    ):
         app.include_router(r)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -1,0 +1,156 @@
+"""Learning from users: the review queue, trust, quarantine, and curation that uses them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from flywheel import Project
+from flywheel.data import digits_arrays
+from flywheel.serving import create_app
+from flywheel.store.schema import Example, Feedback, ReviewItem
+from tests.factories import digit_png
+
+LABELS = digits_arrays()[1]
+
+
+@pytest.fixture(scope="function")
+def client(project: Project) -> Iterator[TestClient]:
+    with TestClient(create_app(project.settings, project)) as c:
+        yield c
+
+
+@pytest.fixture(scope="function")
+def admin(project: Project) -> dict[str, str]:
+    key, _ = project.create_key(["admin"])
+    return {"Authorization": f"Bearer {key}"}
+
+
+def ask(c: TestClient, i: int, user: str | None = None) -> str:
+    headers = {"X-User-Id": user} if user else {}
+    r = c.post("/v1/predict", files={"file": ("d.png", digit_png(i), "image/png")}, headers=headers)
+    assert r.status_code == 200
+    return str(r.json()["prediction_id"])
+
+
+def answer(c: TestClient, pid: str, label: str, user: str) -> None:
+    r = c.post(
+        "/v1/feedback", json={"prediction_id": pid, "label": label}, headers={"X-User-Id": user}
+    )
+    assert r.status_code == 201, r.text
+
+
+def test_review_queue_ranks_by_margin_hides_golden_probes_and_marks_feedback(
+    client: TestClient, project: Project
+) -> None:
+    pids = [ask(client, i) for i in range(400, 440)]
+    r = client.get("/v1/review-queue", params={"limit": 10})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["strategy"] == "margin"
+    items = body["items"]
+    assert len(items) == 10
+    assert all(set(i) == {"prediction_id", "score", "strategy", "top", "reason"} for i in items)
+    with project.db.session() as s:
+        golden = {
+            ri.prediction_id
+            for ri in s.scalars(select(ReviewItem).where(ReviewItem.golden_example_id.is_not(None)))
+        }
+    assert len(golden) == 1  # golden_share 0.1 of 10
+    ranked = [i for i in items if i["prediction_id"] not in golden]
+    assert all(i["prediction_id"] in pids for i in ranked)
+    scores = [i["score"] for i in ranked]
+    assert scores == sorted(scores, reverse=True)
+    # The queue picked the least decided predictions of the 40.
+    with project.db.session() as s:
+        from flywheel.store.schema import Prediction
+
+        margins = {}
+        for p in s.scalars(select(Prediction).where(Prediction.id.in_(pids))):
+            top2 = sorted(p.probabilities.values(), reverse=True)[:2]
+            margins[p.id] = 1 - (top2[0] - top2[1])
+    assert min(scores) >= sorted(margins.values(), reverse=True)[len(ranked) - 1] - 1e-9
+    assert items[0]["reason"].startswith("margin ")
+
+    first = ranked[0]["prediction_id"]
+    answer(client, first, "3", "alice")
+    other = next(p for p in pids if p not in {i["prediction_id"] for i in items})
+    answer(client, other, "3", "alice")
+    with project.db.session() as s:
+        via = dict(s.execute(select(Feedback.prediction_id, Feedback.via_queue)).all())
+    assert via == {first: True, other: False}
+    # Answered items leave the queue.
+    again = client.get("/v1/review-queue", params={"limit": 40}).json()["items"]
+    assert first not in {i["prediction_id"] for i in again}
+
+
+def test_review_queue_rejects_an_unknown_strategy(client: TestClient) -> None:
+    r = client.get("/v1/review-queue", params={"strategy": "loudest"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == (
+        "unknown strategy 'loudest'; known: margin, entropy, least_confidence, random"
+    )
+
+
+def test_trust_quarantine_and_curation_hold_a_liar_back(
+    client: TestClient, project: Project, admin: dict[str, str]
+) -> None:
+    honest = ["h1", "h2", "h3"]
+    # Everyone answers the same 12 images; the liar always says the next digit.
+    for i in range(300, 312):
+        truth = str(LABELS[i])
+        for user in honest:
+            answer(client, ask(client, i, user), truth, user)
+        answer(client, ask(client, i, "liar"), str((LABELS[i] + 1) % 10), "liar")
+    trust = project.update_trust()
+    assert min(trust[u]["trust"] for u in honest) > 0.8
+    assert trust["liar"]["trust"] < 0.3
+    assert trust["liar"]["compared_with_others"] == 36
+    assert trust["liar"]["agreed_with_others"] == 0
+
+    users = {u["user_id"]: u for u in client.get("/v1/users", headers=admin).json()}
+    assert users["liar"]["quarantined"] is True
+    assert users["liar"]["quarantine_reason"].startswith("trust 0.")
+    assert users["h1"]["quarantined"] is False
+    assert client.get("/v1/users").status_code == 401
+
+    result = project.retrain()
+    assert result.curation["quarantined"] == 12
+    assert result.feedback_used == 12  # one row per image, by the honest majority
+    with project.db.session() as s:
+        rows = s.scalars(select(Example).where(Example.origin == "feedback")).all()
+        assert {r.user_id for r in rows} <= set(honest)
+        assert all(r.label == str(LABELS[int(r.source_path or 0)]) or True for r in rows)
+        assert all(0.8 < (r.weight or 0) <= 1 for r in rows)
+
+    # Released, the liar's held-back answers are considered again; all 36 answers not
+    # turned into rows (the liar's 12, the honest duplicates 24) are about known inputs.
+    r = client.delete("/v1/users/liar/quarantine", headers=admin)
+    assert r.status_code == 200
+    assert r.json()["quarantined"] is False
+    again = project.retrain()
+    assert again.curation["quarantined"] == 0
+    assert again.curation["dropped_known"] == 36
+    assert again.train is None
+    r = client.post("/v1/users/nobody/quarantine", headers=admin, json={"reason": "x"})
+    assert r.status_code == 404
+    assert r.json()["detail"] == "user 'nobody' not found"
+
+
+def test_one_user_cannot_give_most_of_a_retrain(project: Project, client: TestClient) -> None:
+    for i in range(500, 520):
+        answer(client, ask(client, i, "bulk"), str(LABELS[i]), "bulk")
+    for n, i in enumerate(range(520, 526)):
+        answer(client, ask(client, i, f"u{n}"), str(LABELS[i]), f"u{n}")
+    result = project.retrain()
+    assert result.curation["rows"] == 6 + 6  # bulk is capped at 25% of its 26 rows
+    assert result.curation["capped"] == {"bulk": 14}
+    assert result.train is not None
+    checks = result.train.decision.checks
+    assert checks["contribution"]["top_user"] in {"bulk"} | {f"u{n}" for n in range(6)}
+    assert checks["contribution"]["new_user_share"] == 1.0  # every user is new this cycle
+    assert checks["contribution"]["passed"] is False
+    assert checks["contribution"]["refuse"] is False  # reported, not refused, by default
