@@ -250,6 +250,38 @@ def data_report(
     _print_cleaning(info.cleaning)
 
 
+@data_app.command("issues")
+def data_issues(
+    project: ProjectOpt = Path("."),
+    folds: Annotated[int, typer.Option(min=2, max=20)] = 5,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find likely mislabelled training rows (confident learning) of the newest dataset version."""
+    p = _open(project)
+    found = p.find_label_issues(folds=folds, config=p.train_config(epochs=epochs))
+    if as_json:
+        _print_json(found)
+        return
+    out.print(
+        f"dataset version {found['dataset_version']}: {found['n_issues']} of {found['n_rows']} "
+        f"training rows look mislabelled (estimated noise rate {found['noise_rate']:.1%}); "
+        f"training will {p.settings.label_issue_mode.replace('-', ' ')} them "
+        "(setting label_issue_mode)"
+    )
+    t = Table(title="likely label issues (lowest confidence in the given label first)")
+    for col in ("row", "given", "suggested", "p(given)"):
+        t.add_column(col)
+    for i in sorted(found["issues"], key=lambda i: i["self_confidence"])[:50]:
+        t.add_row(
+            i["source_path"] or i["input_hash"][:12],
+            str(i["given"]),
+            str(i["suggested"]),
+            f"{i['self_confidence']:.3f}",
+        )
+    out.print(t)
+
+
 @app.command()
 def train(
     project: ProjectOpt = Path("."),

@@ -589,13 +589,20 @@ class Project:
             champion_version = registry.get_alias(s, registry.PRODUCTION)
             dv_hash = dv.content_hash
             contribution = dict(dv.stats.get("contribution", {}))
+            label_issues = dict(dv.stats.get("label_issues", {}))
         if len(train_rows) < 2:
             raise DataError(
                 f"dataset version {dv.id} has {len(train_rows)} training rows; need >= 2"
             )
         train = self._arrays(train_rows, spec)
-        if any(w is not None for *_, w in weighted):
-            train.weights = np.array([1.0 if w is None else w for *_, w in weighted], np.float32)
+        weights = np.array([1.0 if w is None else w for *_, w in weighted], np.float32)
+        flagged = {i["input_hash"] for i in label_issues.get("issues", [])}
+        mode = self.settings.label_issue_mode
+        if flagged and mode != "keep":
+            hit = np.array([h in flagged for h, *_ in weighted])
+            weights[hit] *= 0.0 if mode == "exclude" else 0.2
+        if (weights != 1.0).any():
+            train.weights = weights
         holdout = self._arrays(holdout_rows, spec)
 
         seed_everything(config.seed)
@@ -764,6 +771,58 @@ class Project:
             keyed, by_digest.__getitem__, self.codec, loaded.spec.preprocessing, labels
         )
         return arrays, skipped
+
+    def find_label_issues(
+        self, *, folds: int = 5, config: TrainConfig | None = None
+    ) -> dict[str, Any]:
+        """Likely mislabelled training rows of the newest dataset version (confident learning).
+
+        Out-of-fold probabilities come from the project's architecture trained on the
+        other folds; rows whose given label the model confidently disagrees with are
+        flagged. The result is stored with the dataset version; training then excludes
+        or down-weights those rows (``label_issue_mode``).
+        """
+        from flywheel.feedback.label_issues import (
+            find_label_issues,
+            out_of_fold_probabilities,
+            torch_fit_predict,
+        )
+
+        if self.task.is_regression:
+            raise InputError("label issues need classes; this is a regression project")
+        config = config or self.train_config()
+        with self.db.session() as s:
+            dv = self._latest_dataset(s)
+            spec = self._spec(dv, config)
+            rows = self._rows(s, dv.id, TRAIN)
+            paths = dict(
+                s.execute(
+                    select(Example.input_hash, Example.source_path)
+                    .join(DatasetVersionExample, DatasetVersionExample.example_id == Example.id)
+                    .where(DatasetVersionExample.dataset_version_id == dv.id)
+                ).all()
+            )
+        data = self._arrays(rows, spec)
+        probs = out_of_fold_probabilities(
+            data.x,
+            data.y,
+            len(spec.labels),
+            torch_fit_predict(spec, config),
+            folds=folds,
+            seed=config.seed,
+        )
+        found = find_label_issues(data.y, probs).to_json(list(spec.labels))
+        for issue in found["issues"]:
+            digest = rows[issue["index"]][0]
+            issue["input_hash"] = digest
+            issue["source_path"] = paths.get(digest)
+        found |= {"dataset_version": dv.id, "folds": folds, "arch": spec.arch}
+        with self.db.session() as s:
+            row = s.get(DatasetVersion, dv.id)
+            assert row is not None
+            # An analysis of the version, kept beside it; its content (and hash) is unchanged.
+            row.stats = {**row.stats, "label_issues": found}
+        return found
 
     # -- the loop ----------------------------------------------------------------------
 

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     max_new_user_share: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Share of new rows from first-time users flagged."
     )
+    label_issue_mode: str = Field(
+        default="exclude",
+        pattern="^(keep|exclude|down-weight)$",
+        description="What training does with rows `flywheel data issues` flagged.",
+    )
     auto_promote: bool = Field(
         default=True, description="Promote a challenger that passes the gate after a retrain."
     )
