@@ -826,7 +826,7 @@ class Project:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def _answers(self, s: Session) -> tuple[list[Answer], int]:
+    def _answers(self, s: Session, *, naive: bool = False) -> tuple[list[Answer], int]:
         """Usable answers from feedback not yet turned into an example, weighted by trust.
 
         Returns the answers and how many were held back because their user is quarantined.
@@ -849,10 +849,10 @@ class Project:
         out: list[Answer] = []
         held_back = 0
         for fb, input_hash, predicted, predicted_value, trust, quarantined in s.execute(q):
-            if quarantined is not None:
+            if quarantined is not None and not naive:
                 held_back += 1
                 continue
-            weight = DEFAULT_TRUST if trust is None else float(trust)
+            weight = 1.0 if naive else DEFAULT_TRUST if trust is None else float(trust)
             if self.task.is_regression:
                 value = (
                     fb.value if fb.value is not None else (predicted_value if fb.correct else None)
@@ -879,16 +879,18 @@ class Project:
         gives more than ``max_user_share`` of the new rows; each row carries its
         user's trust as its training weight.
         """
-        if not self.task.is_regression:
+        naive = self.settings.curation == "naive"
+        if not self.task.is_regression and not naive:
             self.update_trust()
         with self.db.session() as s:
             dv = self._latest_dataset(s)
             labels = list(dv.stats["labels"])
-            answers, held_back = self._answers(s)
+            answers, held_back = self._answers(s, naive=naive)
             answers = [a for a in answers if self.task.is_regression or a.label in labels]
             holdout = {h for h, _, _ in self._rows(s, dv.id, HOLDOUT)}
             known = {h for h, _, _ in self._rows(s, dv.id, TRAIN)}
-            c = curate(answers, holdout, known, max_user_share=self.settings.max_user_share)
+            cap = None if naive else self.settings.max_user_share
+            c = curate(answers, holdout, known, max_user_share=cap)
             summary: dict[str, Any] = {
                 "answers": c.answers,
                 "rows": len(c.rows),

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         description="No class may lose more recall than this against the champion (None: off).",
     )
     # Learning from users (review queue, trust, curation).
+    curation: str = Field(
+        default="trust",
+        pattern="^(trust|naive)$",
+        description="trust: weigh, cap and quarantine by user trust; naive: every answer equal.",
+    )
     review_strategy: str = Field(
         default="margin", pattern="^(margin|entropy|least_confidence|random)$"
     )
