@@ -154,3 +154,18 @@ def test_one_user_cannot_give_most_of_a_retrain(project: Project, client: TestCl
     assert checks["contribution"]["new_user_share"] == 1.0  # every user is new this cycle
     assert checks["contribution"]["passed"] is False
     assert checks["contribution"]["refuse"] is False  # reported, not refused, by default
+
+
+def test_the_queue_never_asks_about_a_known_input(client: TestClient, project: Project) -> None:
+    known = [ask(client, i) for i in range(0, 5)]  # digits 0-4 are training examples
+    answered_before = ask(client, 700, "alice")
+    answer(client, answered_before, "1", "alice")
+    again = ask(client, 700)  # the same image, asked again by someone else
+    fresh = [ask(client, i) for i in range(710, 715)]
+    ids = {
+        i["prediction_id"]
+        for i in client.get("/v1/review-queue", params={"limit": 50}).json()["items"]
+    }
+    assert not ids & set(known)
+    assert again not in ids
+    assert set(fresh) <= ids

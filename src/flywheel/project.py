@@ -1115,7 +1115,20 @@ class Project:
                 .order_by(Prediction.created_at.desc())
                 .limit(self.settings.review_window)
             ).all()
-        candidates = [Candidate(pid, probs, h) for pid, probs, h in recent if probs]
+            # Never ask about an input whose label is already known or already given.
+            hashes = {h for _, _, h in recent}
+            known = set(
+                s.scalars(select(Example.input_hash).where(Example.input_hash.in_(hashes)))
+            ) | set(
+                s.scalars(
+                    select(Prediction.input_hash)
+                    .join(Feedback, Feedback.prediction_id == Prediction.id)
+                    .where(Prediction.input_hash.in_(hashes))
+                )
+            )
+        candidates = [
+            Candidate(pid, probs, h) for pid, probs, h in recent if probs and h not in known
+        ]
         n_golden = min(limit - 1, round(limit * self.settings.golden_share)) if limit > 1 else 0
         picked = rank(
             candidates, strategy=strategy, limit=limit - n_golden, spread=spread, seed=seed
