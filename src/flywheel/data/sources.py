@@ -27,6 +27,7 @@ __all__ = [
     "Source",
     "SourceOptions",
     "TabularCsvSource",
+    "csv_column",
     "digits_arrays",
     "read_csv",
     "resolve_source",
@@ -147,14 +148,21 @@ def read_csv(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[list[
         raise DataError(f"{str(path)!r} is not a readable CSV: {exc}", path=path) from None
     if not rows:
         raise DataError(f"CSV file {str(path)!r} is empty", path=path)
-    return [h.strip() for h in rows[0]], rows[1:]
+    header = [h.strip() for h in rows[0]]
+    if header:
+        header[0] = header[0].removeprefix("\ufeff")  # a byte-order mark (Excel's UTF-8)
+    return header, rows[1:]
 
 
-def _column(header: list[str], name: str, path: Path, what: str) -> int:
-    if name not in header:
+def csv_column(header: list[str], name: str, path: Path, what: str) -> int:
+    """The index of column ``name``; a ``DataError`` listing the columns when it is absent."""
+    if not name or name not in header:
         present = [h for h in header if h]
+        option = "--target" if what == "target" else f"--{what}-column"
         raise DataError(
-            f"{what} column {name!r} is not in {path.name}; its columns are {present}", path=path
+            f"{what} column {name!r} is not in {path.name}; its columns are {present} "
+            f"(choose one with {option})",
+            path=path,
         )
     return header.index(name)
 
@@ -173,8 +181,8 @@ class CsvManifestSource:
         self.path = Path(path).expanduser().resolve()
         self.name = str(self.path)
         header, rows = read_csv(self.path, encoding)
-        pi = _column(header, path_column, self.path, "path")
-        li = _column(header, label_column, self.path, "label")
+        pi = csv_column(header, path_column, self.path, "path")
+        li = csv_column(header, label_column, self.path, "label")
         self.rows: list[tuple[Path, str]] = []
         self.skipped: list[dict[str, str]] = []
         for n, row in enumerate(rows, start=2):
@@ -222,7 +230,7 @@ class TabularCsvSource:
         self.path = Path(path).expanduser().resolve()
         self.name = str(self.path)
         header, rows = read_csv(self.path, encoding)
-        ti = _column(header, target, self.path, "target")
+        ti = csv_column(header, target, self.path, "target")
         self.columns = [h for i, h in enumerate(header) if h and i != ti]
         if not self.columns:
             raise DataError(f"{self.path.name} has no feature column besides {target!r}")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.data.codecs import Codec, register_codec
-from flywheel.data.sources import RawExample, read_csv
+from flywheel.data.sources import RawExample, csv_column, read_csv
 from flywheel.errors import DataError, InputError, ModelError
 
 __all__ = [
@@ -192,18 +192,6 @@ class TextCodec(Codec):
         return float(probe["chars"])
 
 
-def _index(header: list[str], name: str, what: str, path: Path) -> int:
-    if not name or name not in header:
-        present = [h for h in header if h]
-        option = f"--{what}-column"
-        raise DataError(
-            f"{what} column {name!r} is not in {path.name}; its columns are {present} "
-            f"(choose one with {option})",
-            path=path,
-        )
-    return header.index(name)
-
-
 class TextCsvSource:
     """A CSV with a text column and a label column (text classification).
 
@@ -224,10 +212,8 @@ class TextCsvSource:
         self.path = Path(path).expanduser().resolve()
         self.name = str(self.path)
         header, rows = read_csv(self.path, encoding)
-        if header:
-            header[0] = header[0].removeprefix("\ufeff")  # a byte-order mark (Excel's UTF-8)
-        ti = _index(header, text_column, "text", self.path)
-        li = _index(header, label_column, "label", self.path)
+        ti = csv_column(header, text_column, self.path, "text")
+        li = csv_column(header, label_column, self.path, "label")
         # Columns without a name right after the text column: in files written with
         # backslash-escaped quotes (the SMS spam set) a text's commas split it there.
         spill = ti + 1
