@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from flywheel.data import ImageCodec, ImageFolderSource
-from flywheel.models import ModelSpec, arch_info, create_model
+from flywheel.models import arch_info, build_spec, create_model
 from flywheel.training import TrainConfig, fit, image_augment, predict_proba, seed_everything
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-mini"
@@ -94,16 +94,14 @@ def main() -> None:
     torch.set_num_threads(2)
 
     codec = ImageCodec()
-    info = arch_info("seed_cnn")
-    params = info.preprocess({"kind": "image", "mode": "RGB", "height": 32, "width": 32}, {})
+    native = {"kind": "image", "mode": "RGB", "height": 32, "width": 32}
+    params = arch_info("seed_cnn").preprocess(native, {})
     t = time.perf_counter()
     x_train, y_train, labels = load("train", codec, params)
     x_test, y_test, _ = load("test", codec, params)
     decode_s = time.perf_counter() - t
-    shape = info.input_shape(params)
-    spec = ModelSpec(
-        "seed_cnn", "image-classification", shape, tuple(labels), info.defaults(shape), params
-    )
+    spec = build_spec("seed_cnn", task="image-classification", native=native, labels=labels)
+    shape = spec.input_shape
     print(
         f"cifar10-mini: {len(y_train)} train, {len(y_test)} test, input {shape}, "
         f"decoded in {decode_s:.1f}s; {args.epochs} epochs, batch 32"

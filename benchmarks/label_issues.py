@@ -30,7 +30,7 @@ from flywheel.feedback.label_issues import (
     out_of_fold_probabilities,
     torch_fit_predict,
 )
-from flywheel.models import ModelSpec, arch_info
+from flywheel.models import build_spec
 from flywheel.training import TrainConfig
 
 N_CLASSES = 10
@@ -60,24 +60,18 @@ def main() -> None:
     noisy = y_train.copy()
     noisy[flipped] = (y_train[flipped] + rng.integers(1, N_CLASSES, len(flipped))) % N_CLASSES
 
-    info = arch_info("seed_cnn")
-    params = info.preprocess(
-        {"kind": "image", "mode": "L", "height": 8, "width": 8}, {"image_size": 8}
-    )
-    shape = info.input_shape(params)
-    spec = ModelSpec(
+    spec = build_spec(
         "seed_cnn",
-        "image-classification",
-        shape,
-        tuple(str(i) for i in range(N_CLASSES)),
-        info.defaults(shape),
-        params,
+        task="image-classification",
+        native={"kind": "image", "mode": "L", "height": 8, "width": 8},
+        labels=tuple(str(i) for i in range(N_CLASSES)),
+        options={"image_size": 8},
     )
     config = TrainConfig(epochs=args.epochs, batch_size=32, seed=args.seed, image_size=8)
     fit_predict = torch_fit_predict(spec, config)
     print(
         f"digits: {len(tr)} train ({len(flipped)} labels flipped, {args.flip:.0%}), "
-        f"{len(te)} test; seed_cnn {shape}, at most {args.epochs} epochs "
+        f"{len(te)} test; seed_cnn {spec.input_shape}, at most {args.epochs} epochs "
         f"(patience {config.patience}), {FOLDS} folds, seed {args.seed}"
     )
 

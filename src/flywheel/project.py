@@ -57,7 +57,7 @@ from flywheel.evaluation import (
 from flywheel.feedback import Answer, curate
 from flywheel.feedback.queue import STRATEGIES, Candidate, rank
 from flywheel.feedback.trust import Vote, estimate_trust
-from flywheel.models import ModelSpec, arch_info, create_model
+from flywheel.models import ModelSpec, arch_info, build_spec, create_model
 from flywheel.registry import VersionInfo, load_artifact, save_artifact
 from flywheel.settings import CONFIG_FILE, Settings
 from flywheel.store import BlobStore, Database, ensure_user
@@ -539,23 +539,21 @@ class Project:
                 f"project is {self.task.name} (default architecture {self.task.default_arch!r})"
             )
         native = dict(dv.preprocessing)
-        params = info.preprocess(native, {"image_size": config.image_size})
-        shape = info.input_shape(params)
-        hparams = info.defaults(shape)
-        if "dropout" in hparams:
-            hparams["dropout"] = config.dropout
-        if "finetune_layers" in hparams:
-            hparams["finetune_layers"] = config.finetune_layers
+        defaults = info.defaults(info.input_shape(info.preprocess(native, {})))
+        overrides: dict[str, Any] = {}
+        if "dropout" in defaults:
+            overrides["dropout"] = config.dropout
+        if "finetune_layers" in defaults:
+            overrides["finetune_layers"] = config.finetune_layers
         if self.task.is_regression:
-            hparams["y_mean"] = native["target_mean"]
-            hparams["y_std"] = native["target_std"]
-        return ModelSpec(
-            arch=arch,
+            overrides |= {"y_mean": native["target_mean"], "y_std": native["target_std"]}
+        return build_spec(
+            arch,
             task=self.task.name,
-            input_shape=shape,
+            native=native,
             labels=tuple(dv.stats["labels"]),
-            hparams=hparams,
-            preprocessing=params,
+            options={"image_size": config.image_size},
+            hparams=overrides,
         )
 
     def _score(self, loaded: LoadedModel, holdout: Arrays) -> tuple[dict[str, Any], np.ndarray]:

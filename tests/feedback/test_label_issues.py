@@ -14,7 +14,7 @@ from flywheel.feedback.label_issues import (
     out_of_fold_probabilities,
     torch_fit_predict,
 )
-from flywheel.models import ModelSpec, arch_info
+from flywheel.models import build_spec
 from flywheel.training import TrainConfig
 
 # Twelve rows, three classes, four rows each. Worked by hand:
@@ -227,18 +227,12 @@ def test_torch_fit_predict_trains_a_fresh_model_per_call() -> None:
     images, labels = digits_arrays()
     x = (images[:60, None] / 255.0).astype(np.float32)
     y = labels[:60]
-    info = arch_info("seed_cnn")
-    params = info.preprocess(
-        {"kind": "image", "mode": "L", "height": 8, "width": 8}, {"image_size": 8}
-    )
-    shape = info.input_shape(params)
-    spec = ModelSpec(
+    spec = build_spec(
         "seed_cnn",
-        "image-classification",
-        shape,
-        tuple(str(i) for i in range(10)),
-        info.defaults(shape),
-        params,
+        task="image-classification",
+        native={"kind": "image", "mode": "L", "height": 8, "width": 8},
+        labels=tuple(str(i) for i in range(10)),
+        options={"image_size": 8},
     )
     fp = torch_fit_predict(spec, TrainConfig(epochs=1, patience=1, image_size=8))
     a = fp(x[:50], y[:50], x[50:])

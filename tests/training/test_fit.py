@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from flywheel.data import Arrays, ImagePreprocessing, decode_image
-from flywheel.models import ModelSpec, create_model, default_hparams
+from flywheel.models import ModelSpec, build_spec, create_model, default_hparams
 from flywheel.training import EpochReport, FitResult, TrainConfig, fit, predict_proba
 from tests.factories import digits_subset
 
@@ -145,7 +145,7 @@ def test_train_config_json_round_trip() -> None:
 def test_row_weights_let_training_ignore_rows() -> None:
     """Rows of weight 0 (say, from an untrusted user) do not teach the model their labels."""
     from flywheel.data import digits_arrays
-    from flywheel.models import ModelSpec, arch_info, create_model
+    from flywheel.models import create_model
     from flywheel.training import predict_proba, seed_everything
 
     images, labels = digits_arrays()
@@ -157,18 +157,12 @@ def test_row_weights_let_training_ignore_rows() -> None:
     flipped = rng.random(len(noisy)) < 0.4
     noisy[flipped] = (noisy[flipped] + 1) % 10  # a consistent, targeted flip
 
-    info = arch_info("seed_cnn")
-    params = info.preprocess(
-        {"kind": "image", "mode": "L", "height": 8, "width": 8}, {"image_size": 8}
-    )
-    shape = info.input_shape(params)
-    spec = ModelSpec(
+    spec = build_spec(
         "seed_cnn",
-        "image-classification",
-        shape,
-        tuple(map(str, range(10))),
-        info.defaults(shape),
-        params,
+        task="image-classification",
+        native={"kind": "image", "mode": "L", "height": 8, "width": 8},
+        labels=tuple(map(str, range(10))),
+        options={"image_size": 8},
     )
     config = TrainConfig(epochs=15, patience=15, seed=0)
 

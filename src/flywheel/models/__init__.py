@@ -7,6 +7,7 @@ from flywheel.models.vision import CNN32, SeedCNN
 from flywheel.models.zoo import (
     ArchInfo,
     arch_info,
+    build_spec,
     create_model,
     default_hparams,
     known_archs,
@@ -21,6 +22,7 @@ __all__ = [
     "ModelSpec",
     "SeedCNN",
     "arch_info",
+    "build_spec",
     "create_model",
     "default_hparams",
     "known_archs",

@@ -71,3 +71,30 @@ def default_hparams(arch: str, input_shape: tuple[int, ...]) -> Params:
 
 def create_model(spec: ModelSpec) -> nn.Module:
     return arch_info(spec.arch).build(spec)
+
+
+def build_spec(
+    arch: str,
+    *,
+    task: str,
+    native: Params,
+    labels: tuple[str, ...] | list[str],
+    options: Params | None = None,
+    hparams: Params | None = None,
+) -> ModelSpec:
+    """The spec of ``arch`` for a dataset: its preprocessing, input shape and hyper-parameters.
+
+    ``native`` is the dataset's own preprocessing (e.g. image mode and size), ``options``
+    the user's (e.g. ``image_size``); ``hparams`` override the architecture's defaults.
+    """
+    info = arch_info(arch)
+    params = info.preprocess(native, options or {})
+    shape = info.input_shape(params)
+    return ModelSpec(
+        arch=arch,
+        task=task,
+        input_shape=shape,
+        labels=tuple(labels),
+        hparams={**info.defaults(shape), **(hparams or {})},
+        preprocessing=params,
+    )
