@@ -169,3 +169,15 @@ def test_the_queue_never_asks_about_a_known_input(client: TestClient, project: P
     assert not ids & set(known)
     assert again not in ids
     assert set(fresh) <= ids
+
+
+def test_golden_probes_are_not_counted_as_calls(client: TestClient, project: Project) -> None:
+    for i in range(600, 610):
+        ask(client, i)
+    client.get("/v1/review-queue", params={"limit": 10})  # one golden probe made
+    stats = client.get("/v1/stats").json()
+    assert stats["calls"]["total"] == 10
+    with project.db.session() as s:
+        from flywheel.store.schema import Prediction
+
+        assert len(s.scalars(select(Prediction)).all()) == 11

@@ -1356,23 +1356,27 @@ class Project:
     def stats(self, *, minutes: int = 60) -> dict[str, Any]:
         """Call frequency per version, label and minute; feedback counts; accuracy per version."""
         since = utcnow() - timedelta(minutes=minutes)
+        # Golden probes are the queue's own checks, not calls from users.
+        probes = select(ReviewItem.prediction_id).where(ReviewItem.golden_example_id.is_not(None))
         with self.db.session() as s:
             per_version = dict(
                 s.execute(
-                    select(Prediction.model_version, func.count()).group_by(
-                        Prediction.model_version
-                    )
+                    select(Prediction.model_version, func.count())
+                    .where(Prediction.id.not_in(probes))
+                    .group_by(Prediction.model_version)
                 ).all()
             )
             per_label = dict(
                 s.execute(
                     select(Prediction.label, func.count())
-                    .where(Prediction.label.is_not(None))
+                    .where(Prediction.label.is_not(None), Prediction.id.not_in(probes))
                     .group_by(Prediction.label)
                 ).all()
             )
             recent = s.scalars(
-                select(Prediction.created_at).where(Prediction.created_at >= since)
+                select(Prediction.created_at).where(
+                    Prediction.created_at >= since, Prediction.id.not_in(probes)
+                )
             ).all()
             per_minute = Counter(
                 t.replace(second=0, microsecond=0, tzinfo=None).isoformat(timespec="minutes")
