@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--strategies", default="random,margin,entropy")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -145,7 +146,7 @@ def main() -> None:
     }
     settings = {
         "epochs": args.epochs,
-        "patience": 5,
+        "patience": args.patience,
         "seed": args.seed,
         "golden_share": 0.0,  # measure acquisition alone
         "gate_class_margin": 1.0,  # follow the curve, not the gate

@@ -152,7 +152,20 @@ def test_one_user_cannot_give_most_of_a_retrain(project: Project, client: TestCl
     checks = result.train.decision.checks
     assert checks["contribution"]["top_user"] in {"bulk"} | {f"u{n}" for n in range(6)}
     assert checks["contribution"]["new_user_share"] == 1.0  # every user is new this cycle
-    assert checks["contribution"]["passed"] is False
+    assert checks["contribution"]["first_feedback"] is True
+    assert checks["contribution"]["passed"] is True  # nothing to compare with yet
+    # A second cycle from a burst of fresh ids is flagged (reported, not refused by default).
+    for n, i in enumerate(range(530, 542)):
+        answer(client, ask(client, i, f"fresh{n}"), str(LABELS[i]), f"fresh{n}")
+    second = project.retrain()
+    assert second.train is not None
+    burst = second.train.decision.checks["contribution"]
+    assert (burst["first_feedback"], burst["new_user_share"], burst["passed"]) == (
+        False,
+        1.0,
+        False,
+    )
+    assert "of the new rows come from first-time users" in second.train.decision.reason
     assert checks["contribution"]["refuse"] is False  # reported, not refused, by default
 
 

@@ -158,6 +158,7 @@ class TrainResult:
             "promoted": self.promoted,
             "reason": d.reason,
             "test": d.test,
+            "checks": d.checks,
             "metrics": self.model.metrics,
         }
 
@@ -658,7 +659,8 @@ class Project:
             decision = with_check(
                 decision,
                 "contribution",
-                passed=share <= limit,
+                # The first feedback has no earlier users to compare with (see _contribution).
+                passed=bool(contribution.get("first_feedback")) or share <= limit,
                 refuse=self.settings.refuse_on_contribution,
                 reason=f"{share:.0%} of the new rows come from first-time users "
                 f"(limit {limit:.0%})",
@@ -945,7 +947,11 @@ class Project:
             s.execute(select(User.id, User.created_at).where(User.id.in_(set(users)))).all()
         )
         fresh = sum(1 for u in users if first_seen.get(u) and first_seen[u] > since.created_at)
+        # Before any feedback has been used, every user is new: the check has nothing to
+        # compare with, so it reports the share but does not flag it.
+        first_cycle = int(since.stats.get("n_feedback", 0)) == 0
         return {
+            "first_feedback": first_cycle,
             "rows": len(rows),
             "users": len(counts),
             "top_user": top_user,
