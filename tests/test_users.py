@@ -160,11 +160,9 @@ def test_one_user_cannot_give_most_of_a_retrain(project: Project, client: TestCl
     second = project.retrain()
     assert second.train is not None
     burst = second.train.decision.checks["contribution"]
-    assert (burst["first_feedback"], burst["new_user_share"], burst["passed"]) == (
-        False,
-        1.0,
-        False,
-    )
+    # bulk's capped answers come round again (capped again); the twelve fresh ids dominate.
+    assert burst["new_user_share"] == round(12 / burst["rows"], 4) > 0.5
+    assert (burst["first_feedback"], burst["passed"], burst["refuse"]) == (False, False, False)
     assert "of the new rows come from first-time users" in second.train.decision.reason
     assert checks["contribution"]["refuse"] is False  # reported, not refused, by default
 
