@@ -192,3 +192,11 @@ def test_golden_probes_are_not_counted_as_calls(client: TestClient, project: Pro
         from flywheel.store.schema import Prediction
 
         assert len(s.scalars(select(Prediction)).all()) == 11
+
+
+def test_an_empty_queue_holds_no_golden_probe(client: TestClient, project: Project) -> None:
+    r = client.get("/v1/review-queue", params={"limit": 10})
+    assert r.status_code == 200
+    assert r.json()["items"] == []
+    with project.db.session() as s:
+        assert s.scalars(select(ReviewItem)).all() == []

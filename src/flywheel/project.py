@@ -1133,10 +1133,12 @@ class Project:
         candidates = [
             Candidate(pid, probs, h) for pid, probs, h in recent if probs and h not in known
         ]
-        n_golden = min(limit - 1, round(limit * self.settings.golden_share)) if limit > 1 else 0
-        picked = rank(
-            candidates, strategy=strategy, limit=limit - n_golden, spread=spread, seed=seed
-        )
+        share = self.settings.golden_share
+        room = min(limit - 1, round(limit * share)) if limit > 1 else 0
+        picked = rank(candidates, strategy=strategy, limit=limit - room, spread=spread, seed=seed)
+        # Golden probes in proportion to the real items: a queue of nothing but probes
+        # would give them away.
+        n_golden = min(room, round(len(picked) * share / (1 - share))) if share < 1 else 0
         items = [i.to_json() for i in picked]
         golden = self._golden_probes(n_golden, seed, strategy) if n_golden else []
         with self.db.session() as s:
