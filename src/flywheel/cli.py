@@ -518,6 +518,32 @@ def keys_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None
 
 
 @app.command()
+def export(
+    version: Annotated[int, typer.Argument(help="Model version to export.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the bundle to (new).")],
+    fmt: Annotated[str, typer.Option("--format", help="Only 'onnx' for now.")] = "onnx",
+    quantize: Annotated[
+        str | None, typer.Option(help="'int8': dynamic quantisation with ONNX Runtime.")
+    ] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a version as a self-contained ONNX bundle (model, spec, labels, preprocessing)."""
+    if fmt != "onnx":
+        raise typer.BadParameter(f"format must be 'onnx'; got {fmt!r}", param_hint="--format")
+    manifest = _open(project).export(version, out, quantize=quantize)
+    if as_json:
+        _print_json(manifest)
+        return
+    p = manifest["parity"]
+    out.print(
+        f"v{version} → {manifest['folder']}/{manifest['model']} ({manifest['bytes'] / 1e3:.0f} kB, "
+        f"opset {manifest['opset']}); against torch on {p['n']} held-out rows: max |diff| "
+        f"{p['max_abs_diff']:.2e}, arg-max agreement {p['argmax_agreement']:.4f}"
+    )
+
+
+@app.command()
 def review(
     project: ProjectOpt = Path("."),
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,

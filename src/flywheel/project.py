@@ -971,6 +971,46 @@ class Project:
         result = self.train(config, on_epoch=on_epoch, reason="retrain")
         return RetrainResult(summary["rows"], summary, dataset, result)
 
+    # -- export ------------------------------------------------------------------------
+
+    def export(
+        self, version: int, out_dir: str | Path, *, quantize: str | None = None
+    ) -> dict[str, Any]:
+        """Write an ONNX bundle of ``version`` (runs with ONNX Runtime alone) and check it.
+
+        The parity check against torch runs on up to 256 held-out rows; its record is
+        kept with the model version (``metrics["export"]``). An fp32 export that fails
+        parity is an error, and its bundle is not left behind.
+        """
+        from flywheel.export.onnx import export_onnx
+
+        out = Path(out_dir).expanduser().resolve()
+        if out.exists() and any(out.iterdir()):
+            raise InputError(f"output folder {str(out)!r} is not empty")
+        loaded = self._load_version(version)
+        with self.db.session() as s:
+            rows = self._rows(s, self._latest_dataset(s).id, HOLDOUT)[:256]
+        sample = self._arrays(rows, loaded.spec).x
+        try:
+            manifest = export_onnx(loaded.model, loaded.spec, out, sample=sample, quantize=quantize)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        if manifest.get("parity_failed"):
+            shutil.rmtree(out, ignore_errors=True)
+            raise ModelError(
+                f"the ONNX export of v{version} does not match torch: max |diff| "
+                f"{manifest['parity']['max_abs_diff']:.3g} (allowed {manifest['parity']['atol']}), "
+                f"arg-max agreement {manifest['parity']['argmax_agreement']:.4f}",
+                version=version,
+            )
+        with self.db.session() as s:
+            mv = s.get(ModelVersion, version)
+            assert mv is not None
+            key = "export_int8" if quantize else "export_onnx"
+            mv.metrics = {**mv.metrics, key: {**manifest["parity"], "bytes": manifest["bytes"]}}
+        return {**manifest, "folder": str(out), "model_version": version}
+
     # -- users: trust, quarantine, the review queue ------------------------------------
 
     def update_trust(self) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,97 @@
+"""ONNX export: parity with torch for the zoo, and bundles that run without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("onnxruntime")
+
+from flywheel.cli import app
+from flywheel.export.onnx import export_onnx
+from flywheel.models import create_model
+from flywheel.training import seed_everything
+from tests.factories import digit_png, make_project
+from tests.models.test_zoo import _case_spec, _tiny
+
+
+@pytest.mark.parametrize(
+    ("arch", "i"),
+    [("seed_cnn", 0), ("seed_cnn", 1), ("cnn32", 0), ("mlp_regressor", 0), ("lstm_audio", 0)],
+)
+def test_every_exported_model_matches_torch(arch: str, i: int, tmp_path: Path) -> None:
+    spec = _case_spec(arch, i)
+    seed_everything(0)
+    model = create_model(spec)
+    sample = _tiny(spec, 33).x  # an odd batch: the batch axis is dynamic
+    manifest = export_onnx(model, spec, tmp_path / "b", sample=sample)
+    parity = manifest["parity"]
+    assert parity["passed"] is True
+    assert parity["max_abs_diff"] <= 1e-4
+    assert parity["argmax_agreement"] == 1.0
+    assert manifest["opset"] == 17
+
+
+def test_cli_export_gives_a_bundle_that_runs_without_torch(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    root = str(project.settings.project_dir)
+    served = project.predict(digit_png(1234))
+    project.close()
+    runner = CliRunner()
+    for quantize, folder in ((None, tmp_path / "fp32"), ("int8", tmp_path / "int8")):
+        args = ["export", "1", "--out", str(folder), "--project", root, "--json"]
+        r = runner.invoke(app, args + (["--quantize", quantize] if quantize else []))
+        assert r.exit_code == 0, r.output
+        manifest = json.loads(r.stdout)
+        assert manifest["model"] == ("model.int8.onnx" if quantize else "model.onnx")
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            ["manifest.json", "spec.json", manifest["model"]]
+        )
+    fp32 = json.loads((tmp_path / "fp32" / "manifest.json").read_text())
+    int8 = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert int8["bytes"] < fp32["bytes"]
+    assert int8["parity"]["argmax_agreement"] >= 0.9
+
+    # A fresh interpreter where torch cannot be imported runs both bundles.
+    png = tmp_path / "digit.png"
+    png.write_bytes(digit_png(1234))
+    script = (
+        "import sys, json; sys.modules['torch'] = None\n"
+        "from flywheel.export.runtime import OnnxBundle\n"
+        "out = {}\n"
+        f"for name in ('fp32', 'int8'):\n"
+        f"    b = OnnxBundle.load({str(tmp_path)!r} + '/' + name)\n"
+        f"    out[name] = b.predict([open({str(png)!r}, 'rb').read()])[0]\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["fp32"]["label"] == served.label
+    assert served.probabilities is not None
+    for lab, p in served.probabilities.items():
+        assert got["fp32"]["probabilities"][lab] == pytest.approx(p, abs=1e-5)
+    assert np.isclose(sum(got["int8"]["probabilities"].values()), 1.0)
+
+
+def test_export_refuses_a_used_folder_and_an_unknown_version(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x").write_text("keep me")
+    from flywheel.errors import InputError, NotFoundError
+
+    with pytest.raises(InputError, match="is not empty"):
+        project.export(1, used)
+    assert (used / "x").read_text() == "keep me"
+    with pytest.raises(NotFoundError):
+        project.export(9, tmp_path / "new")
+    project.close()
