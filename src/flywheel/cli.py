@@ -520,7 +520,7 @@ def keys_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None
 @app.command()
 def export(
     version: Annotated[int, typer.Argument(help="Model version to export.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the bundle to (new).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the bundle to (new).")],
     fmt: Annotated[str, typer.Option("--format", help="Only 'onnx' for now.")] = "onnx",
     quantize: Annotated[
         str | None, typer.Option(help="'int8': dynamic quantisation with ONNX Runtime.")
@@ -531,7 +531,7 @@ def export(
     """Export a version as a self-contained ONNX bundle (model, spec, labels, preprocessing)."""
     if fmt != "onnx":
         raise typer.BadParameter(f"format must be 'onnx'; got {fmt!r}", param_hint="--format")
-    manifest = _open(project).export(version, out, quantize=quantize)
+    manifest = _open(project).export(version, out_dir, quantize=quantize)
     if as_json:
         _print_json(manifest)
         return
