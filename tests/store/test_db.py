@@ -185,3 +185,45 @@ def test_upgrading_from_the_first_schema_keeps_the_rows(database_url: str) -> No
         assert "value" in columns
     finally:
         database.dispose()
+
+
+def test_upgrading_a_first_schema_project_with_data_keeps_every_row(database_url: str) -> None:
+    """0001 → head with examples referenced by dataset versions (SQLite copies the table)."""
+    from alembic import command
+
+    database = Database(database_url)
+    try:
+        cfg = _alembic_config()
+        with database.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        with database.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO dataset_versions (id, content_hash, source, preprocessing, stats, "
+                    "created_at) VALUES (1, 'h', 's', '{}', '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO examples (id, input_hash, label, split, origin, created_at) "
+                    "VALUES (1, 'a', '3', 'train', 'base', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO dataset_version_examples (dataset_version_id, example_id) "
+                    "VALUES (1, 1)"
+                )
+            )
+        database.migrate()
+        assert database.is_current() is True
+        with database.engine.connect() as conn:
+            assert conn.execute(text("SELECT label, value, weight FROM examples")).all() == [
+                ("3", None, None)
+            ]
+            assert conn.execute(text("SELECT * FROM dataset_version_examples")).all() == [(1, 1)]
+            tables = inspect(conn).get_table_names()
+        assert not [t for t in tables if t.startswith("_alembic_tmp_")]
+    finally:
+        database.dispose()

@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -74,9 +74,28 @@ class Database:
         """Apply every pending migration (idempotent)."""
         cfg = _alembic_config()
         try:
-            with self.engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+            with self.engine.connect() as conn:
+                sqlite = conn.dialect.name == "sqlite"
+                if sqlite:
+                    # SQLite changes a table by copying it: with foreign keys enforced,
+                    # dropping the old copy of a referenced table fails. And a copy left
+                    # by an interrupted migration (SQLite DDL is not rolled back) goes.
+                    conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                    for name in inspect(conn).get_table_names():
+                        if name.startswith("_alembic_tmp_"):
+                            conn.exec_driver_sql(f'DROP TABLE "{name}"')
+                    conn.commit()
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    conn.commit()
+                    if broken:
+                        raise ConfigError(
+                            f"the migrated database breaks foreign keys: {broken[:5]}"
+                        )
         except OperationalError as exc:
             raise ConfigError(f"cannot reach the database at {self.safe_url}: {exc.orig}") from exc
 
