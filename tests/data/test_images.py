@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from flywheel.data import (
+    ImageCodec,
     ImagePreprocessing,
     decode_image,
     digits_arrays,
     encode_png,
-    infer_preprocessing,
-    probe,
+    probe_image,
 )
 from flywheel.errors import InputError
 from tests.factories import png_bytes
@@ -88,19 +88,27 @@ def test_empty_bytes_raise_input_error() -> None:
 
 
 def test_probe_reports_mode_height_width() -> None:
-    assert probe(png_bytes((12, 5), "L")) == ("L", 5, 12)
-    assert probe(png_bytes((3, 4), "RGB", (1, 2, 3))) == ("RGB", 4, 3)  # type: ignore[arg-type]
+    gray, rgb = (
+        probe_image(png_bytes((12, 5), "L")),
+        probe_image(png_bytes((3, 4), "RGB", (1, 2, 3))),
+    )  # type: ignore[arg-type]
+    assert (gray["mode"], gray["height"], gray["width"]) == ("L", 5, 12)
+    assert (rgb["mode"], rgb["height"], rgb["width"]) == ("RGB", 4, 3)
 
 
-def test_infer_preprocessing_takes_the_most_common_size() -> None:
-    prep = infer_preprocessing([("L", 10, 20), ("L", 8, 8), ("L", 10, 20), ("L", 30, 30)])
-    assert prep == ImagePreprocessing(mode="L", height=10, width=20)
+def _probes(*shapes: tuple[str, int, int]) -> list[dict[str, object]]:
+    return [{"mode": m, "height": h, "width": w, "mean": 0.5} for m, h, w in shapes]
 
 
-def test_infer_preprocessing_is_grayscale_only_when_every_image_is() -> None:
-    assert infer_preprocessing([("L", 8, 8)] * 3).mode == "L"
-    assert infer_preprocessing([("L", 8, 8), ("RGB", 8, 8), ("L", 8, 8)]).mode == "RGB"
-    assert infer_preprocessing([("RGB", 8, 8)]).channels == 3
+def test_infer_takes_the_most_common_size() -> None:
+    params = ImageCodec().infer(_probes(("L", 10, 20), ("L", 8, 8), ("L", 10, 20), ("L", 30, 30)))
+    assert ImagePreprocessing.from_json(params) == ImagePreprocessing(mode="L", height=10, width=20)
+
+
+def test_infer_is_grayscale_only_when_every_image_is() -> None:
+    codec = ImageCodec()
+    assert codec.infer(_probes(("L", 8, 8), ("L", 8, 8)))["mode"] == "L"
+    assert codec.infer(_probes(("L", 8, 8), ("RGB", 8, 8), ("L", 8, 8)))["mode"] == "RGB"
 
 
 def test_preprocessing_json_round_trip() -> None:

@@ -16,8 +16,6 @@ from flywheel.data.images import (
     average_hash,
     decode_image,
     encode_png,
-    infer_preprocessing,
-    probe,
     probe_image,
 )
 from flywheel.data.sources import (
@@ -65,10 +63,8 @@ __all__ = [
     "decode_image",
     "digits_arrays",
     "encode_png",
-    "infer_preprocessing",
     "known_codecs",
     "load_arrays",
-    "probe",
     "probe_image",
     "read_csv",
     "register_codec",

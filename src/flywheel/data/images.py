@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,8 +16,6 @@ __all__ = [
     "average_hash",
     "decode_image",
     "encode_png",
-    "infer_preprocessing",
-    "probe",
     "probe_image",
 ]
 
@@ -63,13 +59,6 @@ def _open(data: bytes) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise InputError(f"the image is too large: {exc}") from None
     return img
-
-
-def probe(data: bytes) -> tuple[str, int, int]:
-    """(mode, height, width) of an encoded image; ``InputError`` when it is not one."""
-    img = _open(data)
-    mode = "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"
-    return mode, img.height, img.width
 
 
 def probe_image(data: bytes) -> dict[str, Any]:
@@ -118,11 +107,3 @@ def encode_png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def infer_preprocessing(probes: Iterable[tuple[str, int, int]]) -> ImagePreprocessing:
-    """One channel when every image is grayscale; the most common size."""
-    probes = list(probes)
-    modes = {m for m, _, _ in probes}
-    size, _ = Counter((h, w) for _, h, w in probes).most_common(1)[0]
-    return ImagePreprocessing(mode="L" if modes == {"L"} else "RGB", height=size[0], width=size[1])
