@@ -839,6 +839,7 @@ class Project:
                 Prediction.label,
                 Prediction.value,
                 User.trust,
+                User.trust_detail,
                 User.quarantined_at,
             )
             .join(Prediction, Prediction.id == Feedback.prediction_id)
@@ -848,7 +849,7 @@ class Project:
         )
         out: list[Answer] = []
         held_back = 0
-        for fb, input_hash, predicted, predicted_value, trust, quarantined in s.execute(q):
+        for fb, input_hash, predicted, predicted_value, trust, detail, quarantined in s.execute(q):
             if quarantined is not None and not naive:
                 held_back += 1
                 continue
@@ -866,6 +867,10 @@ class Project:
                 continue
             label = fb.label if fb.label is not None else (predicted if fb.correct else None)
             if label is not None:
+                if not naive and detail:
+                    # How far this user's word is to be trusted *for this label*: a
+                    # targeted liar is right most of the time, but not when saying it.
+                    weight = float(detail.get("label_trust", {}).get(label, weight))
                 out.append(
                     Answer(fb.id, input_hash, label, fb.user_id, fb.created_at, weight=weight)
                 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flywheel.feedback.trust import UserTrust, Vote, estimate_trust
+from flywheel.feedback.trust import UserTrust, Vote, answer_weight, estimate_trust
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -124,6 +124,7 @@ def test_counts_are_exact_on_a_hand_built_case() -> None:
         "compared_with_others",
         "agreed_with_model",
         "compared_with_model",
+        "label_trust",
     }
 
 
@@ -196,3 +197,114 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="prior"):
         estimate_trust([], labels=["a", "b"], prior=(0.0, 1.0))
     assert estimate_trust([], labels=["a", "b"]) == {}
+
+
+def _targeted_attack(seed: int = 0) -> tuple[list[Vote], dict[str, str]]:
+    """10 honest users and one adversary who answers '8' for every true '3', 1000 items.
+
+    Each item is answered by 2–4 users drawn at random (3 on average). Everyone
+    else, the adversary included, answers honestly but for 4% random noise. The
+    target is a common class (3s are 20% of items) pushed into a rare one (8s are
+    6%), so most of the adversary's '8's are wrong while most of their answers are
+    right. (With balanced classes half their '8's would be right, and their
+    label_trust['8'] would sit near 0.5.)
+    """
+    rng = np.random.default_rng(seed)
+    share = [0.0925] * 10
+    share[3], share[8] = 0.2, 0.06
+    truth = {f"t{n:04d}": DIGITS[rng.choice(10, p=share)] for n in range(1000)}
+    users = [f"honest{u}" for u in range(10)] + ["adversary"]
+    votes = []
+    for item, label in truth.items():
+        for user in sorted(rng.choice(users, size=int(rng.integers(2, 5)), replace=False)):
+            answer = label
+            if user == "adversary" and label == "3":
+                answer = "8"
+            elif rng.random() < 0.04:
+                answer = str(rng.choice([d for d in DIGITS if d != label]))
+            votes.append(Vote(str(user), item, answer))
+    return votes, truth
+
+
+def test_a_targeted_adversary_keeps_overall_trust_but_loses_trust_in_their_eights() -> None:
+    votes, _ = _targeted_attack()
+    trust = estimate_trust(votes, labels=DIGITS)
+    adversary = trust["adversary"]
+    honest = [t for u, t in trust.items() if u.startswith("honest")]
+    assert len(honest) == 10
+    # One accuracy cannot see it: right on everything but the 3s.
+    assert adversary.trust > 0.7
+    assert adversary.label_trust["8"] < 0.3
+    assert min(t.label_trust["8"] for t in honest) > 0.8
+    assert min(t.trust for t in honest) > 0.9
+    # Where they answer honestly their labels stay trusted; they never answer '3'.
+    assert "3" not in adversary.label_trust
+    assert adversary.label_trust["5"] > 0.8
+    # Curation weighs the answer, not just the user.
+    assert answer_weight(adversary, "8", 0.5) == adversary.label_trust["8"]
+    assert answer_weight(adversary, "5", 0.5) > 3 * answer_weight(adversary, "8", 0.5)
+    assert answer_weight(honest[0], "8", 0.5) > 3 * answer_weight(adversary, "8", 0.5)
+
+
+def test_golden_threes_lower_the_adversarys_trust_in_their_eights_further() -> None:
+    votes, truth = _targeted_attack()
+    answered = {v.item for v in votes if v.user_id == "adversary"}
+    golden = dict([(i, label) for i, label in truth.items() if label == "3" and i in answered][:5])
+    assert len(golden) == 5
+    plain = estimate_trust(votes, labels=DIGITS)
+    checked = estimate_trust(votes, labels=DIGITS, golden=golden)
+    assert (checked["adversary"].golden_seen, checked["adversary"].golden_correct) == (5, 0)
+    assert checked["adversary"].label_trust["8"] < plain["adversary"].label_trust["8"]
+    assert checked["adversary"].trust < plain["adversary"].trust
+
+
+def test_label_trust_is_shrunk_toward_overall_trust_exactly() -> None:
+    # Golden items make every posterior exact: 3 of ann's 4 'a's and her one 'b' are right.
+    votes = [Vote("ann", f"i{n}", "a") for n in range(4)] + [Vote("ann", "i4", "b")]
+    golden = {"i0": "a", "i1": "a", "i2": "a", "i3": "b", "i4": "b"}
+    trust = estimate_trust(votes, labels=["a", "b", "c"], golden=golden)
+    ann = trust["ann"]
+    assert ann.trust == pytest.approx((4 + 2) / (5 + 3))
+    assert ann.label_trust == {
+        "a": pytest.approx((3 + 2 * ann.trust) / (4 + 2)),
+        "b": pytest.approx((1 + 2 * ann.trust) / (1 + 2)),
+    }
+    # A larger pseudo-count pulls both toward the overall trust.
+    loose = estimate_trust(votes, labels=["a", "b", "c"], golden=golden, label_pseudo_count=100.0)
+    assert loose["ann"].trust == ann.trust
+    assert loose["ann"].label_trust["a"] == pytest.approx((3 + 100 * ann.trust) / 104)
+    with pytest.raises(ValueError, match="label_pseudo_count"):
+        estimate_trust(votes, labels=["a", "b"], label_pseudo_count=0.0)
+
+
+def test_a_label_nobody_can_check_sits_at_the_users_trust() -> None:
+    votes, _ = _crowd()
+    votes = [*votes, Vote("loner", "unseen", "7")]
+    trust = estimate_trust(votes, labels=DIGITS)
+    # One vote on an item nobody else answered: the posterior there is the
+    # loner's own accuracy, so the shrunk precision is exactly their trust.
+    assert trust["loner"].label_trust == {"7": pytest.approx(trust["loner"].trust, abs=1e-12)}
+
+
+def test_answer_weight_falls_back() -> None:
+    t = UserTrust("ann", 0.9, 10, 0, 0, 0, 0, 0, 0, label_trust={"8": 0.2})
+    assert answer_weight(t, "8", 0.5) == 0.2
+    assert answer_weight(t, "3", 0.5) == 0.9  # no per-label estimate: overall trust
+    assert answer_weight(None, "8", 0.5) == 0.5  # no estimate at all: the default
+    bare = UserTrust("bob", 0.7, 1, 0, 0, 0, 0, 0, 0)  # built the old way
+    assert bare.label_trust == {}
+    assert answer_weight(bare, "8", 0.5) == 0.7
+    assert bare.to_json()["label_trust"] == {}
+    assert hash(bare) == hash(UserTrust("bob", 0.7, 1, 0, 0, 0, 0, 0, 0, label_trust={"x": 1.0}))
+
+
+def test_label_trust_is_deterministic_and_in_json() -> None:
+    votes, truth = _targeted_attack(seed=1)
+    golden = dict(list(truth.items())[:10])
+    first = estimate_trust(votes, labels=DIGITS, golden=golden)
+    again = estimate_trust(list(reversed(votes)), labels=DIGITS, golden=golden)
+    assert first == again
+    assert {u: t.to_json() for u, t in first.items()} == {u: t.to_json() for u, t in again.items()}
+    assert first["adversary"].to_json()["label_trust"] == first["adversary"].label_trust
+    assert list(first["honest0"].label_trust) == sorted(first["honest0"].label_trust)
+    assert all(0.0 < w < 1.0 for t in first.values() for w in t.label_trust.values())

@@ -7,19 +7,27 @@ users, and agreement with a confident production model. A one-coin
 Dawid–Skene model weighs them together: each user has one accuracy, each
 item's label is inferred from the votes weighted by those accuracies, and the
 accuracies are re-estimated from the inferred labels until they settle.
+
+One accuracy cannot see a *targeted* liar: one who answers honestly except
+that every true '3' becomes an '8' is still right most of the time, so keeps a
+high trust while their '8's are mostly wrong. So, once the one-coin model has
+settled, each user also gets a per-label trust: the posterior-expected
+precision of each label they used (how often their answer k is truly k),
+shrunk toward their overall trust for labels they rarely used. Curation
+weighs one answer by ``answer_weight``: the trust of that user's answer.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-__all__ = ["UserTrust", "Vote", "estimate_trust"]
+__all__ = ["UserTrust", "Vote", "answer_weight", "estimate_trust"]
 
 _NO_GOLDEN: Mapping[str, str] = MappingProxyType({})
 _NO_MODEL: Mapping[str, tuple[str, float]] = MappingProxyType({})
@@ -27,6 +35,8 @@ _NO_MODEL: Mapping[str, tuple[str, float]] = MappingProxyType({})
 # so that one prediction can never outweigh every user, as a golden item does.
 _MAX_MODEL_ACCURACY = 1.0 - 1e-6
 _TOLERANCE = 1e-10
+# Rounds after the one-coin EM that re-infer the items from per-label trust.
+_LABEL_ROUNDS = 1
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,10 @@ class UserTrust:
       item, and how many of those pairs gave the same label;
     - model: votes on items the model was confident about
       (confidence ≥ ``model_confidence``), and how many matched it.
+
+    ``label_trust`` maps each label this user answered to the posterior-mean
+    probability that an answer of theirs with that label is right (its
+    precision); see ``estimate_trust``. Empty when not estimated.
     """
 
     user_id: str
@@ -61,9 +75,22 @@ class UserTrust:
     compared_with_others: int
     agreed_with_model: int
     compared_with_model: int
+    # Not hashed (a dict cannot be); still compared and serialised.
+    label_trust: dict[str, float] = field(default_factory=dict, hash=False)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def answer_weight(trust: UserTrust | None, label: str, default: float) -> float:
+    """The weight one answer ``label`` gets: its user's trust in that label.
+
+    Falls back to the user's overall trust for a label with no per-label
+    estimate, and to ``default`` for a user with no trust estimate at all.
+    """
+    if trust is None:
+        return default
+    return trust.label_trust.get(label, trust.trust)
 
 
 def estimate_trust(
@@ -75,6 +102,7 @@ def estimate_trust(
     prior: tuple[float, float] = (2.0, 1.0),
     model_confidence: float = 0.95,
     iterations: int = 20,
+    label_pseudo_count: float = 2.0,
 ) -> dict[str, UserTrust]:
     """Each user's trust, by one-coin Dawid–Skene EM; keyed and ordered by user id.
 
@@ -95,12 +123,30 @@ def estimate_trust(
     - Starts from every user at the prior mean (i.e. a majority vote) and runs
       at most ``iterations`` rounds, stopping early once no accuracy moves;
       no randomness, so the same input gives the same output.
+
+    Per-label trust, computed after the one-coin EM has settled (it never
+    feeds back into it, so ``trust`` is exactly the one-coin estimate):
+
+    - for user u and each label k they used, with n_uk votes for k,
+      label_trust[k] = (Σ over those votes of P(true label = k | all evidence)
+      + λ·a_u) / (n_uk + λ), where λ = ``label_pseudo_count``: the expected
+      precision of their answer k, shrunk toward their overall trust a_u so
+      that a label used once or twice says little on its own;
+    - the posteriors are first those of the settled accuracies; then one more
+      E-step weighs each vote for k by its user's label_trust[k] instead of
+      a_u (so a targeted liar's '8' counts for less on items only they and
+      one other user answered), and label_trust is recomputed from it. A
+      fixed number of rounds, no randomness: deterministic like the rest;
+    - golden items stay clamped to their known label, so a wrong answer on a
+      golden item counts as exactly wrong.
     """
     alpha, beta = prior
     if not (alpha > 0 and beta > 0):
         raise ValueError(f"prior must be two positive numbers, got {prior}")
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if not label_pseudo_count > 0:
+        raise ValueError(f"label_pseudo_count must be > 0, got {label_pseudo_count}")
     label_list = list(dict.fromkeys(labels))
     n_labels = len(label_list)
     if n_labels < 2:
@@ -141,19 +187,23 @@ def estimate_trust(
     golden_rows = np.array([item_index[i] for i in truth], dtype=np.int64)
     golden_cols = np.array(list(truth.values()), dtype=np.int64)
 
-    accuracy = np.full(len(users), alpha / (alpha + beta))
-    for _ in range(iterations):
-        # E-step: each item's posterior over labels given the current accuracies.
-        right = np.log(accuracy)
-        wrong = np.log((1.0 - accuracy) / (n_labels - 1))
+    def _posteriors(vote_accuracy: np.ndarray) -> np.ndarray:
+        """E-step: each item's posterior over labels, given each vote's accuracy."""
+        right = np.log(vote_accuracy)
+        wrong = np.log((1.0 - vote_accuracy) / (n_labels - 1))
         log_post = base.copy()
-        np.add.at(log_post, vote_item, wrong[vote_user][:, None])
-        np.add.at(log_post, (vote_item, vote_label), (right - wrong)[vote_user])
+        np.add.at(log_post, vote_item, wrong[:, None])
+        np.add.at(log_post, (vote_item, vote_label), right - wrong)
         log_post -= log_post.max(axis=1, keepdims=True)
         post = np.exp(log_post)
         post /= post.sum(axis=1, keepdims=True)
         post[golden_rows] = 0.0
         post[golden_rows, golden_cols] = 1.0
+        return post
+
+    accuracy = np.full(len(users), alpha / (alpha + beta))
+    for _ in range(iterations):
+        post = _posteriors(accuracy[vote_user])
         # M-step: expected share of correct votes, Beta-smoothed.
         correct = np.bincount(vote_user, weights=post[vote_item, vote_label], minlength=len(users))
         updated = (correct + alpha) / (votes_per_user + alpha + beta)
@@ -161,6 +211,25 @@ def estimate_trust(
         accuracy = updated
         if moved < _TOLERANCE:
             break
+
+    # Per-label trust: the expected precision of each (user, label) from the
+    # posteriors of the settled accuracies, shrunk toward the user's trust;
+    # then _LABEL_ROUNDS more rounds whose posteriors weigh each vote by the
+    # precision of its (user, label) instead of the user's one accuracy.
+    cell = vote_user * n_labels + vote_label
+    size = len(users) * n_labels
+    used = np.bincount(cell, minlength=size).reshape(len(users), n_labels)
+    vote_accuracy = accuracy[vote_user]
+    for _ in range(1 + _LABEL_ROUNDS):
+        post = _posteriors(vote_accuracy)
+        right_k = np.bincount(cell, weights=post[vote_item, vote_label], minlength=size)
+        right_k = right_k.reshape(len(users), n_labels)
+        precision = (right_k + label_pseudo_count * accuracy[:, None]) / (used + label_pseudo_count)
+        vote_accuracy = precision[vote_user, vote_label]
+    label_trust = {
+        u: {label: float(precision[n, k]) for k, label in enumerate(label_list) if used[n, k] > 0}
+        for n, u in enumerate(users)
+    }
 
     # The counts that explain the score.
     by_item: dict[str, dict[str, str]] = defaultdict(dict)
@@ -179,4 +248,24 @@ def estimate_trust(
         if i in confident:
             tally[5] += label == model[i][0]
             tally[6] += 1
-    return {u: UserTrust(u, float(accuracy[user_index[u]]), *counts[u]) for u in users}
+    return {
+        u: _user_trust(u, float(accuracy[user_index[u]]), counts[u], label_trust[u]) for u in users
+    }
+
+
+def _user_trust(
+    user_id: str, trust: float, counts: Sequence[int], label_trust: dict[str, float]
+) -> UserTrust:
+    votes, golden_seen, golden_correct, agreed, compared, agreed_model, compared_model = counts
+    return UserTrust(
+        user_id=user_id,
+        trust=trust,
+        votes=votes,
+        golden_seen=golden_seen,
+        golden_correct=golden_correct,
+        agreed_with_others=agreed,
+        compared_with_others=compared,
+        agreed_with_model=agreed_model,
+        compared_with_model=compared_model,
+        label_trust=label_trust,
+    )
