@@ -95,3 +95,35 @@ def test_export_refuses_a_used_folder_and_an_unknown_version(tmp_path: Path) -> 
     with pytest.raises(NotFoundError):
         project.export(9, tmp_path / "new")
     project.close()
+
+
+def test_every_challenger_is_checked_against_its_onnx_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(tmp_path / "p")
+    v1 = project.models()[0]
+    assert v1.metrics["export_onnx"]["passed"] is True
+    assert v1.metrics["export_onnx"]["max_abs_diff"] <= 1e-4
+
+    import flywheel.export.onnx as onnx_module
+
+    real = onnx_module.export_onnx
+
+    def broken(*args: object, **kwargs: object) -> dict[str, object]:
+        manifest = real(*args, **kwargs)  # type: ignore[arg-type]
+        parity = {**manifest["parity"], "max_abs_diff": 0.5, "passed": False}
+        return {**manifest, "parity": parity}
+
+    monkeypatch.setattr(onnx_module, "export_onnx", broken)
+    result = project.train(project.train_config(epochs=6))
+    assert result.promoted is False
+    assert result.decision.reason.startswith("its ONNX export does not match torch")
+    assert result.decision.checks["onnx_parity"]["passed"] is False
+    assert project.production_version() == 1
+    project.close()
+
+
+def test_the_check_can_be_turned_off(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", settings={"onnx_check": False})
+    assert "skipped" in project.models()[0].metrics["export_onnx"]
+    project.close()

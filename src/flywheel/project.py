@@ -666,8 +666,23 @@ class Project:
                 f"(limit {limit:.0%})",
                 **contribution,
             )
+        export_record = self._onnx_parity(model, spec, holdout.x)
+        if export_record.get("passed") is False:
+            decision = with_check(
+                decision,
+                "onnx_parity",
+                passed=False,
+                refuse=True,
+                reason=(
+                    f"its ONNX export does not match torch (max |diff| "
+                    f"{export_record['max_abs_diff']:.3g}, allowed {export_record['atol']}; "
+                    f"arg-max agreement {export_record['argmax_agreement']:.4f})"
+                ),
+                **{k: v for k, v in export_record.items() if k != "passed"},
+            )
         metrics = {
             **report,
+            "export_onnx": export_record,
             "n_train": len(train),
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
@@ -710,6 +725,23 @@ class Project:
         # The run is recorded: its checkpoint has done its job.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return TrainResult(info, decision, promoted)
+
+    def _onnx_parity(self, model: nn.Module, spec: ModelSpec, x: np.ndarray) -> dict[str, Any]:
+        """Export a challenger to ONNX in a scratch folder and compare it with torch."""
+        if not self.settings.onnx_check or not arch_info(spec.arch).onnx_check or not len(x):
+            return {"skipped": "onnx_check is off for this project or architecture"}
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return {"skipped": "onnxruntime is not installed (pip install 'flywheel-ml[onnx]')"}
+        import tempfile
+
+        from flywheel.export.onnx import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = export_onnx(model, spec, Path(tmp) / "bundle", sample=x[:256])
+        record: dict[str, Any] = manifest["parity"]
+        return record
 
     def has_interrupted_run(self) -> bool:
         return (self.settings.project_dir / CHECKPOINT).is_dir()

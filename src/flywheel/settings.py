@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         pattern="^(keep|exclude|down-weight)$",
         description="What training does with rows `flywheel data issues` flagged.",
     )
+    onnx_check: bool = Field(
+        default=True,
+        description="Export every challenger to ONNX and refuse it if the graph does not "
+        "match torch (skipped without onnxruntime).",
+    )
     auto_promote: bool = Field(
         default=True, description="Promote a challenger that passes the gate after a retrain."
     )

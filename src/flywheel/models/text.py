@@ -232,5 +232,8 @@ register_arch(
             "all-MiniLM-L6-v2 sentence embedding (mean pooling) → linear head; "
             "the encoder frozen, or its top finetune_layers trained"
         ),
+        # The 90 MB encoder makes an export per training run too costly; `flywheel export`
+        # still exports and checks it on demand.
+        onnx_check=False,
     )
 )

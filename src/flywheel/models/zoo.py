@@ -40,6 +40,8 @@ class ArchInfo:
     #: the model's input shape → default hyper-parameters
     defaults: Callable[[tuple[int, ...]], Params]
     summary: str = ""
+    #: checked against its ONNX export at every training (False: too large to export per run)
+    onnx_check: bool = True
 
 
 _ARCHS: dict[str, ArchInfo] = {}
