@@ -163,16 +163,22 @@ def test_session_rolls_back_on_an_exception(db: Database) -> None:
         assert s.scalar(select(func.count()).select_from(User)) == 0
 
 
-def test_upgrading_from_the_first_schema_keeps_the_rows(database_url: str) -> None:
-    """A project made before regression support (0001) opens under the newest schema."""
+def _database_at(url: str, revision: str) -> Database:
+    """A database migrated only up to ``revision`` (as an older flywheel left it)."""
     from alembic import command
 
-    database = Database(database_url)
+    database = Database(url)
+    cfg = _alembic_config()
+    with database.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    return database
+
+
+def test_upgrading_from_the_first_schema_keeps_the_rows(database_url: str) -> None:
+    """A project made before regression support (0001) opens under the newest schema."""
+    database = _database_at(database_url, "0001")
     try:
-        cfg = _alembic_config()
-        with database.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
         with database.engine.begin() as conn:
             conn.execute(
                 text("INSERT INTO users (id, created_at) VALUES ('u1', CURRENT_TIMESTAMP)")
@@ -189,14 +195,8 @@ def test_upgrading_from_the_first_schema_keeps_the_rows(database_url: str) -> No
 
 def test_upgrading_a_first_schema_project_with_data_keeps_every_row(database_url: str) -> None:
     """0001 → head with examples referenced by dataset versions (SQLite copies the table)."""
-    from alembic import command
-
-    database = Database(database_url)
+    database = _database_at(database_url, "0001")
     try:
-        cfg = _alembic_config()
-        with database.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
         with database.engine.begin() as conn:
             conn.execute(
                 text(
