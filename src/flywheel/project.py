@@ -200,6 +200,7 @@ class FeedbackResult:
     prediction_id: str
     label: str | None
     value: float | None = None
+    agreed: bool | None = None  # did the user agree with the prediction (None: not judged)
 
 
 @dataclass
@@ -1436,7 +1437,7 @@ class Project:
                     via_queue=s.get(ReviewItem, prediction_id) is not None,
                 )
             )
-        return FeedbackResult(fid, prediction_id, label, value)
+        return FeedbackResult(fid, prediction_id, label, value, agreed)
 
     def stats(self, *, minutes: int = 60) -> dict[str, Any]:
         """Call frequency per version, label and minute; feedback counts; accuracy per version."""

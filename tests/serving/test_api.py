@@ -420,3 +420,32 @@ def test_closed_predict_on_loopback_needs_a_key(project: Project) -> None:
     with TestClient(create_app(settings, Project(settings))) as c:
         r = c.post("/v1/predict", files={"file": ("x.png", digit_png(0), "image/png")})
     assert r.status_code == 401
+
+
+def test_metrics_count_requests_predictions_and_feedback(client: TestClient) -> None:
+    p = predict(client)
+    predict(client)
+    client.post("/v1/feedback", json={"prediction_id": p["prediction_id"], "label": p["label"]})
+    client.post("/v1/feedback", json={"prediction_id": "missing", "label": "1"})
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    lines = set(r.text.splitlines())
+    assert (
+        'flywheel_http_requests_total{method="POST",route="/v1/predict",status="200"} 2.0' in lines
+    )
+    assert (
+        'flywheel_http_requests_total{method="POST",route="/v1/feedback",status="404"} 1.0' in lines
+    )
+    assert f'flywheel_predictions_total{{label="{p["label"]}",model_version="1"}} ' in "\n".join(
+        lines
+    )
+    assert 'flywheel_feedback_total{agreed="true"} 1.0' in lines
+    assert 'flywheel_prediction_seconds_count{model_version="1"} 2.0' in lines
+    assert "flywheel_production_version 1.0" in lines
+    # Routes are counted by template, so ids do not blow up the label set.
+    client.get("/v1/jobs/abc")
+    client.get("/v1/jobs/def")
+    text = client.get("/metrics").text
+    assert 'route="/v1/jobs/{job_id}"' in text
+    assert "abc" not in text

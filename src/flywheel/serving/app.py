@@ -22,6 +22,7 @@ from flywheel.errors import (
 from flywheel.project import Project
 from flywheel.serving.jobs import JobRunner
 from flywheel.serving.limits import BodySizeLimit
+from flywheel.serving.metrics import Metrics, MetricsMiddleware
 from flywheel.serving.routers import feedback, jobs, models, predict, review, stats, users
 from flywheel.settings import Settings
 
@@ -88,6 +89,7 @@ def create_app(settings: Settings, project: Project | None = None) -> FastAPI:
     app.state.project = project
     app.state.runner = JobRunner(project)
     app.state.settings = settings
+    app.state.metrics = Metrics()
     app.add_exception_handler(FlywheelError, _flywheel_error)
     app.include_router(predict.build_router(project.task))
     for r in (
@@ -100,4 +102,5 @@ def create_app(settings: Settings, project: Project | None = None) -> FastAPI:
     ):
         app.include_router(r)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

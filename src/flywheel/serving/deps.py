@@ -10,14 +10,20 @@ from fastapi import Depends, HTTPException, Request
 from flywheel.errors import AuthError
 from flywheel.project import Project
 from flywheel.serving.jobs import JobRunner
+from flywheel.serving.metrics import Metrics
 from flywheel.settings import Settings
 
-__all__ = ["ProjectDep", "RunnerDep", "require"]
+__all__ = ["MetricsDep", "ProjectDep", "RunnerDep", "require"]
 
 
 def get_project(request: Request) -> Project:
     project: Project = request.app.state.project
     return project
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 def get_runner(request: Request) -> JobRunner:
@@ -27,6 +33,7 @@ def get_runner(request: Request) -> JobRunner:
 
 ProjectDep = Annotated[Project, Depends(get_project)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 def _open(settings: Settings, scope: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from flywheel.serving.deps import ProjectDep, require
+from flywheel.serving.deps import MetricsDep, ProjectDep, require
 from flywheel.serving.routers.predict import UserHeader
 from flywheel.serving.schemas import FeedbackCreate, FeedbackPublic
 
@@ -25,7 +25,7 @@ router = APIRouter(tags=["feedback"])
     },
 )
 def create_feedback(
-    project: ProjectDep, body: FeedbackCreate, x_user_id: UserHeader = None
+    project: ProjectDep, metrics: MetricsDep, body: FeedbackCreate, x_user_id: UserHeader = None
 ) -> FeedbackPublic:
     result = project.record_feedback(
         body.prediction_id,
@@ -34,4 +34,5 @@ def create_feedback(
         value=body.value,
         user_id=x_user_id,
     )
+    metrics.feedback.labels(str(result.agreed).lower()).inc()
     return FeedbackPublic(feedback_id=result.feedback_id)

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, File, Header, UploadFile
 
 from flywheel.data import tabular_bytes
 from flywheel.project import PredictionResult
-from flywheel.serving.deps import ProjectDep, require
+from flywheel.serving.deps import MetricsDep, ProjectDep, require
+from flywheel.serving.metrics import Metrics
 from flywheel.serving.schemas import FeaturesInput, PredictionPublic, TextInput
 from flywheel.tasks import Task
 
@@ -26,7 +27,11 @@ RESPONSES: dict[int | str, dict[str, str]] = {
 }
 
 
-def _public(r: PredictionResult) -> PredictionPublic:
+def _public(r: PredictionResult, metrics: Metrics) -> PredictionPublic:
+    version = str(r.model_version)
+    metrics.predictions.labels(version, r.label if r.label is not None else "value").inc()
+    metrics.prediction_seconds.labels(version).observe(r.latency_ms / 1000.0)
+    metrics.production_version.set(r.model_version)
     return PredictionPublic(
         prediction_id=r.prediction_id,
         model_version=r.model_version,
@@ -50,18 +55,19 @@ def build_router(task: Task) -> APIRouter:
         @router.post("/v1/predict", summary=f"Predict from {what} ({task.name})", **kwargs)
         def create_prediction(
             project: ProjectDep,
+            metrics: MetricsDep,
             file: Annotated[UploadFile, File(description=f"{what[0].upper()}{what[1:]}.")],
             x_user_id: UserHeader = None,
         ) -> PredictionPublic:
-            return _public(project.predict(file.file.read(), user_id=x_user_id))
+            return _public(project.predict(file.file.read(), user_id=x_user_id), metrics)
 
     elif task.input == "text":
 
         @router.post("/v1/predict", summary=f"Classify a text ({task.name})", **kwargs)
         def create_text_prediction(
-            project: ProjectDep, body: TextInput, x_user_id: UserHeader = None
+            project: ProjectDep, metrics: MetricsDep, body: TextInput, x_user_id: UserHeader = None
         ) -> PredictionPublic:
-            return _public(project.predict(body.text.encode("utf-8"), user_id=x_user_id))
+            return _public(project.predict(body.text.encode("utf-8"), user_id=x_user_id), metrics)
 
     else:
 
@@ -69,8 +75,12 @@ def build_router(task: Task) -> APIRouter:
             "/v1/predict", summary=f"Predict a value from features ({task.name})", **kwargs
         )
         def create_value_prediction(
-            project: ProjectDep, body: FeaturesInput, x_user_id: UserHeader = None
+            project: ProjectDep,
+            metrics: MetricsDep,
+            body: FeaturesInput,
+            x_user_id: UserHeader = None,
         ) -> PredictionPublic:
-            return _public(project.predict(tabular_bytes(body.features), user_id=x_user_id))
+            result = project.predict(tabular_bytes(body.features), user_id=x_user_id)
+            return _public(result, metrics)
 
     return router

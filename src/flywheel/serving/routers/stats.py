@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from flywheel.serving.deps import ProjectDep, require
+from flywheel.serving.deps import MetricsDep, ProjectDep, require
 from flywheel.serving.schemas import Health
 
 __all__ = ["router"]
@@ -26,3 +27,14 @@ def read_stats(
 @router.get("/healthz", response_model=Health)
 def read_health(project: ProjectDep) -> Health:
     return Health(status="ok", production_version=project.production_version())
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require("read"))],
+    response_class=Response,
+    summary="Prometheus metrics",
+)
+def read_metrics(metrics: MetricsDep) -> Response:
+    """Requests and latency per route, predictions per version and label, feedback."""
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,86 @@
+"""Prometheus metrics: per-route requests and latency (plain ASGI), predictions, feedback."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["Metrics", "MetricsMiddleware"]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """One registry per app (no process-global state: two apps in a process do not mix)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "flywheel_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "flywheel_http_request_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "flywheel_predictions",
+            "Predictions served, by model version and predicted label (regression: 'value').",
+            ["model_version", "label"],
+            registry=self.registry,
+        )
+        self.prediction_seconds = Histogram(
+            "flywheel_prediction_seconds",
+            "Time to decode an input and run the model, by model version.",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "flywheel_feedback",
+            "Feedback recorded, by whether it agreed with the prediction.",
+            ["agreed"],
+            registry=self.registry,
+        )
+        self.production_version = Gauge(
+            "flywheel_production_version",
+            "The model version in production as this process serves it.",
+            registry=self.registry,
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by its route template (not its raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: dict[str, Any] = {"code": 500}
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(template, method, str(status["code"])).inc()
+            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
