@@ -57,6 +57,16 @@ def test_cli_export_gives_a_bundle_that_runs_without_torch(tmp_path: Path) -> No
     int8 = json.loads((tmp_path / "int8" / "manifest.json").read_text())
     assert int8["bytes"] < fp32["bytes"]
     assert int8["parity"]["argmax_agreement"] >= 0.9
+    # Both graphs scored on the held-out rows; fp32 scores exactly what torch does.
+    assert fp32["parity"]["n"] == 60
+    assert fp32["parity"]["accuracy_onnx"] == fp32["parity"]["accuracy_torch"]
+    assert abs(int8["parity"]["accuracy_onnx"] - int8["parity"]["accuracy_torch"]) <= 0.05
+    from flywheel import Project
+
+    reopened = Project.open(root)
+    recorded = reopened.models()[0].metrics
+    assert recorded["export_int8"]["accuracy_onnx"] == int8["parity"]["accuracy_onnx"]
+    reopened.close()
 
     # A fresh interpreter where torch cannot be imported runs both bundles.
     png = tmp_path / "digit.png"
