@@ -1,7 +1,7 @@
 """Feedback poisoning on digits: trust curation against naive curation, through the real server.
 
     .venv/bin/python benchmarks/poisoning.py [--levels 0,0.05,0.1,0.2,0.3]
-        [--attacks flip,targeted,sybil] [--epochs 15] [--seed 0] [--quick]
+        [--attacks flip,targeted,sybil] [--epochs 15] [--seeds 0,1,2] [--no-gate] [--quick]
 
 Every arm is built like the demo: a fixed held-out split (20%), a labelled slice (10% of
 the rest) as dataset version 1, v1 trained and promoted; then ONE feedback cycle over
@@ -17,11 +17,11 @@ compared. Honest users give the true label (5% honest mistakes). Adversaries:
 
 Then `POST /v1/retrain` (polled through `GET /v1/jobs/{id}`); the challenger's held-out
 accuracy and class-3 recall come from the job result. Both curations see the same traffic
-and seeds; level 0 (no adversaries) is each curation's clean arm. gate_class_margin is 1.0
-in every arm so the gate's per-class check cannot hide the curation effect; whether the
-default gate (class margin 0.1) would refuse a challenger is read from the recall drops it
-recorded, and checked for real once (naive, targeted, 20%) in a project with default gate
-settings.
+and seeds; level 0 (no adversaries) is each curation's clean arm. In this curation sweep
+the gate's per-class check and trusted reference are off, so that the figures are the
+curation's. A second sweep runs naive curation through the default gate (per-class check,
+and the trusted reference that naive curation turns on): does the gate refuse the poisoned
+challengers naive curation made, and pass the clean one?
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ HONEST_USERS = 20
 HONEST_ERROR = 0.05
 TARGET, DECOY = 3, 8
 SYBIL_ANSWERS = 3
-DEFAULT_CLASS_MARGIN = 0.1
 TARGET_ACC_LOSS = 1.0  # points, trust curation at 20% adversaries
 TARGET_CLASS_LOSS = 3.0  # points of class-3 recall, trust curation, targeted at 20%
 JOB_TIMEOUT_S = 600.0
@@ -164,7 +163,7 @@ def run_arm(
     traffic: Traffic,
     *,
     curation: str,
-    class_margin: float | None,
+    default_gate: bool,
     epochs: int,
     seed: int,
 ) -> dict[str, Any]:
@@ -178,8 +177,9 @@ def run_arm(
         "image_size": 8,
         "curation": curation,
     }
-    if class_margin is not None:
-        settings["gate_class_margin"] = class_margin
+    if not default_gate:
+        # The curation's own effect: no per-class check, no trusted reference.
+        settings |= {"gate_class_margin": 1.0, "gate_reference": "off"}
     project = Project.init(
         root, ListSource("digits (poisoning benchmark)", base), settings=settings
     )
@@ -217,9 +217,11 @@ def run_arm(
     project.close()
 
     gate = next(m["gate"] for m in models if m["version"] == r["model_version"])
-    drops: dict[str, float] = gate.get("checks", {}).get("per_class", {}).get("recall_drop", {})
-    worst = max(drops.values()) if drops else 0.0
     quarantined = [u for u in users if u["quarantined"]]
+    refusing = sorted(
+        name for name, c in gate.get("checks", {}).items() if not c["passed"] and c["refuse"]
+    )
+    reference = gate.get("checks", {}).get("trusted_reference", {})
     return {
         "accuracy": float(r["accuracy"]),
         "recall_3": float(r["metrics"]["per_class"][str(TARGET)]["recall"]),
@@ -233,133 +235,79 @@ def run_arm(
         "capped": int(sum(r["curation"].get("capped", {}).values())),
         "quarantined_adv": sum(not u["user_id"].startswith("user-") for u in quarantined),
         "quarantined_honest": sum(u["user_id"].startswith("user-") for u in quarantined),
-        "worst_recall_drop": round(worst, 4),
-        # The default gate: no accuracy loss against v1, no class losing > 0.1 of recall.
-        "default_gate_refuses": (not r["promoted"]) or worst > DEFAULT_CLASS_MARGIN + 1e-9,
+        "refusing_checks": refusing,
+        "reference_accuracy": reference.get("reference_accuracy"),
+        "reference_recall_3_drop": reference.get("recall_drop", {}).get(str(TARGET)),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--levels", default="0,0.05,0.1,0.2,0.3", help="adversarial user shares")
-    ap.add_argument("--attacks", default="flip,targeted,sybil")
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--items", type=int, default=200, help="pool images answered per arm")
-    ap.add_argument("--quick", action="store_true", help="smoke run: levels 0 and 0.2")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-
-    levels = [0.0, 0.2] if args.quick else [float(x) for x in args.levels.split(",")]
-    levels = sorted(set(levels) | {0.0})
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    for a in attacks:
-        if a not in ("flip", "targeted", "sybil"):
-            ap.error(f"unknown attack {a!r}")
-    curations = ("naive", "trust")
-
+def run_seed(
+    args: argparse.Namespace, seed: int, attacks: list[str], levels: list[float], tmp: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The curation sweep (both curations, gate checks off) and the gate sweep (naive
+    curation, every gate check at its default) for one seed."""
     images, labels = digits_arrays()
-    holdout, labelled, pool = split(labels, args.seed)
-    items = np.random.default_rng([args.seed, 0]).permutation(pool)[: args.items]
+    holdout, labelled, pool = split(labels, seed)
+    items = np.random.default_rng([seed, 0]).permutation(pool)[: args.items]
     print(
-        f"digits: {len(holdout)} held-out / {len(labelled)} labelled (v1) / {len(pool)} pool; "
-        f"{len(items)} pool images answered per arm ({int((labels[items] == TARGET).sum())} "
-        f"of class {TARGET}); {args.epochs} epochs; seed {args.seed}"
+        f"seed {seed}: {len(holdout)} held-out / {len(labelled)} labelled (v1) / {len(pool)} "
+        f"pool; {len(items)} pool images answered per arm "
+        f"({int((labels[items] == TARGET).sum())} of class {TARGET}); {args.epochs} epochs",
+        flush=True,
     )
-    print(
-        f"gate_class_margin = 1.0 in every arm so the gate's per-class check does not hide "
-        f"the curation effect; 'dflt gate' = would the default gate (margin "
-        f"{DEFAULT_CLASS_MARGIN}) refuse it"
-    )
-    print(
-        f"targets: at 20% adversarial users, trust curation loses <= {TARGET_ACC_LOSS:g} point "
-        f"of held-out accuracy against clean feedback, and class {TARGET} (targeted) "
-        f"<= {TARGET_CLASS_LOSS:g} points of recall; naive's loss reported beside it"
-    )
-
     t0 = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="flywheel-poison-") as tmp:
-        plans = [("clean", 0.0)] + [(a, lv) for a in attacks for lv in levels if lv > 0]
-        n = 0
-        for attack, level in plans:
-            traffic = plan_traffic(
-                "flip" if attack == "clean" else attack, level, items, labels, args.seed
-            )
-            for curation in curations:
-                n += 1
-                arm = run_arm(
-                    Path(tmp) / f"arm{n}",
-                    images,
-                    labels,
-                    holdout,
-                    labelled,
-                    traffic,
-                    curation=curation,
-                    class_margin=1.0,
-                    epochs=args.epochs,
-                    seed=args.seed,
-                )
-                results.append(
-                    {
-                        "attack": attack,
-                        "level": level,
-                        "curation": curation,
-                        "adversaries": traffic.adversaries,
-                        "user_share": round(traffic.adversaries / traffic.users, 4),
-                        "answer_share": round(traffic.adversarial_answers / traffic.answers, 4),
-                    }
-                    | arm
-                )
-                print(
-                    f"  [{time.perf_counter() - t0:6.0f} s] {attack:<8} {level:>4.2f} "
-                    f"{curation:<5} acc {arm['accuracy']:.4f}  ({arm['seconds']} s)",
-                    flush=True,
-                )
-
-        # The real default gate once: naive curation, targeted attack at 20%.
-        gate_check: dict[str, Any] | None = None
-        if "targeted" in attacks and 0.2 in levels:
-            traffic = plan_traffic("targeted", 0.2, items, labels, args.seed)
+    plans = [("clean", 0.0)] + [(a, lv) for a in attacks for lv in levels if lv > 0]
+    sweeps: dict[str, list[dict[str, Any]]] = {"curation": [], "gate": []}
+    n = 0
+    for attack, level in plans:
+        traffic = plan_traffic("flip" if attack == "clean" else attack, level, items, labels, seed)
+        arms = [("curation", c, False) for c in ("naive", "trust")]
+        if not args.no_gate:
+            arms.append(("gate", "naive", True))
+        for sweep, curation, default_gate in arms:
+            n += 1
             arm = run_arm(
-                Path(tmp) / "gate-check",
+                tmp / f"s{seed}-arm{n}",
                 images,
                 labels,
                 holdout,
                 labelled,
                 traffic,
-                curation="naive",
-                class_margin=None,
+                curation=curation,
+                default_gate=default_gate,
                 epochs=args.epochs,
-                seed=args.seed,
+                seed=seed,
             )
-            gate_check = {
-                "attack": "targeted",
-                "level": 0.2,
-                "curation": "naive",
-                "gate_class_margin": DEFAULT_CLASS_MARGIN,
-                "accuracy": arm["accuracy"],
-                "recall_3": arm["recall_3"],
-                "promoted": arm["promoted"],
-                "refused": not arm["promoted"],
-                "reason": arm["reason"],
-            }
-    total_s = time.perf_counter() - t0
+            row = {
+                "seed": seed,
+                "attack": attack,
+                "level": level,
+                "curation": curation,
+                "adversaries": traffic.adversaries,
+                "user_share": round(traffic.adversaries / traffic.users, 4),
+                "answer_share": round(traffic.adversarial_answers / traffic.answers, 4),
+            } | arm
+            sweeps[sweep].append(row)
+            print(
+                f"  [{time.perf_counter() - t0:6.0f} s] {attack:<8} {level:>4.2f} {curation:<5}"
+                f"{' default gate' if default_gate else ''} acc {arm['accuracy']:.4f} "
+                f"promoted {arm['promoted']} ({arm['seconds']} s)",
+                flush=True,
+            )
+    for rows in sweeps.values():
+        clean = {r["curation"]: r for r in rows if r["attack"] == "clean"}
+        for r in rows:
+            c = clean[r["curation"]]
+            r["acc_loss_pts"] = round(100 * (c["accuracy"] - r["accuracy"]), 2)
+            r["recall_3_loss_pts"] = round(100 * (c["recall_3"] - r["recall_3"]), 2)
+    return sweeps["curation"], sweeps["gate"]
 
-    clean = {r["curation"]: r for r in results if r["attack"] == "clean"}
-    for r in results:
-        c = clean[r["curation"]]
-        r["acc_loss_pts"] = round(100 * (c["accuracy"] - r["accuracy"]), 2)
-        r["recall_3_loss_pts"] = round(100 * (c["recall_3"] - r["recall_3"]), 2)
 
-    print()
+def print_curation(results: list[dict[str, Any]]) -> None:
     head = (
         f"{'attack':<9}{'level':>6}{'adv u/ans':>11}{'curation':>9}{'acc':>8}{'loss':>7}"
-        f"{'rec3':>7}{'loss3':>7}{'rows':>6}{'held':>6}{'quar a/h':>10}{'promo':>7}"
-        f"{'dflt gate':>10}"
+        f"{'rec3':>7}{'loss3':>7}{'rows':>6}{'held':>6}{'quar a/h':>10}"
     )
     print(head)
     print("-" * len(head))
@@ -370,63 +318,129 @@ def main() -> None:
             f"{r['accuracy']:>8.4f}{r['acc_loss_pts']:>7.2f}{r['recall_3']:>7.3f}"
             f"{r['recall_3_loss_pts']:>7.2f}{r['rows_used']:>6}{r['held_back']:>6}"
             f"{r['quarantined_adv']:>5}/{r['quarantined_honest']:<4}"
-            f"{'yes' if r['promoted'] else 'no':>7}"
-            f"{'refuse' if r['default_gate_refuses'] else 'pass':>10}"
         )
     print(
         "loss: points of held-out accuracy below the same curation's clean arm; loss3: the "
         f"same for class-{TARGET} recall; held: answers held back from quarantined users; "
-        "quar a/h: adversarial/honest users quarantined; promo: promoted over v1"
+        "quar a/h: adversarial/honest users quarantined"
     )
-    if gate_check is not None:
+
+
+def print_gate(rows: list[dict[str, Any]]) -> None:
+    head = (
+        f"{'attack':<9}{'level':>6}{'acc':>8}{'loss':>7}{'rec3':>7}{'ref acc':>9}"
+        f"{'promoted':>10}  refused by"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ref = "-" if r["reference_accuracy"] is None else f"{r['reference_accuracy']:.4f}"
         print(
-            f"real default gate (class margin {DEFAULT_CLASS_MARGIN}), naive, targeted 20%: "
-            f"acc {gate_check['accuracy']:.4f}, class-{TARGET} recall "
-            f"{gate_check['recall_3']:.3f} -> {'REFUSED' if gate_check['refused'] else 'promoted'}"
-            f" ({gate_check['reason']})"
+            f"{r['attack']:<9}{r['level']:>6.2f}{r['accuracy']:>8.4f}{r['acc_loss_pts']:>7.2f}"
+            f"{r['recall_3']:>7.3f}{ref:>9}{'yes' if r['promoted'] else 'NO':>10}  "
+            f"{', '.join(r['refusing_checks']) or '-'}"
         )
+    print(
+        "naive curation, every gate check at its default (per-class margin 0.1, trusted "
+        "reference margin 0.05); ref acc: the trust-weighted reference the gate trained"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--levels", default="0,0.05,0.1,0.2,0.3", help="adversarial user shares")
+    ap.add_argument("--attacks", default="flip,targeted,sybil")
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--seeds", default="0", help="comma-separated; every arm runs per seed")
+    ap.add_argument("--items", type=int, default=200, help="pool images answered per arm")
+    ap.add_argument("--no-gate", action="store_true", help="skip the default-gate sweep")
+    ap.add_argument("--quick", action="store_true", help="smoke run: levels 0 and 0.2")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    levels = [0.0, 0.2] if args.quick else [float(x) for x in args.levels.split(",")]
+    levels = sorted(set(levels) | {0.0})
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    for a in attacks:
+        if a not in ("flip", "targeted", "sybil"):
+            ap.error(f"unknown attack {a!r}")
+    seeds = [int(x) for x in args.seeds.split(",")]
+    print(
+        f"targets: at 20% adversarial users, trust curation loses <= {TARGET_ACC_LOSS:g} point "
+        f"of held-out accuracy against clean feedback, and class {TARGET} (targeted) "
+        f"<= {TARGET_CLASS_LOSS:g} points of recall; naive's loss reported beside it; the "
+        "default gate refuses the poisoned naive challengers and passes the clean one"
+    )
+    t0 = time.perf_counter()
+    curation_rows: list[dict[str, Any]] = []
+    gate_rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="flywheel-poison-") as tmp:
+        for seed in seeds:
+            c, g = run_seed(args, seed, attacks, levels, Path(tmp))
+            curation_rows += c
+            gate_rows += g
+            print(f"\nseed {seed}: curation sweep (gate checks off)")
+            print_curation(c)
+            if g:
+                print(f"\nseed {seed}: naive curation through the default gate")
+                print_gate(g)
+    total_s = time.perf_counter() - t0
 
     verdicts: list[dict[str, Any]] = []
-    at20 = [r for r in results if r["level"] == 0.2 and r["attack"] != "clean"]
     print()
-    print("targets at 20% adversarial users (trust must meet them; naive beside it):")
+    print(
+        f"targets at 20% adversarial users, mean (min..max) over seeds {seeds} "
+        "(trust must meet them; naive beside it):"
+    )
     for attack in attacks:
-        arms = {r["curation"]: r for r in at20 if r["attack"] == attack}
-        if set(arms) != set(curations):
-            continue
-        t, nv = arms["trust"], arms["naive"]
+        at20 = [r for r in curation_rows if r["attack"] == attack and r["level"] == 0.2]
         checks = [("accuracy", "acc_loss_pts", TARGET_ACC_LOSS)]
         if attack == "targeted":
             checks.append((f"class-{TARGET} recall", "recall_3_loss_pts", TARGET_CLASS_LOSS))
         for name, key, limit in checks:
-            met = t[key] <= limit
+            t = np.array([r[key] for r in at20 if r["curation"] == "trust"])
+            nv = np.array([r[key] for r in at20 if r["curation"] == "naive"])
+            if not len(t):
+                continue
+            met = bool(t.mean() <= limit)
             verdicts.append(
                 {
                     "attack": attack,
                     "figure": name,
-                    "trust_loss": t[key],
-                    "naive_loss": nv[key],
+                    "trust_loss_mean": round(float(t.mean()), 2),
+                    "trust_loss": t.tolist(),
+                    "naive_loss_mean": round(float(nv.mean()), 2),
+                    "naive_loss": nv.tolist(),
                     "limit": limit,
                     "met": met,
                 }
             )
             print(
-                f"  {attack:<9}{name:<16} trust loses {t[key]:6.2f} pts (<= {limit:g}: "
-                f"{'MET' if met else 'NOT MET'}); naive loses {nv[key]:6.2f} pts"
+                f"  {attack:<9}{name:<16} trust loses {t.mean():6.2f} pts "
+                f"({t.min():.2f}..{t.max():.2f}; <= {limit:g}: {'MET' if met else 'NOT MET'}); "
+                f"naive loses {nv.mean():6.2f} pts ({nv.min():.2f}..{nv.max():.2f})"
             )
+    if gate_rows:
+        poisoned = [r for r in gate_rows if r["attack"] != "clean" and r["level"] >= 0.2]
+        clean = [r for r in gate_rows if r["attack"] == "clean"]
+        refused = sum(not r["promoted"] for r in poisoned)
+        false_refusals = sum(not r["promoted"] for r in clean)
+        print(
+            f"  default gate: refused {refused}/{len(poisoned)} naive challengers trained with "
+            f">= 20% adversarial users; refused {false_refusals}/{len(clean)} clean ones"
+        )
     print(f"total {total_s:.0f} s")
     print(
         json.dumps(
             {
                 "benchmark": "poisoning",
-                "seed": args.seed,
+                "seeds": seeds,
                 "epochs": args.epochs,
-                "items_per_arm": len(items),
-                "n_holdout": len(holdout),
-                "n_labelled": len(labelled),
-                "gate_class_margin": 1.0,
-                "arms": results,
-                "default_gate_check": gate_check,
+                "items_per_arm": args.items,
+                "curation_sweep": curation_rows,
+                "gate_sweep": gate_rows,
                 "targets": verdicts,
                 "all_targets_met": bool(verdicts) and all(v["met"] for v in verdicts),
                 "seconds": round(total_s, 1),

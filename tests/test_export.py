@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 pytest.importorskip("onnxruntime")
 
 from flywheel.cli import app
+from flywheel.errors import ModelError
 from flywheel.export.onnx import export_onnx
+from flywheel.export.runtime import OnnxBundle
 from flywheel.models import create_model
 from flywheel.training import seed_everything
 from tests.factories import digit_png, make_project
@@ -44,12 +46,15 @@ def test_cli_export_gives_a_bundle_that_runs_without_torch(tmp_path: Path) -> No
     served = project.predict(digit_png(1234))
     project.close()
     runner = CliRunner()
-    for quantize, folder in ((None, tmp_path / "fp32"), ("int8", tmp_path / "int8")):
+    files = {None: "model.onnx", "int8": "model.int8.onnx", "int8-static": "model.int8-static.onnx"}
+    for quantize, name in ((None, "fp32"), ("int8", "int8"), ("int8-static", "static")):
+        folder = tmp_path / name
         args = ["export", "1", "--out", str(folder), "--project", root, "--json"]
         r = runner.invoke(app, args + (["--quantize", quantize] if quantize else []))
         assert r.exit_code == 0, r.output
         manifest = json.loads(r.stdout)
-        assert manifest["model"] == ("model.int8.onnx" if quantize else "model.onnx")
+        assert manifest["model"] == files[quantize]
+        assert manifest["quantized"] == quantize
         assert sorted(p.name for p in folder.iterdir()) == sorted(
             ["manifest.json", "spec.json", manifest["model"]]
         )
@@ -75,7 +80,7 @@ def test_cli_export_gives_a_bundle_that_runs_without_torch(tmp_path: Path) -> No
         "import sys, json; sys.modules['torch'] = None\n"
         "from flywheel.export.runtime import OnnxBundle\n"
         "out = {}\n"
-        f"for name in ('fp32', 'int8'):\n"
+        f"for name in ('fp32', 'int8', 'static'):\n"
         f"    b = OnnxBundle.load({str(tmp_path)!r} + '/' + name)\n"
         f"    out[name] = b.predict([open({str(png)!r}, 'rb').read()])[0]\n"
         "print(json.dumps(out))\n"
@@ -90,6 +95,95 @@ def test_cli_export_gives_a_bundle_that_runs_without_torch(tmp_path: Path) -> No
     for lab, p in served.probabilities.items():
         assert got["fp32"]["probabilities"][lab] == pytest.approx(p, abs=1e-5)
     assert np.isclose(sum(got["int8"]["probabilities"].values()), 1.0)
+    assert np.isclose(sum(got["static"]["probabilities"].values()), 1.0)
+    # The plain-text summary names the calibration.
+    r = runner.invoke(
+        app,
+        [
+            "export",
+            "1",
+            "--out",
+            str(tmp_path / "s2"),
+            "--project",
+            root,
+            "--quantize",
+            "int8-static",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "calibrated on 150 train rows" in r.output
+
+
+def test_static_int8_is_calibrated_on_train_rows_and_costs_little_accuracy(
+    tmp_path: Path,
+) -> None:
+    project = make_project(tmp_path / "p")
+    fp32 = project.export(1, tmp_path / "fp32")
+    static = project.export(1, tmp_path / "static", quantize="int8-static")
+    assert static["quantized"] == "int8-static"
+    assert static["model"] == "model.int8-static.onnx"
+    # At most CALIBRATION_ROWS train rows; this project has 150.
+    assert static["calibration_rows"] == 150
+    assert static["calibration"]["format"] == "QDQ"
+    assert sorted(p.name for p in (tmp_path / "static").iterdir()) == sorted(
+        ["manifest.json", "spec.json", "model.int8-static.onnx"]
+    )
+    assert static["bytes"] < fp32["bytes"]
+    assert (tmp_path / "static" / static["model"]).stat().st_size == static["bytes"]
+    # Scored on the 60 held-out rows (never calibrated on them), like fp32.
+    assert static["parity"]["n"] == fp32["parity"]["n"] == 60
+    assert abs(static["parity"]["accuracy_onnx"] - fp32["parity"]["accuracy_onnx"]) <= 0.05
+    recorded = project.models()[0].metrics["export_int8_static"]
+    assert recorded["accuracy_onnx"] == static["parity"]["accuracy_onnx"]
+    assert recorded["calibration_rows"] == 150
+    assert recorded["bytes"] == static["bytes"]
+
+    bundle = OnnxBundle.load(tmp_path / "static")
+    x = bundle.codec.decode_batch([digit_png(i) for i in range(5)], bundle.spec["preprocessing"])
+    assert bundle.run(x).shape == (5, 10)
+    project.close()
+
+
+def test_quantize_values_are_checked(tmp_path: Path) -> None:
+    spec = _case_spec("seed_cnn", 0)
+    seed_everything(0)
+    model = create_model(spec)
+    sample = _tiny(spec, 8).x
+    with pytest.raises(ModelError, match=r"'int8', 'int8-static' or nothing; got 'int4'"):
+        export_onnx(model, spec, tmp_path / "a", sample=sample, quantize="int4")
+    with pytest.raises(ModelError, match="needs calibration rows"):
+        export_onnx(model, spec, tmp_path / "b", sample=sample, quantize="int8-static")
+    with pytest.raises(ModelError, match="needs calibration rows"):
+        export_onnx(
+            model,
+            spec,
+            tmp_path / "c",
+            sample=sample,
+            quantize="int8-static",
+            calibration=sample[:0],
+        )
+    with pytest.raises(ModelError, match="calibration rows have shape"):
+        export_onnx(
+            model,
+            spec,
+            tmp_path / "d",
+            sample=sample,
+            quantize="int8-static",
+            calibration=sample[:, :, :4],
+        )
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+    project = make_project(tmp_path / "p", train=False)  # checked before anything is loaded
+    with pytest.raises(ModelError, match=r"'int8', 'int8-static' or nothing; got 'fp16'"):
+        project.export(1, tmp_path / "e", quantize="fp16")
+    assert not (tmp_path / "e").exists()
+    root = str(project.settings.project_dir)
+    project.close()
+    args = ["export", "1", "--out", str(tmp_path / "f"), "--project", root, "--quantize", "int4"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2
+    assert "'int8', 'int8-static'" in r.output
+    assert not (tmp_path / "f").exists()
 
 
 def test_export_refuses_a_used_folder_and_an_unknown_version(tmp_path: Path) -> None:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from flywheel import Project
 from flywheel.data import digits_arrays
 from flywheel.serving import create_app
 from flywheel.store.schema import Example, Feedback, ReviewItem
-from tests.factories import digit_png
+from tests.factories import digit_png, make_project
 
 LABELS = digits_arrays()[1]
 
@@ -200,3 +201,54 @@ def test_an_empty_queue_holds_no_golden_probe(client: TestClient, project: Proje
     assert r.json()["items"] == []
     with project.db.session() as s:
         assert s.scalars(select(ReviewItem)).all() == []
+
+
+def _naive_cycle(c: TestClient, liar: bool) -> None:
+    """h1 and h2 agree on 20 images; then 30 images of 3s are each answered by one of them
+    and, last (a naive tie goes to the latest answer), by a liar who calls every 3 an 8."""
+    for i in range(400, 420):
+        for user in ("h1", "h2"):
+            answer(c, ask(c, i, user), str(LABELS[i]), user)
+    threes = [i for i in range(420, len(LABELS)) if LABELS[i] == 3][:30]
+    for n, i in enumerate(threes):
+        user = "h1" if n % 2 else "h2"
+        answer(c, ask(c, i, user), "3", user)
+        if liar:
+            answer(c, ask(c, i, "liar"), "8", "liar")
+
+
+@pytest.mark.parametrize("liar", [False, True])
+def test_naive_curation_is_checked_against_a_trust_curated_reference(
+    tmp_path: Path, liar: bool
+) -> None:
+    settings = {"curation": "naive", "epochs": 12, "label_issue_mode": "keep"}
+    project = make_project(tmp_path / "p", n_holdout=100, settings=settings)
+    with TestClient(create_app(project.settings, project)) as c:
+        _naive_cycle(c, liar)
+    result = project.retrain()
+    assert result.feedback_used == 50
+    assert result.train is not None
+    decision = result.train.decision
+    check = decision.checks["trusted_reference"]
+    assert check["refuse"] is True
+    # The reference re-curates every answer as trust curation would: the liar's answers
+    # are held back (quarantined), the per-user cap applies.
+    assert check["held_back_answers"] == (30 if liar else 0)
+    assert 150 < check["reference_rows"] <= 150 + 50
+    with project.db.session() as s:
+        feedback_8s = s.scalar(
+            select(func.count()).where(Example.origin == "feedback", Example.label == "8")
+        )
+    assert (feedback_8s or 0) >= (30 if liar else 0)  # naive curation took the liar's word
+    assert 0.0 <= check["reference_accuracy"] <= 1.0
+    assert check["passed"] is (decision.reason.find("possibly poisoned") < 0)
+    if not check["passed"]:
+        assert result.train.promoted is False
+    project.close()
+
+
+def test_trust_curation_needs_no_reference(project: Project, client: TestClient) -> None:
+    _naive_cycle(client, True)
+    result = project.retrain()
+    assert result.train is not None
+    assert "trusted_reference" not in result.train.decision.checks

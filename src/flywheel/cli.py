@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flywheel.errors import FlywheelError
+from flywheel.export.onnx import QUANTIZE_MODES
 from flywheel.project import SCOPES, Project, TrainResult
 from flywheel.training import EpochReport
 
@@ -523,7 +524,11 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the bundle to (new).")],
     fmt: Annotated[str, typer.Option("--format", help="Only 'onnx' for now.")] = "onnx",
     quantize: Annotated[
-        str | None, typer.Option(help="'int8': dynamic quantisation with ONNX Runtime.")
+        str | None,
+        typer.Option(
+            help="'int8': dynamic quantisation with ONNX Runtime; 'int8-static': static "
+            "(weights and activations), calibrated on rows of the train split."
+        ),
     ] = None,
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,
@@ -531,15 +536,25 @@ def export(
     """Export a version as a self-contained ONNX bundle (model, spec, labels, preprocessing)."""
     if fmt != "onnx":
         raise typer.BadParameter(f"format must be 'onnx'; got {fmt!r}", param_hint="--format")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        allowed = ", ".join(repr(q) for q in QUANTIZE_MODES)
+        raise typer.BadParameter(
+            f"quantize must be one of {allowed}; got {quantize!r}", param_hint="--quantize"
+        )
     manifest = _open(project).export(version, out_dir, quantize=quantize)
     if as_json:
         _print_json(manifest)
         return
     p = manifest["parity"]
+    calibrated = (
+        f", calibrated on {manifest['calibration_rows']} train rows"
+        if "calibration_rows" in manifest
+        else ""
+    )
     out.print(
         f"v{version} → {manifest['folder']}/{manifest['model']} ({manifest['bytes'] / 1e3:.0f} kB, "
-        f"opset {manifest['opset']}); against torch on {p['n']} held-out rows: max |diff| "
-        f"{p['max_abs_diff']:.2e}, arg-max agreement {p['argmax_agreement']:.4f}"
+        f"opset {manifest['opset']}{calibrated}); against torch on {p['n']} held-out rows: "
+        f"max |diff| {p['max_abs_diff']:.2e}, arg-max agreement {p['argmax_agreement']:.4f}"
     )
 
 

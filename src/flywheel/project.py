@@ -13,7 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from flywheel.evaluation import (
     classification_report,
     decide,
     decide_regression,
+    reference_check,
     regression_report,
     with_check,
 )
@@ -654,6 +655,16 @@ class Project:
             decision = with_check(
                 decision, "per_class", passed=passed, refuse=True, reason=why, **detail
             )
+        if (
+            self.settings.gate_reference == "auto"
+            and self.settings.curation == "naive"
+            and not self.task.is_regression
+            and champion is not None
+            and contribution  # the version holds feedback rows
+        ):
+            decision = self._reference_check(
+                decision, dv.id, config, spec, flagged, holdout, score, champion
+            )
         if contribution and champion_version is not None:
             share = float(contribution.get("new_user_share", 0.0))
             limit = self.settings.max_new_user_share
@@ -726,6 +737,88 @@ class Project:
         # The run is recorded: its checkpoint has done its job.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return TrainResult(info, decision, promoted)
+
+    def _reference_check(
+        self,
+        decision: GateDecision,
+        dv_id: int,
+        config: TrainConfig,
+        spec: ModelSpec,
+        flagged: set[str],
+        holdout: Arrays,
+        score: np.ndarray,
+        champion: LoadedModel,
+    ) -> GateDecision:
+        """Naive curation took every answer at face value: curate the same answers by
+        trust instead, train the same model on that, and refuse a challenger that trails
+        this reference.
+
+        A poisoned challenger can still beat a weak champion; what gives it away is that
+        the same feedback, with the liars weighed down, gives a better model.
+        """
+        self.update_trust()
+        with self.db.session() as s:
+            dv = s.get(DatasetVersion, dv_id)
+            assert dv is not None
+            labels = list(dv.stats["labels"])
+            base = [
+                (h, lab, val, 1.0 if w is None else w)
+                for h, lab, val, w, origin in s.execute(
+                    select(
+                        Example.input_hash,
+                        Example.label,
+                        Example.value,
+                        Example.weight,
+                        Example.origin,
+                    )
+                    .join(DatasetVersionExample, DatasetVersionExample.example_id == Example.id)
+                    .where(
+                        DatasetVersionExample.dataset_version_id == dv_id, Example.split == TRAIN
+                    )
+                )
+                if origin != "feedback"
+            ]
+            answers, held_back = self._answers(s, include_used=True, until=dv.created_at)
+            answers = [a for a in answers if a.label in labels]
+            held = {h for h, _, _ in self._rows(s, dv_id, HOLDOUT)}
+            curated = curate(
+                answers, held, {h for h, *_ in base}, max_user_share=self.settings.max_user_share
+            )
+        rows = sorted(
+            base + [(r.input_hash, r.label, r.value, r.weight) for r in curated.rows],
+            key=lambda r: (r[0], str(r[1])),
+        )
+        train = self._arrays([(h, lab, val) for h, lab, val, _ in rows], spec)
+        weights = np.array([1.0 if w is None else w for *_, w in rows], np.float32)
+        mode = self.settings.label_issue_mode
+        if flagged and mode != "keep":
+            hit = np.array([h in flagged for h, *_ in rows])
+            weights[hit] *= 0.0 if mode == "exclude" else 0.2
+        train.weights = weights
+        seed_everything(config.seed)
+        reference = create_model(spec)
+        if config.warm_start and champion.spec == spec:
+            reference.load_state_dict(champion.model.state_dict())
+        augment = make_augment(self.task.modality) if config.augment else None
+        fit(reference, train, config, augment=augment)
+        ref_score = self._score(LoadedModel(0, reference, spec, self.codec), holdout)[1]
+        passed, why, detail = reference_check(
+            holdout.y,
+            score,
+            ref_score,
+            list(spec.labels),
+            margin=self.settings.gate_reference_margin,
+        )
+        return with_check(
+            decision,
+            "trusted_reference",
+            passed=passed,
+            refuse=True,
+            reason=why,
+            reference_rows=len(rows),
+            held_back_answers=held_back,
+            **detail,
+        )
 
     def _onnx_parity(self, model: nn.Module, spec: ModelSpec, x: np.ndarray) -> dict[str, Any]:
         """Export a challenger to ONNX in a scratch folder and compare it with torch."""
@@ -859,8 +952,16 @@ class Project:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def _answers(self, s: Session, *, naive: bool = False) -> tuple[list[Answer], int]:
-        """Usable answers from feedback not yet turned into an example, weighted by trust.
+    def _answers(
+        self,
+        s: Session,
+        *,
+        naive: bool = False,
+        include_used: bool = False,
+        until: datetime | None = None,
+    ) -> tuple[list[Answer], int]:
+        """Usable answers from feedback not yet turned into an example, weighted by trust
+        (``include_used``: every answer; ``until``: only those given by then).
 
         Returns the answers and how many were held back because their user is quarantined.
         """
@@ -877,9 +978,12 @@ class Project:
             )
             .join(Prediction, Prediction.id == Feedback.prediction_id)
             .outerjoin(User, User.id == Feedback.user_id)
-            .where(Feedback.id.not_in(used))
             .order_by(Feedback.created_at, Feedback.id)
         )
+        if not include_used:
+            q = q.where(Feedback.id.not_in(used))
+        if until is not None:
+            q = q.where(Feedback.created_at <= until)
         out: list[Answer] = []
         held_back = 0
         for fb, input_hash, predicted, predicted_value, trust, detail, quarantined in s.execute(q):
@@ -1016,20 +1120,35 @@ class Project:
     ) -> dict[str, Any]:
         """Write an ONNX bundle of ``version`` (runs with ONNX Runtime alone) and check it.
 
-        The parity check against torch runs on the held-out rows, with both graphs'
-        accuracy (MSE) there; the record is kept with the model version
-        (``metrics["export_onnx"]`` / ``["export_int8"]``). An fp32 export that fails
-        parity is an error, and its bundle is not left behind.
+        ``quantize``: ``None`` (fp32), ``"int8"`` (dynamic) or ``"int8-static"`` (static,
+        calibrated on a fixed seeded sample of at most `CALIBRATION_ROWS` rows of the
+        latest dataset version's train split). The parity check against torch runs on the
+        held-out rows, with both graphs' accuracy (MSE) there; the record is kept with the
+        model version (``metrics["export_onnx"]`` / ``["export_int8"]`` /
+        ``["export_int8_static"]``). An fp32 export that fails parity is an error, and its
+        bundle is not left behind.
         """
-        from flywheel.export.onnx import export_onnx
+        from flywheel.export.onnx import CALIBRATION_ROWS, QUANTIZE_MODES, export_onnx
 
+        if quantize is not None and quantize not in QUANTIZE_MODES:
+            allowed = ", ".join(repr(q) for q in QUANTIZE_MODES)
+            raise ModelError(f"quantize must be one of {allowed} or nothing; got {quantize!r}")
         out = Path(out_dir).expanduser().resolve()
         if out.exists() and any(out.iterdir()):
             raise InputError(f"output folder {str(out)!r} is not empty")
         loaded = self._load_version(version)
         with self.db.session() as s:
-            rows = self._rows(s, self._latest_dataset(s).id, HOLDOUT)
+            dv_id = self._latest_dataset(s).id
+            rows = self._rows(s, dv_id, HOLDOUT)
+            train_rows = self._rows(s, dv_id, TRAIN) if quantize == "int8-static" else []
         holdout = self._arrays(rows, loaded.spec)
+        calibration = None
+        if train_rows:
+            # Train rows, so that the held-out scores below stay a fair measurement.
+            rng = np.random.default_rng(self.settings.seed)
+            n = min(CALIBRATION_ROWS, len(train_rows))
+            keep = rng.choice(len(train_rows), size=n, replace=False)
+            calibration = self._arrays([train_rows[i] for i in sorted(keep)], loaded.spec).x
         try:
             manifest = export_onnx(
                 loaded.model,
@@ -1038,6 +1157,7 @@ class Project:
                 sample=holdout.x,
                 quantize=quantize,
                 targets=holdout.y,
+                calibration=calibration,
             )
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
@@ -1053,8 +1173,11 @@ class Project:
         with self.db.session() as s:
             mv = s.get(ModelVersion, version)
             assert mv is not None
-            key = "export_int8" if quantize else "export_onnx"
-            mv.metrics = {**mv.metrics, key: {**manifest["parity"], "bytes": manifest["bytes"]}}
+            key = f"export_{(quantize or 'onnx').replace('-', '_')}"  # export_int8_static
+            record = {**manifest["parity"], "bytes": manifest["bytes"]}
+            if "calibration_rows" in manifest:
+                record["calibration_rows"] = manifest["calibration_rows"]
+            mv.metrics = {**mv.metrics, key: record}
         return {**manifest, "folder": str(out), "model_version": version}
 
     # -- users: trust, quarantine, the review queue ------------------------------------

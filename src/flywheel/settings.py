@@ -76,6 +76,21 @@ class Settings(BaseSettings):
         le=1.0,
         description="No class may lose more recall than this against the champion (None: off).",
     )
+    gate_reference: str = Field(
+        default="auto",
+        pattern="^(auto|off)$",
+        description=(
+            "auto: with naive curation, also train a reference on the same rows weighted by "
+            "user trust, and refuse a challenger that trails it (poisoned feedback); off: never."
+        ),
+    )
+    gate_reference_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="How far the challenger may trail the trust-weighted reference, overall or "
+        "on any class, before the gate refuses it as poisoned.",
+    )
     # Learning from users (review queue, trust, curation).
     curation: str = Field(
         default="trust",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from flywheel.evaluation import classification_report, decide, mcnemar
+from flywheel.evaluation import classification_report, decide, mcnemar, reference_check
 
 
 def _correct(n_right: int, n: int) -> np.ndarray:
@@ -191,3 +191,26 @@ def test_class_check_refuses_a_challenger_that_sacrifices_one_class() -> None:
     assert refused.checks["per_class"]["failed_classes"] == ["b"]
     lenient = class_check(y, challenger, champion, ["a", "b", "c"], class_margin=0.5)
     assert lenient[0] is True
+
+
+def test_reference_check_refuses_a_class_the_challenger_lost_and_tolerates_noise() -> None:
+    labels = ["a", "b"]
+    y = np.array([0] * 20 + [1] * 20)
+    reference = np.ones(40, bool)
+    # Two rows of class b lost: within the noise (min_rows 3), although 10% > the margin.
+    noisy = reference.copy()
+    noisy[[20, 21]] = False
+    passed, reason, detail = reference_check(y, noisy, reference, labels, margin=0.05)
+    assert passed and reason == ""
+    assert detail["recall_drop"]["b"] == 0.1 and detail["failed_classes"] == []
+    # Four rows of class b lost: refused, and the reason names the class.
+    poisoned = reference.copy()
+    poisoned[20:24] = False
+    passed, reason, detail = reference_check(y, poisoned, reference, labels, margin=0.05)
+    assert not passed
+    assert detail["failed_classes"] == ["b"]
+    assert reason.startswith("possibly poisoned feedback") and "class 'b' recall -0.2000" in reason
+    assert "accuracy -0.1000" in reason  # 4 of 40 overall is beyond the margin too
+    # A challenger better than the reference passes.
+    passed, _, detail = reference_check(y, reference, poisoned, labels, margin=0.05)
+    assert passed and detail["accuracy_drop"] == -0.1

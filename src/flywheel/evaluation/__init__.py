@@ -6,6 +6,7 @@ from flywheel.evaluation.gate import (
     decide,
     decide_regression,
     mcnemar,
+    reference_check,
     wilcoxon,
     with_check,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "decide",
     "decide_regression",
     "mcnemar",
+    "reference_check",
     "regression_report",
     "wilcoxon",
     "with_check",

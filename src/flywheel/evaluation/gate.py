@@ -90,20 +90,27 @@ def class_check(
     labels: list[str],
     *,
     class_margin: float,
+    min_rows: int = 1,
 ) -> tuple[bool, str, dict[str, Any]]:
     """No class may lose more than ``class_margin`` of its recall against the champion.
 
     Overall accuracy can rise while one class collapses (a targeted poisoning does
-    exactly that); this looks at each class on the same held-out rows.
+    exactly that); this looks at each class on the same held-out rows. A class fails
+    only if the challenger also gets at least ``min_rows`` more of its rows wrong: on a
+    small class one row can be more than the margin.
     """
     drops: dict[str, float] = {}
+    lost: dict[str, int] = {}
     for k, label in enumerate(labels):
         rows = y_true == k
         if not rows.any():
             continue
         drops[label] = float(champion_correct[rows].mean() - challenger_correct[rows].mean())
+        lost[label] = int(champion_correct[rows].sum()) - int(challenger_correct[rows].sum())
     worst = max(drops, key=lambda lab: drops[lab]) if drops else None
-    failed = sorted(lab for lab, d in drops.items() if d > class_margin + 1e-9)
+    failed = sorted(
+        lab for lab, d in drops.items() if d > class_margin + 1e-9 and lost[lab] >= min_rows
+    )
     detail = {
         "class_margin": class_margin,
         "recall_drop": {lab: round(d, 4) for lab, d in drops.items()},
@@ -198,3 +205,46 @@ def decide_regression(
         f"by {change:.2%}, more than the margin {margin:.0%}; Wilcoxon p={test['p_value']:.3g}"
     )
     return GateDecision(False, reason, *args)
+
+
+def reference_check(
+    y_true: np.ndarray,
+    challenger_correct: np.ndarray,
+    reference_correct: np.ndarray,
+    labels: list[str],
+    *,
+    margin: float,
+    min_rows: int = 3,
+) -> tuple[bool, str, dict[str, Any]]:
+    """Does the challenger trail a reference model (same rows, curated by trust) by more
+    than ``margin``, overall or on a class where it also gets ``min_rows`` more rows wrong?
+
+    Both models are trained alike on nearly the same data, so a gap beyond the
+    training noise points at the rows they disagree on: the answers trust set aside.
+    """
+    classes_ok, _, detail = class_check(
+        y_true,
+        challenger_correct,
+        reference_correct,
+        labels,
+        class_margin=margin,
+        min_rows=min_rows,
+    )
+    overall = float(reference_correct.mean() - challenger_correct.mean()) if len(y_true) else 0.0
+    why = [f"accuracy {-overall:+.4f}"] if overall > margin + 1e-9 else []
+    if not classes_ok:
+        worst = max(detail["failed_classes"], key=lambda lab: detail["recall_drop"][lab])
+        why.append(f"class {worst!r} recall {-detail['recall_drop'][worst]:+.4f}")
+    reason = (
+        "possibly poisoned feedback: the challenger trails a reference trained on the same "
+        f"feedback curated by user trust by more than {margin} ({', '.join(why)})"
+        if why
+        else ""
+    )
+    detail = {
+        "reference_accuracy": round(float(reference_correct.mean()), 4) if len(y_true) else None,
+        "accuracy_drop": round(overall, 4),
+        "min_rows": min_rows,
+        **detail,
+    }
+    return not why, reason, detail
