@@ -464,15 +464,25 @@ def serve(
     project: ProjectOpt = Path("."),
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Server processes (default 1).")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Model backend: onnx (default) or torch.")
+    ] = None,
 ) -> None:
-    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    """Serve the HTTP API (OpenAPI docs at /docs). SIGTERM or Ctrl-C drains requests in
+    flight and commits every logged prediction before the server exits."""
     from flywheel.serving import serve as run_server
     from flywheel.settings import Settings
 
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    given = {"host": host, "port": port, "workers": workers, "serving_backend": backend}
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings.load(project, **overrides)
     err.print(
-        f"serving {settings.project_dir} on http://{settings.host}:{settings.port} (docs at /docs)"
+        f"serving {settings.project_dir} on http://{settings.host}:{settings.port} "
+        f"({settings.workers} worker{'s' if settings.workers > 1 else ''}, "
+        f"{settings.serving_backend} backend; docs at /docs)"
     )
     run_server(settings)
 

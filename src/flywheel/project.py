@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import func, select
@@ -61,7 +61,7 @@ from flywheel.feedback.trust import Vote, estimate_trust
 from flywheel.models import ModelSpec, arch_info, build_spec, create_model
 from flywheel.registry import VersionInfo, load_artifact, save_artifact
 from flywheel.settings import CONFIG_FILE, Settings
-from flywheel.store import BlobStore, Database, ensure_user
+from flywheel.store import BlobStore, Database, ensure_user, retry_locked
 from flywheel.store import jobs as job_rows
 from flywheel.store import keys as key_rows
 from flywheel.store.schema import (
@@ -237,7 +237,8 @@ def _label_sort_key(label: str) -> tuple[int, int | str]:
     return (0, int(label)) if label.isdigit() else (1, label)
 
 
-def _check_user_id(user_id: str | None) -> str | None:
+def check_user_id(user_id: str | None) -> str | None:
+    """A pseudonymous end-user id, checked (None when absent or empty)."""
     if user_id is None or user_id == "":
         return None
     if not USER_ID.match(user_id):
@@ -253,6 +254,18 @@ def _value_bins(values: Sequence[float], bins: int = 5) -> list[str]:
     arr = np.asarray(values, dtype=np.float64)
     edges = np.quantile(arr, np.linspace(0, 1, bins + 1)[1:-1])
     return [str(int(np.searchsorted(edges, v, side="right"))) for v in arr]
+
+
+class PendingLog(Protocol):
+    """Predictions logged in the background: readers wait for what was queued."""
+
+    def wait_written(self, prediction_id: str, timeout: float = 30.0) -> bool:
+        """Wait until this prediction's row is committed (True at once if not pending)."""
+        ...
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every prediction queued so far is committed."""
+        ...
 
 
 class Project:
@@ -273,6 +286,8 @@ class Project:
         self.blobs = BlobStore(settings.blobs)
         self._loaded: LoadedModel | None = None
         self._load_lock = threading.Lock()
+        # Set by a server that logs predictions in the background (see PendingLog).
+        self.prediction_log: PendingLog | None = None
 
     # -- opening and creating ----------------------------------------------------------
 
@@ -1190,6 +1205,7 @@ class Project:
         Users below ``quarantine_below`` after ``quarantine_min_answers`` answers are
         quarantined, unless an admin released them.
         """
+        self._settle_log()
         st = self.settings
         with self.db.session() as s:
             dv = self._latest_dataset(s)
@@ -1254,6 +1270,7 @@ class Project:
 
     def users(self) -> list[dict[str, Any]]:
         """Every user with trust, the counts behind it, contributions and quarantine."""
+        self._settle_log()
         with self.db.session() as s:
             answers = dict(
                 s.execute(select(Feedback.user_id, func.count()).group_by(Feedback.user_id)).all()
@@ -1311,6 +1328,7 @@ class Project:
         whose label is known, predicted afresh, so that answers to them measure trust.
         Every item handed out is recorded; feedback on it is marked as queue feedback.
         """
+        self._settle_log()
         if self.task.is_regression:
             raise InputError(
                 "the review queue ranks class probabilities; this is a regression project"
@@ -1481,7 +1499,7 @@ class Project:
 
     def predict(self, content: bytes, *, user_id: str | None = None) -> PredictionResult:
         """Predict one input (the stored form of the task's input) and log the call."""
-        user_id = _check_user_id(user_id)
+        user_id = check_user_id(user_id)
         started = time.perf_counter()
         loaded = self.serving_model()
         out = loaded.outputs(loaded.decode(content)[None])[0]
@@ -1511,6 +1529,44 @@ class Project:
             )
         return result
 
+    def _settle_log(self) -> None:
+        """Readers of predictions see every one answered so far (the server's log queue)."""
+        if self.prediction_log is not None:
+            self.prediction_log.flush()
+
+    def version_info(self, version: int) -> VersionInfo:
+        with self.db.session() as s:
+            return registry.get_version(s, version)
+
+    def log_predictions(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Commit predictions made elsewhere (the server's batched log) in one transaction.
+
+        Each row: id, model_version, user_id, content (the stored-form input), label,
+        value, probabilities, latency_ms, created_at (when it was predicted).
+        """
+        digests = [self.blobs.put(r["content"]) for r in rows]
+
+        def write() -> None:
+            with self.db.session() as s:
+                for user_id in sorted({r["user_id"] for r in rows if r["user_id"]}):
+                    ensure_user(s, user_id)
+                s.add_all(
+                    Prediction(
+                        id=r["id"],
+                        model_version=r["model_version"],
+                        user_id=r["user_id"],
+                        input_hash=digest,
+                        label=r["label"],
+                        value=r["value"],
+                        probabilities=r["probabilities"],
+                        latency_ms=r["latency_ms"],
+                        created_at=r["created_at"],
+                    )
+                    for r, digest in zip(rows, digests, strict=True)
+                )
+
+        retry_locked(write)
+
     def record_feedback(
         self,
         prediction_id: str,
@@ -1521,9 +1577,24 @@ class Project:
         user_id: str | None = None,
     ) -> FeedbackResult:
         """Store a user's answer; returns only after the row is committed."""
-        user_id = _check_user_id(user_id)
+        user_id = check_user_id(user_id)
         if label is None and correct is None and value is None:
             raise InputError("feedback needs a 'label', a 'value' or 'correct'")
+        if self.prediction_log is not None:
+            # The prediction may still be in the server's log queue: wait for its commit.
+            self.prediction_log.wait_written(prediction_id)
+        return retry_locked(
+            lambda: self._record_feedback(prediction_id, label, correct, value, user_id)
+        )
+
+    def _record_feedback(
+        self,
+        prediction_id: str,
+        label: str | None,
+        correct: bool | None,
+        value: float | None,
+        user_id: str | None,
+    ) -> FeedbackResult:
         with self.db.session() as s:
             pred = s.get(Prediction, prediction_id)
             if pred is None:
@@ -1572,6 +1643,7 @@ class Project:
 
     def stats(self, *, minutes: int = 60) -> dict[str, Any]:
         """Call frequency per version, label and minute; feedback counts; accuracy per version."""
+        self._settle_log()
         since = utcnow() - timedelta(minutes=minutes)
         # Golden probes are the queue's own checks, not calls from users.
         probes = select(ReviewItem.prediction_id).where(ReviewItem.golden_example_id.is_not(None))

@@ -138,6 +138,37 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(
         default=1.0, gt=0, description="How often the server checks the production alias."
     )
+    # Serving: backend, micro-batching, the prediction log, workers.
+    serving_backend: str = Field(
+        default="onnx",
+        pattern="^(onnx|torch)$",
+        description="onnx: ONNX Runtime (falls back to torch where a model does not export); "
+        "torch: eager PyTorch.",
+    )
+    serving_threads: int = Field(
+        default=1, ge=1, le=64, description="Threads ONNX Runtime uses per forward pass."
+    )
+    max_batch_size: int = Field(
+        default=32, ge=1, le=4096, description="Most concurrent requests run as one batch."
+    )
+    max_batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=1000.0,
+        description="Longest a request waits for others to share its batch (none under light "
+        "load).",
+    )
+    log_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Predictions waiting to be logged before new requests wait (back-pressure).",
+    )
+    log_batch_rows: int = Field(
+        default=512, ge=1, description="Most prediction rows the log writer commits at once."
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Server processes (`flywheel serve --workers`)."
+    )
     # Training defaults; `flywheel train` options override them per run.
     arch: str | None = Field(default=None, description="Architecture; default: the task's.")
     epochs: int = Field(default=30, ge=1)

@@ -26,7 +26,14 @@ from flywheel.errors import ModelError
 from flywheel.export.runtime import MANIFEST, OnnxBundle
 from flywheel.models import ModelSpec
 
-__all__ = ["CALIBRATION_ROWS", "OPSET", "PARITY_ATOL", "QUANTIZE_MODES", "export_onnx"]
+__all__ = [
+    "CALIBRATION_ROWS",
+    "OPSET",
+    "PARITY_ATOL",
+    "QUANTIZE_MODES",
+    "export_onnx",
+    "write_graph",
+]
 
 OPSET = 17
 #: an fp32 export must match torch to this absolute difference, with identical arg-max
@@ -96,6 +103,37 @@ def _quantize_static(prepared: Path, target: Path, calibration: np.ndarray) -> d
     }
 
 
+def write_graph(model: nn.Module, example: np.ndarray, path: Path) -> None:
+    """Export ``model`` to an ONNX file (opset ``OPSET``, dynamic batch axis).
+
+    ``example`` is one input of the right shape (a batch of one: the LSTM exporter bakes
+    a larger example batch into its initial state).
+    """
+    model.eval()
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is the one that handles every zoo model here;
+        # torch announces its successor with a deprecation warning on each call.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
+        # Python checks on shapes inside torch's own layers (nn.LSTM's input size) are
+        # traced as constants; a parity check catches any graph they would break.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # The LSTM warning below is about batches other than the example's; a parity
+        # check on a batch of another size catches a graph it describes.
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*LSTM.*")
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(example[:1]),),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
+
+
 def export_onnx(
     model: nn.Module,
     spec: ModelSpec,
@@ -143,30 +181,7 @@ def export_onnx(
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = folder / "model.onnx"
     model.eval()
-    # A batch of one: the LSTM exporter bakes a larger example batch into its initial state.
-    example = torch.from_numpy(sample[:1])
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is the one that handles every zoo model here;
-        # torch announces its successor with a deprecation warning on each call.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
-        # Python checks on shapes inside torch's own layers (nn.LSTM's input size) are
-        # traced as constants; the parity check below catches any graph they would break.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        # The LSTM warning below is about batches other than the example's; the parity
-        # check runs a batch of another size, so a graph it describes would fail there.
-        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*LSTM.*")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(fp32),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-        )
+    write_graph(model, sample[:1], fp32)
     (folder / "spec.json").write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True))
     target = fp32
     calibrated: dict[str, Any] | None = None

@@ -20,9 +20,11 @@ from flywheel.errors import (
     RegistryError,
 )
 from flywheel.project import Project
+from flywheel.serving.backends import Backend
 from flywheel.serving.jobs import JobRunner
 from flywheel.serving.limits import BodySizeLimit
 from flywheel.serving.metrics import Metrics, MetricsMiddleware
+from flywheel.serving.predictor import Predictor
 from flywheel.serving.routers import feedback, jobs, models, predict, review, stats, users
 from flywheel.settings import Settings
 
@@ -47,28 +49,34 @@ async def _flywheel_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"detail": str(exc)})
 
 
-def _watch_production(project: Project, stop: threading.Event, interval: float) -> None:
+def _watch_production(predictor: Predictor, stop: threading.Event, interval: float) -> None:
     """Pick up a version promoted elsewhere (CLI, another worker) without a failed request."""
     while not stop.wait(interval):
         try:
-            project.refresh_model()
+            predictor.refresh()
         except FlywheelError as exc:  # keep serving the model we have
             log.warning("could not load the new production model: %s", exc)
 
 
-def create_app(settings: Settings, project: Project | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, project: Project | None = None, *, backend: Backend | None = None
+) -> FastAPI:
+    """The app for one project. ``backend`` pins a model backend (tests: FakeBackend)."""
     project = project or Project(settings)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         interrupted = project.fail_interrupted_jobs()
         if interrupted:
             log.warning("%d job(s) of an earlier run were interrupted; marked failed", interrupted)
-        project.refresh_model()
+        predictor = Predictor(project, metrics, backend=backend)
+        app.state.predictor = predictor
+        predictor.refresh()
         stop = threading.Event()
         watcher = threading.Thread(
             target=_watch_production,
-            args=(project, stop, settings.reload_interval_s),
+            args=(predictor, stop, settings.reload_interval_s),
             name="flywheel-model-watcher",
             daemon=True,
         )
@@ -76,8 +84,11 @@ def create_app(settings: Settings, project: Project | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # The server has stopped taking requests and answered those in flight:
+            # run what is queued, commit every logged prediction.
             stop.set()
             watcher.join()
+            predictor.close()
             app.state.runner.shutdown()
 
     app = FastAPI(
@@ -89,7 +100,7 @@ def create_app(settings: Settings, project: Project | None = None) -> FastAPI:
     app.state.project = project
     app.state.runner = JobRunner(project)
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    app.state.metrics = metrics
     app.add_exception_handler(FlywheelError, _flywheel_error)
     app.include_router(predict.build_router(project.task))
     for r in (

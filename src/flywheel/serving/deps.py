@@ -7,13 +7,14 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from flywheel.errors import AuthError
+from flywheel.errors import AuthError, ModelError
 from flywheel.project import Project
 from flywheel.serving.jobs import JobRunner
 from flywheel.serving.metrics import Metrics
+from flywheel.serving.predictor import Predictor
 from flywheel.settings import Settings
 
-__all__ = ["MetricsDep", "ProjectDep", "RunnerDep", "require"]
+__all__ = ["MetricsDep", "PredictorDep", "ProjectDep", "RunnerDep", "require"]
 
 
 def get_project(request: Request) -> Project:
@@ -26,6 +27,13 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_predictor(request: Request) -> Predictor:
+    predictor: Predictor | None = getattr(request.app.state, "predictor", None)
+    if predictor is None:
+        raise ModelError("the server is not started (run the app with its lifespan)")
+    return predictor
+
+
 def get_runner(request: Request) -> JobRunner:
     runner: JobRunner = request.app.state.runner
     return runner
@@ -34,6 +42,7 @@ def get_runner(request: Request) -> JobRunner:
 ProjectDep = Annotated[Project, Depends(get_project)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 
 def _open(settings: Settings, scope: str) -> bool:

@@ -39,7 +39,8 @@ class Metrics:
         )
         self.prediction_seconds = Histogram(
             "flywheel_prediction_seconds",
-            "Time to decode an input and run the model, by model version.",
+            "Time from a request's input reaching the batcher to its answer (queue, decode, "
+            "model), by model version.",
             ["model_version"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -48,6 +49,23 @@ class Metrics:
             "flywheel_feedback",
             "Feedback recorded, by whether it agreed with the prediction.",
             ["agreed"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "flywheel_batch_size",
+            "Requests per model forward pass (micro-batching).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "flywheel_queue_depth",
+            "Items waiting: 'batch' (requests for the model), 'log' (predictions to commit).",
+            ["queue"],
+            registry=self.registry,
+        )
+        self.log_written = Counter(
+            "flywheel_prediction_log_rows",
+            "Prediction rows the background writer committed.",
             registry=self.registry,
         )
         self.production_version = Gauge(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from types import TracebackType
 
 import uvicorn
+from fastapi import FastAPI
 
 from flywheel.errors import ConfigError
 from flywheel.project import Project
@@ -26,15 +29,46 @@ def check_can_serve(project: Project) -> None:
         )
 
 
+#: how a worker process finds its project (``flywheel serve --workers N``)
+WORKER_ENV = "FLYWHEEL_SERVE_SETTINGS"
+
+
 def _config(project: Project, host: str, port: int) -> uvicorn.Config:
     app = create_app(project.settings, project)
     return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
 
 
+def worker_app() -> FastAPI:
+    """The app of one worker process: its settings come from the parent as JSON."""
+    raw = os.environ.get(WORKER_ENV)
+    if not raw:
+        raise ConfigError(f"{WORKER_ENV} is not set: start workers with `flywheel serve --workers`")
+    settings = Settings.load(**json.loads(raw))
+    return create_app(settings)
+
+
 def serve(settings: Settings) -> None:
-    project = Project(settings)
+    """Serve in the foreground until SIGINT/SIGTERM, which drain requests in flight.
+
+    With ``settings.workers`` > 1, uvicorn runs that many processes on one socket; each
+    opens the project itself (SQLite in WAL mode with retries, or PostgreSQL).
+    """
+    project = Project(settings)  # migrates the database once, before any worker starts
     check_can_serve(project)
-    uvicorn.Server(_config(project, settings.host, settings.port)).run()
+    if settings.workers == 1:
+        uvicorn.Server(_config(project, settings.host, settings.port)).run()
+        return
+    project.close()
+    os.environ[WORKER_ENV] = settings.model_dump_json(exclude_unset=False)
+    uvicorn.run(
+        "flywheel.serving.server:worker_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level="warning",
+        lifespan="on",
+    )
 
 
 class BackgroundServer:

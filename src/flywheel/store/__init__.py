@@ -1,7 +1,7 @@
 """Store: the SQL schema (SQLite by default, PostgreSQL by URL) and the blob folder."""
 
 from flywheel.store.blobs import BlobStore, sha256
-from flywheel.store.db import Database, make_engine
+from flywheel.store.db import Database, make_engine, retry_locked
 from flywheel.store.queries import ensure_user
 
-__all__ = ["BlobStore", "Database", "ensure_user", "make_engine", "sha256"]
+__all__ = ["BlobStore", "Database", "ensure_user", "make_engine", "retry_locked", "sha256"]

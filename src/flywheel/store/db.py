@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -18,7 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from flywheel.errors import ConfigError
 
-__all__ = ["Database", "make_engine"]
+__all__ = ["Database", "make_engine", "retry_locked"]
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -32,6 +35,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def retry_locked(work: Callable[[], T], attempts: int = 8) -> T:
+    """Run a unit of work, again if SQLite says the database is locked or busy.
+
+    busy_timeout makes a writer wait for the lock, but in WAL mode a transaction that
+    read first and then writes fails at once when another process committed in
+    between ("database is locked"); a fresh try then succeeds. Several server workers
+    on one SQLite file meet this; PostgreSQL does not.
+    """
+    delay = 0.01
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except OperationalError as exc:
+            text = str(exc.orig).lower()
+            if attempt == attempts or not ("locked" in text or "busy" in text):
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    raise AssertionError("unreachable")
 
 
 def _hide_password(url: str) -> str:

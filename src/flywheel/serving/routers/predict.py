@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Header, UploadFile
 
 from flywheel.data import tabular_bytes
 from flywheel.project import PredictionResult
-from flywheel.serving.deps import MetricsDep, ProjectDep, require
+from flywheel.serving.deps import MetricsDep, PredictorDep, require
 from flywheel.serving.metrics import Metrics
 from flywheel.serving.schemas import FeaturesInput, PredictionPublic, TextInput
 from flywheel.tasks import Task
@@ -31,7 +31,6 @@ def _public(r: PredictionResult, metrics: Metrics) -> PredictionPublic:
     version = str(r.model_version)
     metrics.predictions.labels(version, r.label if r.label is not None else "value").inc()
     metrics.prediction_seconds.labels(version).observe(r.latency_ms / 1000.0)
-    metrics.production_version.set(r.model_version)
     return PredictionPublic(
         prediction_id=r.prediction_id,
         model_version=r.model_version,
@@ -53,34 +52,38 @@ def build_router(task: Task) -> APIRouter:
         what = "an image (PNG or JPEG)" if task.modality == "image" else "a WAV recording"
 
         @router.post("/v1/predict", summary=f"Predict from {what} ({task.name})", **kwargs)
-        def create_prediction(
-            project: ProjectDep,
+        async def create_prediction(
+            predictor: PredictorDep,
             metrics: MetricsDep,
             file: Annotated[UploadFile, File(description=f"{what[0].upper()}{what[1:]}.")],
             x_user_id: UserHeader = None,
         ) -> PredictionPublic:
-            return _public(project.predict(file.file.read(), user_id=x_user_id), metrics)
+            return _public(await predictor.predict(await file.read(), x_user_id), metrics)
 
     elif task.input == "text":
 
         @router.post("/v1/predict", summary=f"Classify a text ({task.name})", **kwargs)
-        def create_text_prediction(
-            project: ProjectDep, metrics: MetricsDep, body: TextInput, x_user_id: UserHeader = None
+        async def create_text_prediction(
+            predictor: PredictorDep,
+            metrics: MetricsDep,
+            body: TextInput,
+            x_user_id: UserHeader = None,
         ) -> PredictionPublic:
-            return _public(project.predict(body.text.encode("utf-8"), user_id=x_user_id), metrics)
+            result = await predictor.predict(body.text.encode("utf-8"), x_user_id)
+            return _public(result, metrics)
 
     else:
 
         @router.post(
             "/v1/predict", summary=f"Predict a value from features ({task.name})", **kwargs
         )
-        def create_value_prediction(
-            project: ProjectDep,
+        async def create_value_prediction(
+            predictor: PredictorDep,
             metrics: MetricsDep,
             body: FeaturesInput,
             x_user_id: UserHeader = None,
         ) -> PredictionPublic:
-            result = project.predict(tabular_bytes(body.features), user_id=x_user_id)
+            result = await predictor.predict(tabular_bytes(body.features), x_user_id)
             return _public(result, metrics)
 
     return router

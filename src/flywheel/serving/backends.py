@@ -1,0 +1,201 @@
+"""What runs a model version behind the server: one interface, three backends.
+
+- ``OnnxBackend`` (the default): the version's graph in ONNX Runtime. The graph is
+  exported once per version into its registry folder (``serving.onnx``) and checked
+  against torch before it serves; a graph that does not match falls back to torch.
+- ``TorchBackend``: eager PyTorch (the fallback, and the only one for models whose
+  export is not supported, e.g. the MiniLM text classifier).
+- ``FakeBackend``: for tests: fixed outputs, an optional delay, a record of batch sizes.
+
+Every backend takes a decoded batch and returns probabilities (classification) or
+values (regression), so the batcher and the routes do not care which one runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from flywheel.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flywheel.project import LoadedModel
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "FakeBackend",
+    "OnnxBackend",
+    "TorchBackend",
+    "load_backend",
+    "softmax",
+]
+
+log = logging.getLogger("flywheel.serving")
+
+BACKENDS = ("onnx", "torch")
+#: the serving graph must match torch this closely on a random batch
+PARITY_ATOL = 1e-4
+GRAPH_FILE = "serving.onnx"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+class Backend(Protocol):
+    """A model version ready to serve: decode inputs, run batches."""
+
+    name: str
+    version: int
+    labels: list[str]  # empty for regression
+
+    def decode(self, content: bytes) -> np.ndarray:
+        """One stored-form input (image/WAV bytes, UTF-8 text, features JSON) → model input."""
+        ...
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities [N, classes] or values [N] for a decoded batch."""
+        ...
+
+
+class TorchBackend:
+    """Eager PyTorch on the loaded version."""
+
+    name = "torch"
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.version = loaded.version
+        self.labels = loaded.labels
+
+    def decode(self, content: bytes) -> np.ndarray:
+        return self.loaded.decode(content)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.loaded.outputs(x)
+
+
+class OnnxBackend:
+    """ONNX Runtime on the version's exported graph; decoding as the version's codec does."""
+
+    name = "onnx"
+
+    def __init__(self, loaded: LoadedModel, session: Any) -> None:
+        self.loaded = loaded
+        self.version = loaded.version
+        self.labels = loaded.labels
+        self.session = session
+
+    def decode(self, content: bytes) -> np.ndarray:
+        return self.loaded.decode(content)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self.session.run(None, {"input": x})[0]
+        if not self.labels:
+            return out.reshape(-1)
+        return softmax(out)
+
+
+class FakeBackend:
+    """For tests: probabilities that name ``label`` (or one value), after ``delay_s``."""
+
+    name = "fake"
+
+    def __init__(
+        self,
+        version: int,
+        labels: list[str],
+        *,
+        label: str | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        self.version = version
+        self.labels = labels
+        self.label = label if label is not None else (labels[0] if labels else None)
+        self.delay_s = delay_s
+        self.batches: list[int] = []
+        self._lock = threading.Lock()
+
+    def decode(self, content: bytes) -> np.ndarray:
+        return np.frombuffer(content[:4].ljust(4, b"\0"), np.uint8).astype(np.float32)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.batches.append(len(x))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if not self.labels:
+            return np.full(len(x), float(self.version), np.float32)
+        out = np.zeros((len(x), len(self.labels)), np.float32)
+        out[:, self.labels.index(str(self.label))] = 1.0
+        return out
+
+
+def _onnx_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _export_once(loaded: LoadedModel, folder: Path) -> Path:
+    """The version's serving graph, exported on first use (atomic: workers may race)."""
+    from flywheel.export.onnx import write_graph
+
+    path = folder / GRAPH_FILE
+    if not path.exists():
+        tmp = folder / f".{GRAPH_FILE}.{os.getpid()}.{threading.get_ident()}"
+        example = np.zeros((1, *loaded.spec.input_shape), np.float32)
+        write_graph(loaded.model, example, tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def load_backend(
+    loaded: LoadedModel, kind: str, *, artifact_dir: Path, threads: int = 1
+) -> TorchBackend | OnnxBackend:
+    """The backend ``kind`` for a loaded version; ONNX falls back to torch (and says why)
+    when onnxruntime is missing, the architecture does not export, or the graph does
+    not match torch on a random batch."""
+    if kind not in BACKENDS:
+        raise ConfigError(f"serving_backend must be one of {', '.join(BACKENDS)}; got {kind!r}")
+    if kind == "torch":
+        return TorchBackend(loaded)
+    from flywheel.models import arch_info
+
+    why = ""
+    if not arch_info(loaded.spec.arch).onnx_check:
+        why = f"architecture {loaded.spec.arch!r} does not export to ONNX"
+    else:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            why = "onnxruntime is not installed (pip install 'flywheel-ml[onnx]')"
+    if not why:
+        try:
+            backend = OnnxBackend(
+                loaded, _onnx_session(_export_once(loaded, artifact_dir), threads)
+            )
+            x = np.random.default_rng(0).normal(size=(4, *loaded.spec.input_shape))
+            x = x.astype(np.float32)
+            want, got = loaded.outputs(x), backend.run(x)
+            diff = float(np.abs(want - got).max()) if got.size else 0.0
+            same = want.ndim == 1 or bool((want.argmax(1) == got.argmax(1)).all())
+            if diff <= PARITY_ATOL and same:
+                return backend
+            why = f"its ONNX graph differs from torch (max |diff| {diff:.3g})"
+        except Exception as exc:  # an export or runtime failure: torch still serves
+            why = f"ONNX export or load failed: {exc}"
+    log.warning("v%d is served by torch: %s", loaded.version, why)
+    return TorchBackend(loaded)

@@ -1,0 +1,186 @@
+"""Adaptive micro-batching: concurrent requests share one forward pass.
+
+One worker thread takes requests off a queue. It runs a batch as soon as it holds
+``max_batch`` requests, or when ``max_wait_s`` has passed since the oldest one came in.
+Under light load (the last batch held one request and nothing else is queued) it does
+not wait at all, so a lone request is never held back for company that is not coming.
+Each request is pinned to the backend (model version) it started with; a batch only
+mixes requests of the same backend, so a hot swap never changes a request's model.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flywheel.errors import FlywheelError, ModelError
+from flywheel.serving.backends import Backend
+
+__all__ = ["BatchResult", "MicroBatcher"]
+
+log = logging.getLogger("flywheel.serving")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's share of a batch."""
+
+    output: np.ndarray  # its row of probabilities, or a 0-d value
+    backend: Backend
+    batch_size: int
+    queued_s: float  # from submit to the start of its batch
+    run_s: float  # the batch's decode + forward time
+
+
+@dataclass
+class _Item:
+    backend: Backend
+    content: bytes
+    future: Future[Any]
+    context: Any
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+# Called in the worker thread with (item context, result); what it returns resolves the
+# request's future. The place to log the prediction: queued before the client hears.
+OnResult = Callable[[Any, BatchResult], Any]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        *,
+        max_batch: int = 32,
+        max_wait_s: float = 0.002,
+        on_result: OnResult | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.max_batch = max_batch
+        self.max_wait_s = max(0.0, max_wait_s)
+        self.on_result = on_result
+        self.on_batch = on_batch
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._last_size = 1
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="flywheel-batcher", daemon=True)
+        self._thread.start()
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, backend: Backend, content: bytes, context: Any = None) -> Future[Any]:
+        """Queue one input; the future resolves to ``on_result(context, BatchResult)``
+        (the BatchResult itself without ``on_result``) or to the input's error."""
+        fut: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                raise ModelError("the server is shutting down")
+            self._queue.put(_Item(backend, content, fut, context))
+        return fut
+
+    def close(self) -> None:
+        """Run what is queued, then stop the worker."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+
+    # -- the worker ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = self._gather(first)
+            self._run(batch)
+            if stop:
+                # Drain what came in before the sentinel (submit refuses after close).
+                rest: list[_Item] = []
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        rest.append(item)
+                for i in range(0, len(rest), self.max_batch):
+                    self._run(rest[i : i + self.max_batch])
+                return
+
+    def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
+        batch = [first]
+        deadline = first.submitted + self.max_wait_s
+        # Light load: the last batch was a lone request; do not wait for company.
+        patient = self._last_size > 1
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.perf_counter()
+                if not patient or remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self, items: list[_Item]) -> None:
+        self._last_size = len(items)
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        # Requests pinned to different versions (a swap mid-queue) run separately.
+        groups: dict[int, list[_Item]] = {}
+        for it in items:
+            groups.setdefault(id(it.backend), []).append(it)
+        for group in groups.values():
+            self._run_group(group)
+
+    def _run_group(self, items: list[_Item]) -> None:
+        started = time.perf_counter()
+        backend = items[0].backend
+        ok: list[_Item] = []
+        rows: list[np.ndarray] = []
+        for it in items:
+            try:
+                rows.append(backend.decode(it.content))
+                ok.append(it)
+            except FlywheelError as exc:  # this input is bad; the others still run
+                it.future.set_exception(exc)
+            except Exception as exc:  # an unreadable input must not take the batch down
+                it.future.set_exception(exc)
+        if not ok:
+            return
+        try:
+            out = backend.run(np.stack(rows))
+        except Exception as exc:
+            log.exception("a batch of %d failed on v%d", len(ok), backend.version)
+            for it in ok:
+                it.future.set_exception(exc)
+            return
+        run_s = time.perf_counter() - started
+        for k, it in enumerate(ok):
+            result = BatchResult(out[k], backend, len(ok), started - it.submitted, run_s)
+            try:
+                answer = result if self.on_result is None else self.on_result(it.context, result)
+            except Exception as exc:
+                it.future.set_exception(exc)
+                continue
+            it.future.set_result(answer)

@@ -1,0 +1,152 @@
+"""Logging predictions off the hot path: a bounded queue and one writer thread.
+
+``put`` blocks while the queue is full: back-pressure reaches the batcher (and so the
+clients) instead of memory growing without bound. The writer commits rows in batches
+(one transaction each), retrying a busy or unreachable database; ``close`` flushes
+what is queued. Until its row is committed a prediction is *pending*: feedback about
+it waits for the commit (``wait_written``) rather than answering 404. Rows that
+cannot be written by the time the server stops are spilled to a JSON-lines file,
+never dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PredictionWriter"]
+
+log = logging.getLogger("flywheel.serving")
+
+WriteFn = Callable[[Sequence[dict[str, Any]]], None]
+
+
+class PredictionWriter:
+    def __init__(
+        self,
+        write: WriteFn,
+        *,
+        max_queue: int = 10_000,
+        batch_rows: int = 512,
+        spill_dir: Path | None = None,
+        on_written: Callable[[int], None] | None = None,
+    ) -> None:
+        self._write = write
+        self.batch_rows = batch_rows
+        self.spill_dir = spill_dir
+        self.on_written = on_written
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self._pending: set[str] = set()
+        self._cond = threading.Condition()
+        self._closing = False
+        self.queued = 0
+        self.written = 0
+        self.spilled = 0
+        self._thread = threading.Thread(target=self._loop, name="flywheel-writer", daemon=True)
+        self._thread.start()
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, row: dict[str, Any]) -> None:
+        """Queue one prediction row (``row["id"]`` its id); blocks while the queue is full."""
+        with self._cond:
+            self._pending.add(row["id"])
+            self.queued += 1
+        self._queue.put(row)
+
+    def is_pending(self, prediction_id: str) -> bool:
+        with self._cond:
+            return prediction_id in self._pending
+
+    def wait_written(self, prediction_id: str, timeout: float = 30.0) -> bool:
+        """Wait until the prediction's row is committed; False if it is not by ``timeout``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: prediction_id not in self._pending, timeout)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every row queued before this call is committed (or spilled)."""
+        with self._cond:
+            target = self.queued
+            return self._cond.wait_for(lambda: self.written + self.spilled >= target, timeout)
+
+    def close(self) -> None:
+        """Write everything queued, then stop."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            rows = [first]
+            while len(rows) < self.batch_rows:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                rows.append(nxt)
+            self._commit(rows)
+
+    def _commit(self, rows: list[dict[str, Any]]) -> None:
+        delay = 0.05
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._write(rows)
+                done = "written"
+                break
+            except Exception as exc:
+                if self._closing and attempt >= 5:
+                    self._spill(rows, exc)
+                    done = "spilled"
+                    break
+                log.warning("could not log %d predictions (try %d): %s", len(rows), attempt, exc)
+                time.sleep(delay)  # back off: the database is busy or away
+                delay = min(delay * 2, 2.0)
+        if done == "written" and self.on_written is not None:
+            self.on_written(len(rows))
+        with self._cond:
+            if done == "written":
+                self.written += len(rows)
+            else:
+                self.spilled += len(rows)
+            self._pending.difference_update(r["id"] for r in rows)
+            self._cond.notify_all()
+
+    def _spill(self, rows: list[dict[str, Any]], exc: Exception) -> None:
+        if self.spill_dir is None:
+            log.error("lost %d prediction rows at shutdown: %s", len(rows), exc)
+            return
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spill_dir / f"predictions-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+        with path.open("a") as f:
+            for r in rows:
+                plain = {
+                    k: base64.b64encode(v).decode() if isinstance(v, bytes) else v
+                    for k, v in r.items()
+                }
+                f.write(json.dumps(plain, default=str) + "\n")
+        log.error(
+            "the database refused %d prediction rows at shutdown (%s): kept in %s",
+            len(rows),
+            exc,
+            path,
+        )

@@ -1,0 +1,190 @@
+"""The serving path's parts: micro-batching, the bounded prediction log, backends."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from flywheel.errors import InputError
+from flywheel.serving.backends import FakeBackend, load_backend
+from flywheel.serving.batching import BatchResult, MicroBatcher
+from flywheel.serving.writer import PredictionWriter
+
+
+class Gate:
+    """A backend wrapper whose first run waits until released (queues build up behind it)."""
+
+    def __init__(self, inner: FakeBackend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.version = inner.version
+        self.labels = inner.labels
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def decode(self, content: bytes) -> np.ndarray:
+        if content == b"bad":
+            raise InputError("unreadable input")
+        return self.inner.decode(content)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        assert self.release.wait(30)
+        return self.inner.run(x)
+
+
+def test_requests_queued_behind_a_busy_model_share_one_batch() -> None:
+    gate = Gate(FakeBackend(1, ["a", "b"], label="b"))
+    batcher = MicroBatcher(max_batch=8, max_wait_s=0.0)
+    first = batcher.submit(gate, b"x0")
+    assert gate.entered.wait(30)  # the lone first request runs at once, alone
+    rest = [batcher.submit(gate, f"x{i}".encode()) for i in range(1, 12)]
+    gate.release.set()
+    results = [f.result(30) for f in [first, *rest]]
+    batcher.close()
+    # 1 alone, then the 11 that queued meanwhile in batches of at most 8.
+    assert gate.inner.batches == [1, 8, 3]
+    assert [r.batch_size for r in results] == [1] + [8] * 8 + [3] * 3
+    assert all(isinstance(r, BatchResult) and r.output.argmax() == 1 for r in results)
+
+
+def test_a_lone_request_is_not_held_for_company() -> None:
+    backend = FakeBackend(1, ["a"])
+    # A minute's wait allowed: a lone request under light load must not use it.
+    batcher = MicroBatcher(max_batch=32, max_wait_s=60.0)
+    for _ in range(3):
+        assert batcher.submit(backend, b"x").result(timeout=20).batch_size == 1
+    batcher.close()
+
+
+def test_a_batch_never_mixes_model_versions_and_a_bad_input_fails_alone() -> None:
+    old = Gate(FakeBackend(1, ["a", "b"], label="a"))
+    new = FakeBackend(2, ["a", "b"], label="b")
+    batcher = MicroBatcher(max_batch=64, max_wait_s=0.0)
+    blocker = batcher.submit(old, b"x")
+    assert old.entered.wait(30)
+    mixed: list[tuple[int, Future[Any]]] = []
+    for i in range(10):
+        backend = old if i % 2 else new
+        mixed.append((backend.version, batcher.submit(backend, b"bad" if i == 3 else b"ok")))
+    old.release.set()
+    blocker.result(30)
+    for i, (version, fut) in enumerate(mixed):
+        if i == 3:
+            with pytest.raises(InputError, match="unreadable"):
+                fut.result(30)
+            continue
+        r = fut.result(30)
+        assert r.backend.version == version  # each request ran on the model it started with
+        assert r.output.argmax() == (0 if version == 1 else 1)
+    batcher.close()
+    assert sum(old.inner.batches) == 1 + 4  # five old-version requests, one of them bad
+    assert sum(new.batches) == 5
+
+
+def test_close_runs_what_is_queued_and_then_refuses() -> None:
+    gate = Gate(FakeBackend(1, ["a"]))
+    batcher = MicroBatcher(max_batch=4, max_wait_s=0.0)
+    futs = [batcher.submit(gate, b"x") for _ in range(9)]
+    assert gate.entered.wait(30)
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    gate.release.set()
+    closer.join(30)
+    assert all(f.result(0).batch_size >= 1 for f in futs)
+    with pytest.raises(Exception, match="shutting down"):
+        batcher.submit(gate, b"x")
+
+
+def _rows(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"id": f"p{i}", "content": b"\x00\x01"} for i in range(start, start + n)]
+
+
+def test_the_log_queue_pushes_back_instead_of_growing() -> None:
+    release = threading.Event()
+    written: list[str] = []
+    seen_depth: list[int] = []
+
+    def write(rows: Sequence[dict[str, Any]]) -> None:
+        assert release.wait(30)
+        written.extend(r["id"] for r in rows)
+
+    writer = PredictionWriter(write, max_queue=3, batch_rows=2)
+    writer.put(_rows(1)[0])  # taken by the writer, which then blocks in write()
+    while writer.depth() or not writer.is_pending("p0"):
+        pass
+    for row in _rows(3, 1):  # fills the queue
+        writer.put(row)
+    producer = threading.Thread(target=lambda: [writer.put(r) for r in _rows(4, 4)])
+    producer.start()
+    producer.join(0.2)
+    # The producer is held at the full queue, not buffering without bound.
+    assert producer.is_alive()
+    seen_depth.append(writer.depth())
+    assert seen_depth == [3]
+    assert writer.is_pending("p3") and not writer.is_pending("p7")
+    release.set()
+    producer.join(30)
+    writer.close()
+    assert sorted(written, key=lambda s: int(s[1:])) == [f"p{i}" for i in range(8)]
+    assert writer.written == 8 and writer.depth() == 0
+    assert not writer.is_pending("p7")
+
+
+def test_a_reader_waits_for_a_pending_row_and_flush_waits_for_all() -> None:
+    release = threading.Event()
+    written: list[str] = []
+
+    def write(rows: Sequence[dict[str, Any]]) -> None:
+        assert release.wait(30)
+        written.extend(r["id"] for r in rows)
+
+    writer = PredictionWriter(write, max_queue=100)
+    for row in _rows(5):
+        writer.put(row)
+    assert writer.wait_written("p4", timeout=0.05) is False  # still queued
+    assert writer.wait_written("unknown", timeout=0.05) is True  # never pending
+    release.set()
+    assert writer.wait_written("p4", timeout=30) is True
+    assert "p4" in written
+    assert writer.flush(timeout=30) and writer.written == 5
+    writer.close()
+
+
+def test_rows_the_database_refuses_at_shutdown_are_spilled_not_lost(tmp_path: Path) -> None:
+    def write(rows: Sequence[dict[str, Any]]) -> None:
+        raise RuntimeError("database is away")
+
+    writer = PredictionWriter(write, spill_dir=tmp_path / "spill")
+    for row in _rows(3):
+        writer.put(row)
+    writer.close()  # at shutdown: a few more tries, then the rows go to a file
+    assert writer.spilled == 3 and writer.written == 0
+    lines = [
+        json.loads(line)
+        for f in sorted((tmp_path / "spill").glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    assert [r["id"] for r in lines] == ["p0", "p1", "p2"]
+    assert lines[0]["content"] == "AAE="  # the input, base64
+
+
+def test_onnx_backend_matches_torch_and_caches_its_graph(project: Any) -> None:
+    loaded = project.serving_model()
+    folder = Path(project.version_info(loaded.version).artifact_dir)
+    onnx = load_backend(loaded, "onnx", artifact_dir=folder)
+    assert onnx.name == "onnx"
+    assert (folder / "serving.onnx").is_file()
+    x = np.random.default_rng(1).normal(size=(5, *loaded.spec.input_shape)).astype(np.float32)
+    np.testing.assert_allclose(onnx.run(x), loaded.outputs(x), atol=1e-4)
+    torch_backend = load_backend(loaded, "torch", artifact_dir=folder)
+    assert torch_backend.name == "torch"
+    with pytest.raises(Exception, match="serving_backend must be one of onnx, torch"):
+        load_backend(loaded, "tensorrt", artifact_dir=folder)
