@@ -62,6 +62,9 @@ def test_predict_returns_label_probabilities_and_logs_the_call(
     assert sorted(body["probabilities"], key=int) == LABELS
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    # The call is logged by the server's background writer: wait for its commit.
+    assert project.prediction_log is not None
+    assert project.prediction_log.wait_written(body["prediction_id"])
     with project.db.session() as s:
         row = s.get(Prediction, body["prediction_id"])
         assert row is not None
