@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 from torch import nn
 
@@ -1546,24 +1546,27 @@ class Project:
         """
         digests = [self.blobs.put(r["content"]) for r in rows]
 
+        values = [
+            {
+                "id": r["id"],
+                "model_version": r["model_version"],
+                "user_id": r["user_id"],
+                "input_hash": digest,
+                "label": r["label"],
+                "value": r["value"],
+                "probabilities": r["probabilities"],
+                "latency_ms": r["latency_ms"],
+                "created_at": r["created_at"],
+            }
+            for r, digest in zip(rows, digests, strict=True)
+        ]
+
         def write() -> None:
             with self.db.session() as s:
                 for user_id in sorted({r["user_id"] for r in rows if r["user_id"]}):
                     ensure_user(s, user_id)
-                s.add_all(
-                    Prediction(
-                        id=r["id"],
-                        model_version=r["model_version"],
-                        user_id=r["user_id"],
-                        input_hash=digest,
-                        label=r["label"],
-                        value=r["value"],
-                        probabilities=r["probabilities"],
-                        latency_ms=r["latency_ms"],
-                        created_at=r["created_at"],
-                    )
-                    for r, digest in zip(rows, digests, strict=True)
-                )
+                # One multi-row INSERT (Core, not the ORM's unit of work): the log's cost.
+                s.execute(insert(Prediction), values)
 
         retry_locked(write)
 

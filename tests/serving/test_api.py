@@ -89,9 +89,24 @@ def test_predict_rejects_an_empty_file(client: TestClient) -> None:
 def test_predict_without_a_file_names_the_missing_field(client: TestClient) -> None:
     r = client.post("/v1/predict")
     assert r.status_code == 422
-    (err,) = r.json()["detail"]
-    assert err["loc"] == ["body", "file"]
-    assert err["msg"] == "Field required"
+    assert r.json()["detail"].startswith("the request holds no file: send it as a multipart")
+    r = client.post("/v1/predict", files={"other": ("x.png", digit_png(0), "image/png")})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "the multipart body has no file field named 'file'"
+    r = client.post("/v1/predict", content=b"", headers={"Content-Type": "image/png"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "the image is empty (0 bytes)"
+
+
+def test_predict_takes_the_raw_image_as_the_body(client: TestClient, project: Project) -> None:
+    raw = client.post("/v1/predict", content=digit_png(7), headers={"Content-Type": "image/png"})
+    multipart = client.post("/v1/predict", files={"file": ("d.png", digit_png(7), "image/png")})
+    assert raw.status_code == multipart.status_code == 200
+    assert raw.json()["probabilities"] == multipart.json()["probabilities"]
+    schema = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]
+    assert {"multipart/form-data", "image/png", "application/octet-stream"} <= set(
+        schema["requestBody"]["content"]
+    )
 
 
 def test_predict_rejects_a_bad_user_id(client: TestClient) -> None:

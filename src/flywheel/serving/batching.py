@@ -10,6 +10,8 @@ mixes requests of the same backend, so a hot swap never changes a request's mode
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.errors import FlywheelError, ModelError
+from flywheel.errors import ModelError
 from flywheel.serving.backends import Backend
 
 __all__ = ["BatchResult", "MicroBatcher"]
@@ -44,9 +46,20 @@ class BatchResult:
 class _Item:
     backend: Backend
     content: bytes
-    future: Future[Any]
+    future: Future[Any] | asyncio.Future[Any]
     context: Any
+    loop: asyncio.AbstractEventLoop | None = None  # set: an asyncio future of that loop
     submitted: float = field(default_factory=time.perf_counter)
+
+
+def _settle(outcomes: list[tuple[_Item, bool, Any]]) -> None:
+    for item, ok, value in outcomes:
+        if item.future.done():  # the request was cancelled (client gone)
+            continue
+        if ok:
+            item.future.set_result(value)
+        else:
+            item.future.set_exception(value)
 
 
 # Called in the worker thread with (item context, result); what it returns resolves the
@@ -83,11 +96,22 @@ class MicroBatcher:
         """Queue one input; the future resolves to ``on_result(context, BatchResult)``
         (the BatchResult itself without ``on_result``) or to the input's error."""
         fut: Future[Any] = Future()
+        self._put(_Item(backend, content, fut, context))
+        return fut
+
+    async def run(self, backend: Backend, content: bytes, context: Any = None) -> Any:
+        """``submit`` for a coroutine: the answer, with one wake-up of the event loop
+        per batch (not one per request)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._put(_Item(backend, content, fut, context, loop))
+        return await fut
+
+    def _put(self, item: _Item) -> None:
         with self._lock:
             if self._closed:
                 raise ModelError("the server is shutting down")
-            self._queue.put(_Item(backend, content, fut, context))
-        return fut
+            self._queue.put(item)
 
     def close(self) -> None:
         """Run what is queued, then stop the worker."""
@@ -156,31 +180,43 @@ class MicroBatcher:
     def _run_group(self, items: list[_Item]) -> None:
         started = time.perf_counter()
         backend = items[0].backend
+        outcomes: list[tuple[_Item, bool, Any]] = []
         ok: list[_Item] = []
         rows: list[np.ndarray] = []
         for it in items:
             try:
                 rows.append(backend.decode(it.content))
                 ok.append(it)
-            except FlywheelError as exc:  # this input is bad; the others still run
-                it.future.set_exception(exc)
-            except Exception as exc:  # an unreadable input must not take the batch down
-                it.future.set_exception(exc)
-        if not ok:
-            return
-        try:
-            out = backend.run(np.stack(rows))
-        except Exception as exc:
-            log.exception("a batch of %d failed on v%d", len(ok), backend.version)
-            for it in ok:
-                it.future.set_exception(exc)
-            return
-        run_s = time.perf_counter() - started
-        for k, it in enumerate(ok):
-            result = BatchResult(out[k], backend, len(ok), started - it.submitted, run_s)
+            except Exception as exc:  # this input is bad; the others still run
+                outcomes.append((it, False, exc))
+        if ok:
             try:
-                answer = result if self.on_result is None else self.on_result(it.context, result)
+                out = backend.run(np.stack(rows))
             except Exception as exc:
-                it.future.set_exception(exc)
-                continue
-            it.future.set_result(answer)
+                log.exception("a batch of %d failed on v%d", len(ok), backend.version)
+                outcomes += [(it, False, exc) for it in ok]
+            else:
+                run_s = time.perf_counter() - started
+                for k, it in enumerate(ok):
+                    result = BatchResult(out[k], backend, len(ok), started - it.submitted, run_s)
+                    try:
+                        answer = (
+                            result if self.on_result is None else self.on_result(it.context, result)
+                        )
+                    except Exception as exc:
+                        outcomes.append((it, False, exc))
+                    else:
+                        outcomes.append((it, True, answer))
+        # Thread futures settle here; asyncio futures in one call per event loop.
+        by_loop: dict[int, list[tuple[_Item, bool, Any]]] = {}
+        loops: dict[int, asyncio.AbstractEventLoop] = {}
+        for outcome in outcomes:
+            loop = outcome[0].loop
+            if loop is None:
+                _settle([outcome])
+            else:
+                by_loop.setdefault(id(loop), []).append(outcome)
+                loops[id(loop)] = loop
+        for key, group in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+                loops[key].call_soon_threadsafe(_settle, group)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
 from flywheel.errors import AuthError, ModelError
 from flywheel.project import Project
@@ -17,24 +18,24 @@ from flywheel.settings import Settings
 __all__ = ["MetricsDep", "PredictorDep", "ProjectDep", "RunnerDep", "require"]
 
 
-def get_project(request: Request) -> Project:
+async def get_project(request: Request) -> Project:
     project: Project = request.app.state.project
     return project
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     predictor: Predictor | None = getattr(request.app.state, "predictor", None)
     if predictor is None:
         raise ModelError("the server is not started (run the app with its lifespan)")
     return predictor
 
 
-def get_runner(request: Request) -> JobRunner:
+async def get_runner(request: Request) -> JobRunner:
     runner: JobRunner = request.app.state.runner
     return runner
 
@@ -56,13 +57,15 @@ def _open(settings: Settings, scope: str) -> bool:
     }.get(scope, False)
 
 
-def require(scope: str) -> Callable[[Request, Project], None]:
+def require(scope: str) -> Callable[[Request, Project], Awaitable[None]]:
     """A dependency that lets the request through only with a key of ``scope``.
 
     ``read`` (model list, stats) accepts a key of any scope.
     """
 
-    def check(request: Request, project: ProjectDep) -> None:
+    # async, so that an open route costs no trip through the thread pool; the key lookup
+    # (a database read) runs in the pool.
+    async def check(request: Request, project: ProjectDep) -> None:
         if _open(project.settings, scope):
             return
         header = request.headers.get("authorization", "")
@@ -75,7 +78,9 @@ def require(scope: str) -> Callable[[Request, Project], None]:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         try:
-            project.authenticate(key.strip(), None if scope == "read" else scope)
+            await run_in_threadpool(
+                project.authenticate, key.strip(), None if scope == "read" else scope
+            )
         except AuthError as exc:
             if exc.missing_scope is not None:
                 raise HTTPException(status_code=403, detail=str(exc)) from None

@@ -11,7 +11,6 @@ log.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -101,8 +100,9 @@ class Predictor:
         user_id = check_user_id(user_id)
         backend = self.backend
         started = time.perf_counter()
-        fut = self.batcher.submit(backend, content, (content, user_id, started))
-        result: PredictionResult = await asyncio.wrap_future(fut)
+        result: PredictionResult = await self.batcher.run(
+            backend, content, (content, user_id, started)
+        )
         return result
 
     def _log(self, context: Any, r: BatchResult) -> PredictionResult:

@@ -2,7 +2,8 @@
 
 ``put`` blocks while the queue is full: back-pressure reaches the batcher (and so the
 clients) instead of memory growing without bound. The writer commits rows in batches
-(one transaction each), retrying a busy or unreachable database; ``close`` flushes
+(one transaction each, gathering rows for up to ``linger_s`` unless someone waits for
+them), retrying a busy or unreachable database; ``close`` flushes
 what is queued. Until its row is committed a prediction is *pending*: feedback about
 it waits for the commit (``wait_written``) rather than answering 404. Rows that
 cannot be written by the time the server stops are spilled to a JSON-lines file,
@@ -12,6 +13,7 @@ never dropped.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import queue
@@ -26,6 +28,7 @@ __all__ = ["PredictionWriter"]
 log = logging.getLogger("flywheel.serving")
 
 WriteFn = Callable[[Sequence[dict[str, Any]]], None]
+_NUDGE = object()
 
 
 class PredictionWriter:
@@ -35,14 +38,16 @@ class PredictionWriter:
         *,
         max_queue: int = 10_000,
         batch_rows: int = 512,
+        linger_s: float = 0.02,
         spill_dir: Path | None = None,
         on_written: Callable[[int], None] | None = None,
     ) -> None:
         self._write = write
         self.batch_rows = batch_rows
+        self.linger_s = linger_s
         self.spill_dir = spill_dir
         self.on_written = on_written
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._pending: set[str] = set()
         self._cond = threading.Condition()
         self._closing = False
@@ -69,13 +74,26 @@ class PredictionWriter:
     def wait_written(self, prediction_id: str, timeout: float = 30.0) -> bool:
         """Wait until the prediction's row is committed; False if it is not by ``timeout``."""
         with self._cond:
+            if prediction_id not in self._pending:
+                return True
+        self._nudge()
+        with self._cond:
             return self._cond.wait_for(lambda: prediction_id not in self._pending, timeout)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every row queued before this call is committed (or spilled)."""
         with self._cond:
             target = self.queued
+            if self.written + self.spilled >= target:
+                return True
+        self._nudge()
+        with self._cond:
             return self._cond.wait_for(lambda: self.written + self.spilled >= target, timeout)
+
+    def _nudge(self) -> None:
+        """Someone waits for a row: commit what is gathered now, without lingering."""
+        with contextlib.suppress(queue.Full):  # a full queue: the writer is not lingering
+            self._queue.put_nowait(_NUDGE)
 
     def close(self) -> None:
         """Write everything queued, then stop."""
@@ -92,15 +110,29 @@ class PredictionWriter:
             first = self._queue.get()
             if first is None:
                 break
+            if first is _NUDGE:
+                continue
             rows = [first]
+            # Linger a moment for more rows: one commit for many predictions. A nudge
+            # (a reader waiting), a full batch or the stop sentinel ends it at once.
+            deadline = time.monotonic() + self.linger_s
             while len(rows) < self.batch_rows:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        nxt = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if nxt is None:
                     stop = True
                     break
+                if nxt is _NUDGE:
+                    deadline = 0.0
+                    continue
                 rows.append(nxt)
             self._commit(rows)
 
