@@ -188,3 +188,25 @@ def test_onnx_backend_matches_torch_and_caches_its_graph(project: Any) -> None:
     assert torch_backend.name == "torch"
     with pytest.raises(Exception, match="serving_backend must be one of onnx, torch"):
         load_backend(loaded, "tensorrt", artifact_dir=folder)
+
+
+def test_the_app_serves_any_backend_behind_the_predictor_interface(project: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from flywheel.serving import create_app
+    from tests.factories import digit_png
+
+    labels = [str(d) for d in range(10)]
+    fake = FakeBackend(1, labels, label="4")  # standing in for v1, whatever v1 says
+    with TestClient(create_app(project.settings, project, backend=fake)) as c:
+        r = c.post("/v1/predict", files={"file": ("d.png", digit_png(0), "image/png")})
+        assert r.status_code == 200
+        body = r.json()
+        assert (body["label"], body["model_version"]) == ("4", 1)
+        assert body["probabilities"]["4"] == 1.0
+        assert fake.batches == [1]
+        assert project.prediction_log.wait_written(body["prediction_id"])
+        metrics = c.get("/metrics").text
+        assert 'flywheel_predictions_total{label="4",model_version="1"} 1.0' in metrics
+        assert "flywheel_batch_size_count 1.0" in metrics
+    assert not (project.settings.project_dir / "spill").exists()  # the row was committed
