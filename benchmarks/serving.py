@@ -1,23 +1,33 @@
 """Load on the HTTP server over loopback: flywheel's predict and feedback against baselines.
 
-    .venv/bin/python benchmarks/serving.py [--duration 5] [--json results.json]  # ~4 min
+    .venv/bin/python benchmarks/serving.py [--duration 5] [--json results.json]  # ~5 min
     .venv/bin/python benchmarks/serving.py --quick                    # a smoke run (~2 min)
     .venv/bin/python benchmarks/serving.py --serve-args "--workers 2"  # options of `flywheel serve`
 
 Needs `wrk` on PATH (Debian: `apt-get install -y wrk`). wrk runs with one thread and
 keep-alive connections; each cell is `--duration` seconds after a `--warmup` run, at 1, 8,
 32 and 128 concurrent connections. Every server is a subprocess bound to 127.0.0.1 on a
-free port, ready once its health route answers, and killed at the end. Arms, all in one
-run:
+free port, ready once its health route answers and its processes have gone idle (every
+worker loaded), and killed at the end; warnings and errors in its log are printed then.
+The versions of python, uvicorn, uvloop, httptools and onnxruntime are printed first
+(uvicorn picks uvloop and httptools by itself when they are installed, for every arm run
+under it). Arms, all in one run:
 
 - ``noop``: the ceiling of the stack: FastAPI + uvicorn (flywheel's uvicorn settings, one
   worker), an ``async`` route that ignores the body; wrk sends it the same uploads.
+- ``noop-w2``: the same app under `uvicorn.run(..., workers=2)` (otherwise the same
+  settings): the ceiling of ``predict-w2``.
 - ``naive``: FastAPI + eager PyTorch: the same PNG upload decoded with Pillow, one forward
   per request, no batching, no logging; the production weights of the digits project,
   loaded with `flywheel.registry.load_artifact`.
 - ``predict``: `flywheel serve --project DIR --port P [--serve-args]` (logging on: blob,
   prediction row, metrics) on a digits project (the digits default, ``seed_cnn`` at 8x8)
   trained for `--epochs`; `POST /v1/predict` with 8x8 digit PNGs (256 taken in turn).
+- ``predict-raw``: the same server and images, each PNG sent as the whole body
+  (``Content-Type: image/png``, no multipart).
+- ``predict-w2``: as ``predict`` (multipart), on `flywheel serve ... --workers 2` (after
+  `--serve-args`, so it wins), started once the 1-worker server has stopped. wrk's thread
+  takes a core of its own: on a 2-core machine the two workers share what is left.
 - ``cifar``: the same on a ``seed_cnn`` project over cifar10-mini/train (`--cifar-epochs`),
   sent 32x32 JPEGs of its test split (read as 64x64 RGB); skipped with the reason when
   ../shared/datasets/cifar10-mini is absent.
@@ -36,15 +46,19 @@ predict at half its best req/s. wrk cannot hold a rate (wrk2 is not packaged), s
 paces requests itself from its Lua script (`delay()`, a shared schedule of 1/R seconds per
 request over max(32, the best cell's) connections; latency counted from the actual send, so
 not corrected for coordinated omission); the p99 of the concurrency whose req/s is closest
-to half the best is printed beside it. `--keep DIR` keeps projects, Lua scripts and server
-logs; `--arms` runs a subset.
+to half the best is printed beside it. The 2-worker configuration is reported beside
+those targets, not in place of them: predict-w2 / noop-w2 and predict-w2 / naive at 32
+connections (naive stays one worker), held to the 1-worker figures for reference only.
+`--keep DIR` keeps projects, Lua scripts and server logs; `--arms` runs a subset.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -69,8 +83,21 @@ CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-mini"
 FLYWHEEL = Path(sys.executable).parent / "flywheel"
 HOST = "127.0.0.1"
 BOUNDARY = "flywheel-bench-7d1c"
-ARMS = ("noop", "naive", "predict", "cifar", "feedback", "bentoml")
+ARMS = (
+    "noop",
+    "noop-w2",
+    "naive",
+    "predict",
+    "predict-raw",
+    "predict-w2",
+    "cifar",
+    "feedback",
+    "bentoml",
+)
 TARGETS = {"predict_over_noop": 0.5, "predict_over_naive": 3.0, "feedback_over_noop": 0.4}
+#: the 2-worker ratios, held to the 1-worker targets for reference (not targets themselves)
+W2_REFERENCE = {"w2_predict_over_noop_w2": 0.5, "w2_predict_over_naive": 3.0}
+WORKERS_W2 = 2
 
 
 # -- the servers the baselines run (this file, started again as a subprocess) -----------
@@ -137,6 +164,21 @@ def naive_app(model_dir: Path) -> FastAPI:
 def run_child(kind: str, port: int, model_dir: str | None) -> None:
     import uvicorn
 
+    if kind == "noop-w2":
+        # As flywheel.serving.server.serve with --workers: an import string (this file, as a
+        # module of its folder) and a factory, one socket shared by the worker processes.
+        here = Path(__file__).resolve()
+        uvicorn.run(
+            f"{here.stem}:noop_app",
+            factory=True,
+            app_dir=str(here.parent),
+            host=HOST,
+            port=port,
+            workers=WORKERS_W2,
+            log_level="warning",
+            lifespan="on",
+        )
+        return
     app = noop_app() if kind == "noop" else naive_app(Path(str(model_dir)))
     # The settings of flywheel.serving.server._config.
     config = uvicorn.Config(app, host=HOST, port=port, log_level="warning", lifespan="on")
@@ -227,6 +269,51 @@ def stop(server: Server) -> None:
             continue
 
 
+def group_cpu(pgid: int) -> tuple[int, float]:
+    """The processes of a process group and the CPU seconds they have used (from /proc)."""
+    n, ticks = 0, 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After "pid (comm)": state ppid pgrp ... utime (11) stime (12), in clock ticks.
+        if len(fields) > 12 and int(fields[2]) == pgid:
+            n += 1
+            ticks += int(fields[11]) + int(fields[12])
+    return n, ticks / os.sysconf("SC_CLK_TCK")
+
+
+def settle(server: Server, timeout: float = 60.0) -> str:
+    """Wait until the server's processes are idle: with several workers one answering the
+    health route does not mean the others have loaded."""
+    pgid = server.proc.pid
+    t0 = time.monotonic()
+    n, cpu = group_cpu(pgid)
+    quiet = 0
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.5)
+        n, now = group_cpu(pgid)
+        quiet = quiet + 1 if now - cpu < 0.03 else 0
+        cpu = now
+        if quiet >= 2:
+            return f"{n} processes, idle"
+    return f"{n} processes, still busy after {timeout:.0f}s"
+
+
+def log_problems(server: Server) -> None:
+    """Print the warnings and errors a server logged (the scratch folder goes away)."""
+    try:
+        lines = server.log.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    bad = [ln for ln in lines if re.search(r"WARNING|ERROR|CRITICAL|Traceback|Error:", ln)]
+    if bad:
+        print(f"  {server.name} log: {len(bad)} warning/error lines of {len(lines)}; last:")
+        for ln in bad[-5:]:
+            print(f"    {ln[:200]}")
+
+
 class StartError(RuntimeError):
     def __init__(self, message: str, returncode: int | None = None) -> None:
         super().__init__(message)
@@ -304,9 +391,11 @@ def serving(
         time.sleep(retry_after)
         server = start(name, cmd, port, logs, health, env, cwd, timeout)
     try:
+        print(f"  {name} ready: {settle(server)}", flush=True)
         yield server
     finally:
         stop(server)
+        log_problems(server)
 
 
 def first_line(exc: BaseException) -> str:
@@ -358,6 +447,15 @@ class Requests:
             raise ValueError("no images to send")
         bodies = [multipart(i, filename) for i in images]
         return cls(path, f"multipart/form-data; boundary={BOUNDARY}", bodies)
+
+    @classmethod
+    def raw(
+        cls, images: Sequence[bytes], path: str = "/v1/predict", content_type: str = "image/png"
+    ) -> Requests:
+        """Each image as the whole body (no multipart)."""
+        if not images:
+            raise ValueError("no images to send")
+        return cls(path, content_type, list(images))
 
 
 LUA = r"""-- generated by benchmarks/serving.py
@@ -528,7 +626,7 @@ def sweep(
     for c in connections:
         cell = wrk(url, script, c, duration)
         arm.cells.append(cell)
-        print(f"  {arm.name:<9}{c:>5} conns {cell.rps:>9.1f} req/s  p99 {cell.p99_ms:.1f} ms")
+        print(f"  {arm.name:<12}{c:>5} conns {cell.rps:>9.1f} req/s  p99 {cell.p99_ms:.1f} ms")
 
 
 # -- projects --------------------------------------------------------------------------
@@ -630,16 +728,16 @@ def bentoml_venv(venv: Path, logs: Path) -> tuple[Path | None, str]:
 
 def table(arms: Sequence[Arm]) -> None:
     print(
-        f"\n{'arm':<10}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"\n{'arm':<12}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
         f"{'requests':>10}{'non-2xx':>9}{'sock err':>9}"
     )
     for arm in arms:
         if arm.skipped:
-            print(f"{arm.name:<10}  skipped: {arm.skipped}")
+            print(f"{arm.name:<12}  skipped: {arm.skipped}")
             continue
         for c in arm.cells:
             print(
-                f"{arm.name:<10}{c.connections:>6}{c.rps:>10.1f}{c.p50_ms:>9.2f}{c.p99_ms:>9.2f}"
+                f"{arm.name:<12}{c.connections:>6}{c.rps:>10.1f}{c.p50_ms:>9.2f}{c.p99_ms:>9.2f}"
                 f"{c.max_ms:>9.1f}{c.requests:>10}{c.non_2xx:>9}{c.socket_errors:>9}"
             )
 
@@ -676,14 +774,14 @@ class Run:
     def sweep(self, arm: Arm, url: str, reqs: Requests) -> None:
         answer = probe(url, reqs)
         arm.probes += 1
-        print(f"  {arm.name:<9}one request: {answer[:100]}")
+        print(f"  {arm.name:<12}one request: {answer[:100]}")
         script = write_lua(reqs, self.work, arm.name)
         sweep(arm, url, script, self.connections, self.args.duration, self.args.warmup)
 
-    def flywheel(self, name: str, project: Path) -> AbstractContextManager[Server]:
+    def flywheel(self, name: str, project: Path, *extra: str) -> AbstractContextManager[Server]:
         port = free_port()
         cmd = [str(FLYWHEEL), "serve", "--project", str(project), "--host", HOST]
-        cmd += ["--port", str(port), *self.serve_args]
+        cmd += ["--port", str(port), *self.serve_args, *extra]
         # Others edit flywheel while this runs: one more try a minute later.
         return serving(name, cmd, port, self.logs, retry_after=60.0)
 
@@ -696,6 +794,11 @@ class Run:
 def arm_noop(run: Run, uploads: Requests) -> None:
     with run.child("noop") as srv:
         run.sweep(run.arms["noop"], srv.url, uploads)
+
+
+def arm_noop_w2(run: Run, uploads: Requests) -> None:
+    with run.child("noop-w2") as srv:
+        run.sweep(run.arms["noop-w2"], srv.url, uploads)
 
 
 def arm_naive(run: Run, uploads: Requests, artifact: Path) -> None:
@@ -713,9 +816,19 @@ def arm_predict(run: Run, url: str, uploads: Requests) -> None:
     paced.rate = rate
     run.paced = paced
     print(
-        f"  paced    {paced.connections:>5} conns {paced.rps:>9.1f} req/s "
+        f"  {'paced':<12}{paced.connections:>5} conns {paced.rps:>9.1f} req/s "
         f"(target {rate:.1f})  p99 {paced.p99_ms:.1f} ms"
     )
+
+
+def arm_predict_raw(run: Run, url: str) -> None:
+    run.sweep(run.arms["predict-raw"], url, Requests.raw(run.images[:256]))
+
+
+def arm_predict_w2(run: Run, uploads: Requests) -> None:
+    workers = ("--workers", str(WORKERS_W2))
+    with run.flywheel("flywheel-digits-w2", run.digits_dir, *workers) as srv:
+        run.sweep(run.arms["predict-w2"], srv.url, uploads)
 
 
 def arm_feedback(run: Run, url: str) -> None:
@@ -813,20 +926,47 @@ def report(run: Run, wanted: Sequence[str], wrk_version: str, elapsed: float) ->
     shown = [run.arms[a] for a in ARMS if a in wanted]
     table(shown)
     k = 32
-    noop, naive, predict, feedback = (
-        run.arms[a].at(k) for a in ("noop", "naive", "predict", "feedback")
+    noop, naive, predict, feedback, noop_w2, predict_w2, predict_raw = (
+        run.arms[a].at(k)
+        for a in ("noop", "naive", "predict", "feedback", "noop-w2", "predict-w2", "predict-raw")
     )
     ratios = {
         "predict_over_noop": ratio(predict, noop),
         "predict_over_naive": ratio(predict, naive),
         "feedback_over_noop": ratio(feedback, noop),
     }
-    print(f"\ntargets (at {k} connections, same run):")
+    w2_ratios = {
+        "w2_predict_over_noop_w2": ratio(predict_w2, noop_w2),
+        "w2_predict_over_naive": ratio(predict_w2, naive),
+    }
+    info = {
+        "predict_raw_over_predict": ratio(predict_raw, predict),
+        "predict_raw_over_noop": ratio(predict_raw, noop),
+        "predict_w2_over_predict": ratio(predict_w2, predict),
+        "noop_w2_over_noop": ratio(noop_w2, noop),
+    }
+
+    def show(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    def verdict(value: float | None, target: float) -> str:
+        return "-" if value is None else ("met" if value >= target else "NOT met")
+
+    print(f"\ntargets (1 worker: flywheel serve as given, uvicorn no-op 1 worker; {k} conns):")
     for name, value in ratios.items():
         target = TARGETS[name]
-        verdict = "-" if value is None else ("met" if value >= target else "NOT met")
-        shown_value = "n/a" if value is None else f"{value:.3f}"
-        print(f"  {name:<20}{shown_value:>8}   target >= {target:g}   {verdict}")
+        print(f"  {name:<25}{show(value):>8}   target >= {target:g}   {verdict(value, target)}")
+    print(
+        f"2-worker configuration (flywheel serve --workers {WORKERS_W2} over uvicorn no-op "
+        f"workers={WORKERS_W2}; naive stays 1 worker; {k} conns), the 1-worker targets for "
+        "reference only:"
+    )
+    for name, value in w2_ratios.items():
+        ref = W2_REFERENCE[name]
+        print(f"  {name:<25}{show(value):>8}   (1-worker target >= {ref:g}: {verdict(value, ref)})")
+    print(f"other ratios ({k} conns, information):")
+    for name, value in info.items():
+        print(f"  {name:<25}{show(value):>8}")
     half: dict[str, Any] = {}
     if run.arms["predict"].cells:
         best = max(run.arms["predict"].cells, key=lambda c: c.rps)
@@ -866,6 +1006,7 @@ def report(run: Run, wanted: Sequence[str], wrk_version: str, elapsed: float) ->
                 {
                     "benchmark": "serving",
                     "cpus": os.cpu_count(),
+                    "workers_w2": WORKERS_W2,
                     "wrk": wrk_version,
                     "duration_s": run.args.duration,
                     "warmup_s": run.args.warmup,
@@ -874,6 +1015,10 @@ def report(run: Run, wanted: Sequence[str], wrk_version: str, elapsed: float) ->
                     "arms": {a.name: a.to_json() for a in shown},
                     "ratios_at_32": ratios,
                     "targets": TARGETS,
+                    "w2_ratios_at_32": w2_ratios,
+                    "w2_reference_targets": W2_REFERENCE,
+                    "other_ratios_at_32": info,
+                    "versions": versions(),
                     "predict_p99_at_half_max": half,
                     "feedback_check": fc,
                     "seconds": elapsed,
@@ -884,6 +1029,17 @@ def report(run: Run, wanted: Sequence[str], wrk_version: str, elapsed: float) ->
             )
         )
         print(f"wrote {run.args.json}")
+
+
+def versions() -> dict[str, str]:
+    """Of this interpreter and the serving stack (the servers run from the same venv)."""
+    found = {"python": platform.python_version()}
+    for name in ("uvicorn", "uvloop", "httptools", "onnxruntime", "fastapi", "torch"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
 
 
 def main() -> None:
@@ -904,7 +1060,7 @@ def main() -> None:
     ap.add_argument(
         "--keep", type=Path, help="keep projects, scripts and logs in this (new) folder"
     )
-    ap.add_argument("--child", choices=("noop", "naive"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("noop", "noop-w2", "naive"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -933,8 +1089,15 @@ def main() -> None:
         work=work,
         arms={
             "noop": Arm("noop", "FastAPI + uvicorn, async route doing nothing (the ceiling)"),
+            "noop-w2": Arm("noop-w2", f"the no-op app, uvicorn workers={WORKERS_W2}"),
             "naive": Arm("naive", "FastAPI + eager PyTorch, one forward per request, no log"),
             "predict": Arm("predict", "flywheel POST /v1/predict, digits 8x8 PNG, logging on"),
+            "predict-raw": Arm(
+                "predict-raw", "as predict, the PNG as the raw body (Content-Type: image/png)"
+            ),
+            "predict-w2": Arm(
+                "predict-w2", f"as predict (multipart), flywheel serve --workers {WORKERS_W2}"
+            ),
             "cifar": Arm("cifar", "flywheel POST /v1/predict, cifar10-mini seed_cnn (JPEG)"),
             "feedback": Arm("feedback", "flywheel POST /v1/feedback (digits project)"),
             "bentoml": Arm("bentoml", "BentoML + ONNX Runtime, the digits model's ONNX export"),
@@ -949,6 +1112,7 @@ def main() -> None:
         f"{run.connections}; flywheel serve args: {run.serve_args or '(none)'}",
         flush=True,
     )
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()), flush=True)
     try:
         run.logs.mkdir(parents=True, exist_ok=True)
         from flywheel.data import DigitsSource
@@ -956,7 +1120,7 @@ def main() -> None:
         run.images, run.labels = digits_images()
         uploads = Requests.uploads(run.images[:256])
         artifact: Path | None = None
-        digits_arms = ("naive", "predict", "feedback", "bentoml")
+        digits_arms = ("naive", "predict", "predict-raw", "predict-w2", "feedback", "bentoml")
         if set(digits_arms) & set(wanted):
             with guard(run, *digits_arms):
                 settings = {"epochs": args.epochs, "patience": args.epochs}
@@ -964,21 +1128,31 @@ def main() -> None:
         if "noop" in wanted:
             with guard(run, "noop"):
                 arm_noop(run, uploads)
+        if "noop-w2" in wanted:
+            with guard(run, "noop-w2"):
+                arm_noop_w2(run, uploads)
         if "naive" in wanted and artifact is not None:
             with guard(run, "naive"):
                 arm_naive(run, uploads, artifact)
-        flywheel_arms = [a for a in ("predict", "feedback") if a in wanted]
+        flywheel_arms = [a for a in ("predict", "predict-raw", "feedback") if a in wanted]
         if flywheel_arms and artifact is not None:
             before = count_feedback(run.digits_dir)
             with guard(run, *flywheel_arms), run.flywheel("flywheel-digits", run.digits_dir) as srv:
                 if "predict" in wanted:
                     with guard(run, "predict"):
                         arm_predict(run, srv.url, uploads)
+                if "predict-raw" in wanted:
+                    with guard(run, "predict-raw"):
+                        arm_predict_raw(run, srv.url)
                 if "feedback" in wanted:
                     with guard(run, "feedback"):
                         arm_feedback(run, srv.url)
             if run.arms["feedback"].cells:
                 check_feedback(run, before)
+        if "predict-w2" in wanted and artifact is not None:
+            # After the 1-worker server has stopped (and the feedback rows were counted).
+            with guard(run, "predict-w2"):
+                arm_predict_w2(run, uploads)
         if "cifar" in wanted:
             with guard(run, "cifar"):
                 arm_cifar(run)

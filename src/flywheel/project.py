@@ -196,6 +196,17 @@ class PredictionResult:
 
 
 @dataclass(frozen=True)
+class FeedbackIn:
+    """One user's answer about a prediction, as received."""
+
+    prediction_id: str
+    label: str | None = None
+    correct: bool | None = None
+    value: float | None = None
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
 class FeedbackResult:
     feedback_id: str
     prediction_id: str
@@ -254,6 +265,38 @@ def _value_bins(values: Sequence[float], bins: int = 5) -> list[str]:
     arr = np.asarray(values, dtype=np.float64)
     edges = np.quantile(arr, np.linspace(0, 1, bins + 1)[1:-1])
     return [str(int(np.searchsorted(edges, v, side="right"))) for v in arr]
+
+
+def _check_feedback(pred: Any, it: FeedbackIn) -> FeedbackResult:
+    """Check one answer against its prediction's row (None: unknown prediction)."""
+    label, correct, value = it.label, it.correct, it.value
+    if pred is None:
+        raise NotFoundError("prediction", it.prediction_id)
+    if pred.value is not None or pred.label is None:  # a regression prediction
+        if label is not None:
+            raise InputError(
+                "this prediction is a regression value: send 'value' (the true value), not 'label'"
+            )
+        if value is not None and not np.isfinite(value):
+            raise InputError(f"'value' must be a finite number; got {value!r}")
+        agreed = correct if value is None else None
+    else:
+        if value is not None:
+            raise InputError(
+                "this prediction is a class: send 'label' (the true label), not 'value'"
+            )
+        labels = list(pred.probabilities)
+        if label is not None and label not in labels:
+            raise InputError(
+                f"label {label!r} is not one of model v{pred.model_version}'s labels: "
+                f"{', '.join(labels)}"
+            )
+        if correct is True and label is not None and label != pred.label:
+            raise InputError(
+                f"'correct': true contradicts label {label!r}: the prediction was {pred.label!r}"
+            )
+        agreed = correct if correct is not None else label == pred.label
+    return FeedbackResult(str(uuid.uuid4()), it.prediction_id, label, value, agreed)
 
 
 class PendingLog(Protocol):
@@ -1580,69 +1623,89 @@ class Project:
         user_id: str | None = None,
     ) -> FeedbackResult:
         """Store a user's answer; returns only after the row is committed."""
-        user_id = check_user_id(user_id)
-        if label is None and correct is None and value is None:
-            raise InputError("feedback needs a 'label', a 'value' or 'correct'")
-        if self.prediction_log is not None:
-            # The prediction may still be in the server's log queue: wait for its commit.
-            self.prediction_log.wait_written(prediction_id)
-        return retry_locked(
-            lambda: self._record_feedback(prediction_id, label, correct, value, user_id)
+        (out,) = self.record_feedback_many(
+            [FeedbackIn(prediction_id, label, correct, value, user_id)]
         )
+        if isinstance(out, FlywheelError):
+            raise out
+        return out
 
-    def _record_feedback(
-        self,
-        prediction_id: str,
-        label: str | None,
-        correct: bool | None,
-        value: float | None,
-        user_id: str | None,
-    ) -> FeedbackResult:
-        with self.db.session() as s:
-            pred = s.get(Prediction, prediction_id)
-            if pred is None:
-                raise NotFoundError("prediction", prediction_id)
-            if pred.value is not None or pred.label is None:  # a regression prediction
-                if label is not None:
-                    raise InputError(
-                        "this prediction is a regression value: send 'value' (the true value), "
-                        "not 'label'"
+    def record_feedback_many(
+        self, items: Sequence[FeedbackIn]
+    ) -> list[FeedbackResult | FlywheelError]:
+        """Store many answers in one transaction (the server's group commit).
+
+        Each answer is checked on its own: a bad one gets its error and adds nothing,
+        the others are committed together, and none is reported stored before that
+        commit.
+        """
+        out: list[FeedbackResult | FlywheelError | None] = [None] * len(items)
+        checked: list[tuple[int, FeedbackIn]] = []
+        for i, it in enumerate(items):
+            try:
+                user_id = check_user_id(it.user_id)
+                if it.label is None and it.correct is None and it.value is None:
+                    raise InputError("feedback needs a 'label', a 'value' or 'correct'")
+                checked.append((i, replace(it, user_id=user_id)))
+            except FlywheelError as exc:
+                out[i] = exc
+        if self.prediction_log is not None:
+            # A prediction may still be in the server's log queue: wait for its commit.
+            for _, it in checked:
+                self.prediction_log.wait_written(it.prediction_id)
+
+        def write() -> dict[int, FeedbackResult | FlywheelError]:
+            done: dict[int, FeedbackResult | FlywheelError] = {}
+            ids = {it.prediction_id for _, it in checked}
+            with self.db.session() as s:
+                # One query per kind for the whole batch, one multi-row INSERT.
+                preds = {
+                    row.id: row
+                    for row in s.execute(
+                        select(
+                            Prediction.id,
+                            Prediction.label,
+                            Prediction.value,
+                            Prediction.probabilities,
+                            Prediction.model_version,
+                        ).where(Prediction.id.in_(ids))
                     )
-                if value is not None and not np.isfinite(value):
-                    raise InputError(f"'value' must be a finite number; got {value!r}")
-                agreed = correct if value is None else None
-            else:
-                if value is not None:
-                    raise InputError(
-                        "this prediction is a class: send 'label' (the true label), not 'value'"
+                }
+                queued = set(
+                    s.scalars(
+                        select(ReviewItem.prediction_id).where(ReviewItem.prediction_id.in_(ids))
                     )
-                labels = list(pred.probabilities)
-                if label is not None and label not in labels:
-                    raise InputError(
-                        f"label {label!r} is not one of model v{pred.model_version}'s labels: "
-                        f"{', '.join(labels)}"
-                    )
-                if correct is True and label is not None and label != pred.label:
-                    raise InputError(
-                        f"'correct': true contradicts label {label!r}: "
-                        f"the prediction was {pred.label!r}"
-                    )
-                agreed = correct if correct is not None else label == pred.label
-            if user_id is not None:
-                ensure_user(s, user_id)
-            fid = str(uuid.uuid4())
-            s.add(
-                Feedback(
-                    id=fid,
-                    prediction_id=prediction_id,
-                    user_id=user_id,
-                    label=label,
-                    value=value,
-                    correct=agreed,
-                    via_queue=s.get(ReviewItem, prediction_id) is not None,
                 )
-            )
-        return FeedbackResult(fid, prediction_id, label, value, agreed)
+                rows: list[dict[str, Any]] = []
+                for i, it in checked:
+                    try:
+                        result = _check_feedback(preds.get(it.prediction_id), it)
+                    except FlywheelError as exc:
+                        done[i] = exc
+                        continue
+                    done[i] = result
+                    rows.append(
+                        {
+                            "id": result.feedback_id,
+                            "prediction_id": it.prediction_id,
+                            "user_id": it.user_id,
+                            "label": it.label,
+                            "value": it.value,
+                            "correct": result.agreed,
+                            "via_queue": it.prediction_id in queued,
+                            "created_at": utcnow(),
+                        }
+                    )
+                for user_id in sorted({r["user_id"] for r in rows if r["user_id"]}):
+                    ensure_user(s, user_id)
+                if rows:
+                    s.execute(insert(Feedback), rows)
+            return done
+
+        if checked:
+            for i, result in retry_locked(write).items():
+                out[i] = result
+        return [r for r in out if r is not None]
 
     def stats(self, *, minutes: int = 60) -> dict[str, Any]:
         """Call frequency per version, label and minute; feedback counts; accuracy per version."""

@@ -210,3 +210,65 @@ def test_the_app_serves_any_backend_behind_the_predictor_interface(project: Any)
         assert 'flywheel_predictions_total{label="4",model_version="1"} 1.0' in metrics
         assert "flywheel_batch_size_count 1.0" in metrics
     assert not (project.settings.project_dir / "spill").exists()  # the row was committed
+
+
+def test_group_commit_answers_each_write_after_one_commit_for_many() -> None:
+    import asyncio
+
+    from flywheel.serving.batching import GroupCommit
+
+    release = threading.Event()
+    calls: list[list[int]] = []
+
+    def commit(items: list[int]) -> list[Any]:
+        calls.append(items)
+        if len(calls) == 1:
+            assert release.wait(30)  # the first commit is slow: the rest queue behind it
+        return [ValueError(f"bad {i}") if i == 3 else i * 10 for i in items]
+
+    group = GroupCommit(commit, max_batch=4)
+
+    async def main() -> list[Any]:
+        first = asyncio.ensure_future(group.run(0))
+        while not calls:
+            await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(group.run(i)) for i in range(1, 7)]
+        while group.depth() < 6:
+            await asyncio.sleep(0)
+        release.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    out = asyncio.run(main())
+    group.close()
+    assert calls == [[0], [1, 2, 3, 4], [5, 6]]  # queued writes share a commit
+    assert out[:3] == [0, 10, 20] and out[4:] == [40, 50, 60]
+    assert isinstance(out[3], ValueError) and str(out[3]) == "bad 3"  # fails alone
+
+
+def test_many_answers_commit_together_and_a_bad_one_adds_nothing(project: Any) -> None:
+    from sqlalchemy import func, select
+
+    from flywheel.errors import InputError, NotFoundError
+    from flywheel.project import FeedbackIn, FeedbackResult
+    from flywheel.store.schema import Feedback
+    from tests.factories import digit_png
+
+    pids = [project.predict(digit_png(i), user_id="u1").prediction_id for i in range(3)]
+    out = project.record_feedback_many(
+        [
+            FeedbackIn(pids[0], label="0", user_id="u1"),
+            FeedbackIn("no-such-prediction", label="1"),
+            FeedbackIn(pids[1], label="eleven"),
+            FeedbackIn(pids[2], correct=False, user_id="bad id!"),
+            FeedbackIn(pids[2], correct=True, user_id="u2"),
+        ]
+    )
+    assert isinstance(out[0], FeedbackResult) and out[0].agreed == (out[0].label == "0")
+    assert isinstance(out[1], NotFoundError)
+    assert isinstance(out[2], InputError) and "'eleven' is not one of" in str(out[2])
+    assert isinstance(out[3], InputError) and str(out[3]).startswith("user id must be")
+    assert isinstance(out[4], FeedbackResult) and out[4].agreed is True
+    with project.db.session() as s:
+        rows = s.scalars(select(Feedback.prediction_id)).all()
+        assert sorted(rows) == sorted([pids[0], pids[2]])
+        assert s.scalar(select(func.count()).select_from(Feedback)) == 2

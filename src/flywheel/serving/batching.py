@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 from flywheel.errors import ModelError
 from flywheel.serving.backends import Backend
 
-__all__ = ["BatchResult", "MicroBatcher"]
+__all__ = ["BatchResult", "GroupCommit", "MicroBatcher"]
 
 log = logging.getLogger("flywheel.serving")
 
@@ -220,3 +220,94 @@ class MicroBatcher:
         for key, group in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
                 loops[key].call_soon_threadsafe(_settle, group)
+
+
+class GroupCommit:
+    """Writes that must be committed before they are acknowledged, many per transaction.
+
+    Requests queue while the worker commits; it then takes everything queued (up to
+    ``max_batch``) into one call of ``commit``, which returns one result or exception
+    per item. Each request is answered only after that commit: the durability of one
+    commit per request, at the cost of one per batch.
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[list[Any]], Sequence[Any]],
+        *,
+        max_batch: int = 256,
+        name: str = "flywheel-commit",
+    ) -> None:
+        self._commit = commit
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Any, asyncio.Future[Any], Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def run(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise ModelError("the server is shutting down")
+            self._queue.put((item, fut, loop))
+        return await fut
+
+    def close(self) -> None:
+        """Commit what is queued, then stop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            try:
+                results: Sequence[Any] = self._commit([item for item, _, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} results for {len(batch)} items")
+            except Exception as exc:
+                log.exception("a group commit of %d items failed", len(batch))
+                results = [exc] * len(batch)
+            by_loop: dict[int, list[tuple[Any, bool, Any]]] = {}
+            loops: dict[int, asyncio.AbstractEventLoop] = {}
+            for (_, fut, loop), result in zip(batch, results, strict=True):
+                ok = not isinstance(result, BaseException)
+                by_loop.setdefault(id(loop), []).append((fut, ok, result))
+                loops[id(loop)] = loop
+            for key, group in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+                    loops[key].call_soon_threadsafe(_settle_futures, group)
+
+
+def _settle_futures(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in outcomes:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)

@@ -21,10 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.errors import ModelError
-from flywheel.project import PredictionResult, Project, check_user_id
+from flywheel.errors import FlywheelError, ModelError
+from flywheel.project import (
+    FeedbackIn,
+    FeedbackResult,
+    PredictionResult,
+    Project,
+    check_user_id,
+)
 from flywheel.serving.backends import Backend, load_backend
-from flywheel.serving.batching import BatchResult, MicroBatcher
+from flywheel.serving.batching import BatchResult, GroupCommit, MicroBatcher
 from flywheel.serving.metrics import Metrics
 from flywheel.serving.writer import PredictionWriter
 from flywheel.store.schema import utcnow
@@ -57,10 +63,15 @@ class Predictor:
             on_result=self._log,
             on_batch=lambda n: metrics.batch_size.observe(n),
         )
+        # Feedback: committed before it is acknowledged, many answers per transaction.
+        self.feedback_commit = GroupCommit(
+            project.record_feedback_many, max_batch=st.log_batch_rows, name="flywheel-feedback"
+        )
         # Feedback about a prediction still in the writer's queue waits for its commit.
         project.prediction_log = self.writer
         metrics.queue_depth.labels("batch").set_function(self.batcher.depth)
         metrics.queue_depth.labels("log").set_function(self.writer.depth)
+        metrics.queue_depth.labels("feedback").set_function(self.feedback_commit.depth)
 
     # -- the model in service ------------------------------------------------------------
 
@@ -136,7 +147,15 @@ class Predictor:
     def _write(self, rows: Sequence[dict[str, Any]]) -> None:
         self.project.log_predictions(rows)
 
+    async def feedback(self, answer: FeedbackIn) -> FeedbackResult:
+        """Record an answer; returns once its row is committed (raises its error)."""
+        out: FeedbackResult | FlywheelError = await self.feedback_commit.run(answer)
+        if isinstance(out, FlywheelError):
+            raise out
+        return out
+
     def close(self) -> None:
         self.batcher.close()
+        self.feedback_commit.close()  # before the writer: feedback may wait on its rows
         self.writer.close()
         self.project.prediction_log = None

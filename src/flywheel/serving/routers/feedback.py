@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from flywheel.serving.deps import MetricsDep, ProjectDep, require
+from flywheel.project import FeedbackIn
+from flywheel.serving.deps import MetricsDep, PredictorDep, require
 from flywheel.serving.routers.predict import UserHeader
 from flywheel.serving.schemas import FeedbackCreate, FeedbackPublic
 
@@ -24,15 +25,11 @@ router = APIRouter(tags=["feedback"])
         422: {"description": "Malformed body, or a label outside the model's labels."},
     },
 )
-def create_feedback(
-    project: ProjectDep, metrics: MetricsDep, body: FeedbackCreate, x_user_id: UserHeader = None
+async def create_feedback(
+    predictor: PredictorDep, metrics: MetricsDep, body: FeedbackCreate, x_user_id: UserHeader = None
 ) -> FeedbackPublic:
-    result = project.record_feedback(
-        body.prediction_id,
-        label=body.label,
-        correct=body.correct,
-        value=body.value,
-        user_id=x_user_id,
+    result = await predictor.feedback(
+        FeedbackIn(body.prediction_id, body.label, body.correct, body.value, x_user_id)
     )
     metrics.feedback.labels(str(result.agreed).lower()).inc()
     return FeedbackPublic(feedback_id=result.feedback_id)
