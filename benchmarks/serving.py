@@ -15,6 +15,8 @@ under it). Arms, all in one run:
 
 - ``noop``: the ceiling of the stack: FastAPI + uvicorn (flywheel's uvicorn settings, one
   worker), an ``async`` route that ignores the body; wrk sends it the same uploads.
+- ``read-upload``: the no-op app's route that only reads the multipart upload (what
+  flywheel's predict must do before any work): what is left of the ceiling for the rest.
 - ``noop-w2``: the same app under `uvicorn.run(..., workers=2)` (otherwise the same
   settings): the ceiling of ``predict-w2``.
 - ``naive``: FastAPI + eager PyTorch: the same PNG upload decoded with Pillow, one forward
@@ -76,7 +78,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, UploadFile
+from fastapi import FastAPI, File, Request, Response, UploadFile
+from starlette.datastructures import UploadFile as FormFile
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-mini"
@@ -85,6 +88,7 @@ HOST = "127.0.0.1"
 BOUNDARY = "flywheel-bench-7d1c"
 ARMS = (
     "noop",
+    "read-upload",
     "noop-w2",
     "naive",
     "predict",
@@ -118,6 +122,14 @@ def noop_app() -> FastAPI:
     @app.post("/v1/feedback")
     async def feedback() -> dict[str, bool]:
         return {"ok": True}
+
+    @app.post("/v1/read-upload")
+    async def read_upload(request: Request) -> Response:
+        # Only what flywheel's route must do before any work: read the multipart file.
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            size = len(await upload.read()) if isinstance(upload, FormFile) else 0
+        return Response(b'{"bytes": %d}' % size, media_type="application/json")
 
     return app
 
@@ -796,6 +808,11 @@ def arm_noop(run: Run, uploads: Requests) -> None:
         run.sweep(run.arms["noop"], srv.url, uploads)
 
 
+def arm_read_upload(run: Run, images: Sequence[bytes]) -> None:
+    with run.child("noop") as srv:
+        run.sweep(run.arms["read-upload"], srv.url, Requests.uploads(images, "/v1/read-upload"))
+
+
 def arm_noop_w2(run: Run, uploads: Requests) -> None:
     with run.child("noop-w2") as srv:
         run.sweep(run.arms["noop-w2"], srv.url, uploads)
@@ -940,6 +957,8 @@ def report(run: Run, wanted: Sequence[str], wrk_version: str, elapsed: float) ->
         "w2_predict_over_naive": ratio(predict_w2, naive),
     }
     info = {
+        "read_upload_over_noop": ratio(run.arms["read-upload"].at(k), noop),
+        "predict_over_read_upload": ratio(predict, run.arms["read-upload"].at(k)),
         "predict_raw_over_predict": ratio(predict_raw, predict),
         "predict_raw_over_noop": ratio(predict_raw, noop),
         "predict_w2_over_predict": ratio(predict_w2, predict),
@@ -1089,6 +1108,9 @@ def main() -> None:
         work=work,
         arms={
             "noop": Arm("noop", "FastAPI + uvicorn, async route doing nothing (the ceiling)"),
+            "read-upload": Arm(
+                "read-upload", "the no-op app, a route that only reads the multipart upload"
+            ),
             "noop-w2": Arm("noop-w2", f"the no-op app, uvicorn workers={WORKERS_W2}"),
             "naive": Arm("naive", "FastAPI + eager PyTorch, one forward per request, no log"),
             "predict": Arm("predict", "flywheel POST /v1/predict, digits 8x8 PNG, logging on"),
@@ -1128,6 +1150,9 @@ def main() -> None:
         if "noop" in wanted:
             with guard(run, "noop"):
                 arm_noop(run, uploads)
+        if "read-upload" in wanted:
+            with guard(run, "read-upload"):
+                arm_read_upload(run, run.images[:256])
         if "noop-w2" in wanted:
             with guard(run, "noop-w2"):
                 arm_noop_w2(run, uploads)
