@@ -13,7 +13,6 @@ never dropped.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import queue
@@ -28,7 +27,6 @@ __all__ = ["PredictionWriter"]
 log = logging.getLogger("flywheel.serving")
 
 WriteFn = Callable[[Sequence[dict[str, Any]]], None]
-_NUDGE = object()
 
 
 class PredictionWriter:
@@ -49,6 +47,7 @@ class PredictionWriter:
         self.on_written = on_written
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._pending: set[str] = set()
+        self._hurry = threading.Event()
         self._cond = threading.Condition()
         self._closing = False
         self.queued = 0
@@ -65,6 +64,8 @@ class PredictionWriter:
         with self._cond:
             self._pending.add(row["id"])
             self.queued += 1
+        if self._queue.qsize() >= self.batch_rows:
+            self._hurry.set()  # a full batch is waiting: no reason to linger
         self._queue.put(row)
 
     def is_pending(self, prediction_id: str) -> bool:
@@ -92,8 +93,7 @@ class PredictionWriter:
 
     def _nudge(self) -> None:
         """Someone waits for a row: commit what is gathered now, without lingering."""
-        with contextlib.suppress(queue.Full):  # a full queue: the writer is not lingering
-            self._queue.put_nowait(_NUDGE)
+        self._hurry.set()
 
     def close(self) -> None:
         """Write everything queued, then stop."""
@@ -102,6 +102,7 @@ class PredictionWriter:
                 return
             self._closing = True
         self._queue.put(None)
+        self._hurry.set()
         self._thread.join()
 
     def _loop(self) -> None:
@@ -110,29 +111,20 @@ class PredictionWriter:
             first = self._queue.get()
             if first is None:
                 break
-            if first is _NUDGE:
-                continue
+            # Linger a moment, asleep (not woken by each new row), so that one commit
+            # takes many predictions. A reader waiting, a queue filling up, or the stop
+            # cuts it short.
+            self._hurry.wait(self.linger_s)
+            self._hurry.clear()
             rows = [first]
-            # Linger a moment for more rows: one commit for many predictions. A nudge
-            # (a reader waiting), a full batch or the stop sentinel ends it at once.
-            deadline = time.monotonic() + self.linger_s
             while len(rows) < self.batch_rows:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        nxt = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
+                    break
                 if nxt is None:
                     stop = True
                     break
-                if nxt is _NUDGE:
-                    deadline = 0.0
-                    continue
                 rows.append(nxt)
             self._commit(rows)
 
