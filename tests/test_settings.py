@@ -145,3 +145,24 @@ def test_settings_are_frozen(project_dir: Path) -> None:
 def test_requires_keys_beyond_loopback(project_dir: Path, host: str, requires_keys: bool) -> None:
     assert Settings.load(project_dir, host=host).requires_keys is requires_keys
     assert is_loopback(host) is not requires_keys
+
+
+def test_the_per_class_gate_check_can_be_turned_off_in_toml(
+    project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project_dir / "flywheel.toml").write_text('gate_class_margin = "off"\n')
+    assert Settings.load(project_dir).gate_class_margin is None
+    monkeypatch.setenv("FLYWHEEL_GATE_CLASS_MARGIN", "0.2")
+    assert Settings.load(project_dir).gate_class_margin == 0.2
+
+
+def test_a_project_made_with_a_setting_turned_off_reads_it_back(tmp_path: Path) -> None:
+    from tests.factories import make_project
+
+    project = make_project(
+        tmp_path / "p", train=False, settings={"gate_class_margin": None, "arch": None}
+    )
+    text = (tmp_path / "p" / "flywheel.toml").read_text()
+    assert 'gate_class_margin = "off"' in text and "arch =" not in text
+    assert Settings.load(tmp_path / "p").gate_class_margin is None
+    project.close()

@@ -1863,7 +1863,12 @@ def _config_template(source: str, values: dict[str, Any]) -> str:
         "",
     ]
     for key, value in values.items():
-        if isinstance(value, bool):
+        if value is None:
+            field = Settings.model_fields.get(key)
+            if field is None or field.default is None:
+                continue  # the default is "not set" already
+            lines.append(f'{key} = "off"')  # TOML has no null
+        elif isinstance(value, bool):
             lines.append(f"{key} = {'true' if value else 'false'}")
         elif isinstance(value, int | float):
             lines.append(f"{key} = {value}")

@@ -200,6 +200,14 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown task {v!r}; known: {', '.join(TASKS)}")
         return v
 
+    @field_validator("gate_class_margin", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        # TOML has no null: "off" in flywheel.toml (or FLYWHEEL_GATE_CLASS_MARGIN=off).
+        if isinstance(v, str) and v.strip().lower() in ("off", "none"):
+            return None
+        return v
+
     @field_validator("project_dir", mode="after")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
