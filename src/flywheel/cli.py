@@ -225,6 +225,10 @@ def _print_cleaning(report: dict[str, Any], *, brief: bool = False) -> None:
             continue
         firsts = "; ".join(show(i) for i in entry["items"][:3])
         t.add_row(key.replace("_", " "), str(entry["count"]), action, firsts)
+    scrubbed = report.get("pii_scrubbed")
+    if scrubbed is not None and (sum(scrubbed.values()) or not brief):
+        found = ", ".join(f"{k.lower()} {v}" for k, v in scrubbed.items()) or "none found"
+        t.add_row("personal data", str(sum(scrubbed.values())), "replaced by <ENTITY>", found)
     if t.row_count:
         (err if brief else out).print(t)
     (err if brief else out).print(f"{report['kept']} of {report['total']} inputs kept.")

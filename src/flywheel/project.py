@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy import func, insert, select
@@ -299,6 +299,10 @@ def _check_feedback(pred: Any, it: FeedbackIn) -> FeedbackResult:
     return FeedbackResult(str(uuid.uuid4()), it.prediction_id, label, value, agreed)
 
 
+if TYPE_CHECKING:
+    from flywheel.privacy import PiiScrubber
+
+
 class PendingLog(Protocol):
     """Predictions logged in the background: readers wait for what was queued."""
 
@@ -331,6 +335,33 @@ class Project:
         self._load_lock = threading.Lock()
         # Set by a server that logs predictions in the background (see PendingLog).
         self.prediction_log: PendingLog | None = None
+        self._pii: PiiScrubber | None = None
+
+    # -- the door: what is kept of an input --------------------------------------------
+
+    @property
+    def scrubs_inputs(self) -> bool:
+        return self.task.modality == "text" and self.settings.scrub_pii
+
+    def at_the_door(self, content: bytes) -> bytes:
+        """An input as it will be kept: text loses personal data (``scrub_pii``), so the
+        store, the training data and the model see the same scrubbed text."""
+        return self.scrub(content)[0]
+
+    def scrub(self, content: bytes) -> tuple[bytes, dict[str, int]]:
+        """(the input as kept, what was scrubbed by kind); unchanged for other tasks."""
+        if not self.scrubs_inputs:
+            return content, {}
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"text input is not UTF-8: {exc}") from exc
+        if self._pii is None:
+            from flywheel.privacy import PiiScrubber
+
+            self._pii = PiiScrubber()
+        out = self._pii.scrub(text)
+        return out.text.encode("utf-8"), out.counts
 
     # -- opening and creating ----------------------------------------------------------
 
@@ -384,12 +415,19 @@ class Project:
         on_example: ImportProgressFn | None,
     ) -> DatasetInfo:
         raw: list[RawExample] = []
+        scrubbed: Counter[str] = Counter()
         for i, ex in enumerate(source):
+            if self.scrubs_inputs:
+                content, found = self.scrub(ex.content)
+                scrubbed.update(found)
+                ex = replace(ex, content=content)
             raw.append(ex)
             if on_example is not None:
                 on_example(i + 1)
         cleaned = clean(raw, self.codec)
         report = cleaned.report
+        if self.scrubs_inputs:
+            report["pii_scrubbed"] = dict(sorted(scrubbed.items()))
         source_skipped = list(getattr(source, "skipped", []))
         if source_skipped:
             report["unreadable"]["items"] = source_skipped + report["unreadable"]["items"]
@@ -1543,6 +1581,7 @@ class Project:
     def predict(self, content: bytes, *, user_id: str | None = None) -> PredictionResult:
         """Predict one input (the stored form of the task's input) and log the call."""
         user_id = check_user_id(user_id)
+        content = self.at_the_door(content)
         started = time.perf_counter()
         loaded = self.serving_model()
         out = loaded.outputs(loaded.decode(content)[None])[0]

@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(
         default=1.0, gt=0, description="How often the server checks the production alias."
     )
+    scrub_pii: bool = Field(
+        default=True,
+        description="Text tasks: e-mail addresses, phone and card numbers, IBANs, IP addresses "
+        "and URLs in inputs become <ENTITY> before they are stored, trained on or predicted "
+        "(Presidio's pattern recognizers, offline).",
+    )
     # Serving: backend, micro-batching, the prediction log, workers.
     serving_backend: str = Field(
         default="onnx",

@@ -13,6 +13,7 @@ it is pointed at the snapshot bundled with the package instead (no network).
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,14 @@ def _offline_engine(min_score: float) -> Any:
     nlp = BlankEnglish(models=[{"lang_code": "en", "model_name": "blank"}])
     nlp.load()
     registry = RecognizerRegistry(supported_languages=["en"])
-    registry.load_predefined_recognizers(nlp_engine=nlp, languages=["en"])
+    # Presidio warns once for each recognizer of another language that it leaves out.
+    presidio_log = logging.getLogger("presidio-analyzer")
+    level = presidio_log.level
+    presidio_log.setLevel(logging.ERROR)
+    try:
+        registry.load_predefined_recognizers(nlp_engine=nlp, languages=["en"])
+    finally:
+        presidio_log.setLevel(level)
     return AnalyzerEngine(
         registry=registry,
         nlp_engine=nlp,

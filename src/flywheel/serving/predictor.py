@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from flywheel.errors import FlywheelError, ModelError
 from flywheel.project import (
@@ -109,6 +110,8 @@ class Predictor:
 
     async def predict(self, content: bytes, user_id: str | None) -> PredictionResult:
         user_id = check_user_id(user_id)
+        if self.project.scrubs_inputs:  # text: personal data never reaches the model or store
+            content = await run_in_threadpool(self.project.at_the_door, content)
         backend = self.backend
         started = time.perf_counter()
         result: PredictionResult = await self.batcher.run(
