@@ -228,7 +228,7 @@ def _print_cleaning(report: dict[str, Any], *, brief: bool = False) -> None:
     scrubbed = report.get("pii_scrubbed")
     if scrubbed is not None and (sum(scrubbed.values()) or not brief):
         found = ", ".join(f"{k.lower()} {v}" for k, v in scrubbed.items()) or "none found"
-        t.add_row("personal data", str(sum(scrubbed.values())), "replaced by <ENTITY>", found)
+        t.add_row("personal data", str(sum(scrubbed.values())), "removed", found)
     if t.row_count:
         (err if brief else out).print(t)
     (err if brief else out).print(f"{report['kept']} of {report['total']} inputs kept.")

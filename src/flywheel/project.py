@@ -341,17 +341,26 @@ class Project:
 
     @property
     def scrubs_inputs(self) -> bool:
-        return self.task.modality == "text" and self.settings.scrub_pii
+        modality, st = self.task.modality, self.settings
+        return (modality == "text" and st.scrub_pii) or (
+            modality == "image" and st.strip_image_metadata
+        )
 
     def at_the_door(self, content: bytes) -> bytes:
-        """An input as it will be kept: text loses personal data (``scrub_pii``), so the
-        store, the training data and the model see the same scrubbed text."""
+        """An input as it will be kept: text loses personal data (``scrub_pii``), images
+        their metadata (``strip_image_metadata``); store, training data and model see
+        the same bytes."""
         return self.scrub(content)[0]
 
     def scrub(self, content: bytes) -> tuple[bytes, dict[str, int]]:
         """(the input as kept, what was scrubbed by kind); unchanged for other tasks."""
         if not self.scrubs_inputs:
             return content, {}
+        if self.task.modality == "image":
+            from flywheel.privacy import strip_metadata
+
+            kept, removed = strip_metadata(content)
+            return kept, dict(Counter(removed))
         try:
             text = content.decode("utf-8")
         except UnicodeDecodeError as exc:

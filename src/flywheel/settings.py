@@ -144,6 +144,11 @@ class Settings(BaseSettings):
         "and URLs in inputs become <ENTITY> before they are stored, trained on or predicted "
         "(Presidio's pattern recognizers, offline).",
     )
+    strip_image_metadata: bool = Field(
+        default=True,
+        description="Image tasks: EXIF (camera, GPS, time), XMP, IPTC, comments and PNG text "
+        "chunks are removed from inputs before they are stored; pixels are untouched.",
+    )
     # Serving: backend, micro-batching, the prediction log, workers.
     serving_backend: str = Field(
         default="onnx",
