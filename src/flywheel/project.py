@@ -600,7 +600,7 @@ class Project:
         return [(h, lab, val) for h, lab, val, _ in self._weighted_rows(s, dv_id, split)]
 
     def _weighted_rows(
-        self, s: Session, dv_id: int, split: str
+        self, s: Session, dv_id: int, split: str, *, base_only: bool = False
     ) -> list[tuple[str, str | None, float | None, float | None]]:
         q = (
             select(Example.input_hash, Example.label, Example.value, Example.weight)
@@ -610,6 +610,8 @@ class Project:
             # rows in the same order, hence (with a fixed seed) the same model.
             .order_by(Example.input_hash, Example.label, Example.value)
         )
+        if base_only:  # the imported rows, without any from feedback
+            q = q.where(Example.origin != "feedback")
         return [(h, lab, val, w) for h, lab, val, w in s.execute(q)]
 
     def _arrays(self, rows: list[Row], spec: ModelSpec) -> Arrays:
@@ -868,20 +870,7 @@ class Project:
             labels = list(dv.stats["labels"])
             base = [
                 (h, lab, val, 1.0 if w is None else w)
-                for h, lab, val, w, origin in s.execute(
-                    select(
-                        Example.input_hash,
-                        Example.label,
-                        Example.value,
-                        Example.weight,
-                        Example.origin,
-                    )
-                    .join(DatasetVersionExample, DatasetVersionExample.example_id == Example.id)
-                    .where(
-                        DatasetVersionExample.dataset_version_id == dv_id, Example.split == TRAIN
-                    )
-                )
-                if origin != "feedback"
+                for h, lab, val, w in self._weighted_rows(s, dv_id, TRAIN, base_only=True)
             ]
             answers, held_back = self._answers(s, include_used=True, until=dv.created_at)
             answers = [a for a in answers if a.label in labels]

@@ -84,19 +84,14 @@ class TorchBackend:
         return self.loaded.outputs(x)
 
 
-class OnnxBackend:
+class OnnxBackend(TorchBackend):
     """ONNX Runtime on the version's exported graph; decoding as the version's codec does."""
 
     name = "onnx"
 
     def __init__(self, loaded: LoadedModel, session: Any) -> None:
-        self.loaded = loaded
-        self.version = loaded.version
-        self.labels = loaded.labels
+        super().__init__(loaded)
         self.session = session
-
-    def decode(self, content: bytes) -> np.ndarray:
-        return self.loaded.decode(content)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.session.run(None, {"input": x})[0]

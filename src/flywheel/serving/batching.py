@@ -52,14 +52,49 @@ class _Item:
     submitted: float = field(default_factory=time.perf_counter)
 
 
-def _settle(outcomes: list[tuple[_Item, bool, Any]]) -> None:
-    for item, ok, value in outcomes:
-        if item.future.done():  # the request was cancelled (client gone)
+#: (the request's future, the event loop it belongs to or None, ok, result or exception)
+Outcome = tuple[Future[Any] | asyncio.Future[Any], asyncio.AbstractEventLoop | None, bool, Any]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    for fut, _, ok, value in outcomes:
+        if fut.done():  # the request was cancelled (client gone)
             continue
         if ok:
-            item.future.set_result(value)
+            fut.set_result(value)
         else:
-            item.future.set_exception(value)
+            fut.set_exception(value)
+
+
+def resolve(outcomes: list[Outcome]) -> None:
+    """Answer the waiting requests: thread futures here, asyncio futures with one call
+    into each event loop (not one wake-up per request)."""
+    by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[Outcome]]] = {}
+    for outcome in outcomes:
+        loop = outcome[1]
+        if loop is None:
+            _settle([outcome])
+        else:
+            by_loop.setdefault(id(loop), (loop, []))[1].append(outcome)
+    for loop, group in by_loop.values():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+            loop.call_soon_threadsafe(_settle, group)
+
+
+def drain(q: queue.SimpleQueue[Any] | queue.Queue[Any], batch: list[Any], limit: int) -> bool:
+    """Add what ``q`` holds now to ``batch``, up to ``limit`` items, without waiting.
+
+    True when the stop sentinel (None) was met: the caller runs ``batch`` and stops.
+    """
+    while len(batch) < limit:
+        try:
+            nxt = q.get_nowait()
+        except queue.Empty:
+            return False
+        if nxt is None:
+            return True
+        batch.append(nxt)
+    return False
 
 
 # Called in the worker thread with (item context, result); what it returns resolves the
@@ -131,18 +166,7 @@ class MicroBatcher:
                 return
             batch, stop = self._gather(first)
             self._run(batch)
-            if stop:
-                # Drain what came in before the sentinel (submit refuses after close).
-                rest: list[_Item] = []
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not None:
-                        rest.append(item)
-                for i in range(0, len(rest), self.max_batch):
-                    self._run(rest[i : i + self.max_batch])
+            if stop:  # the sentinel comes last: submit refuses once closed
                 return
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
@@ -180,7 +204,7 @@ class MicroBatcher:
     def _run_group(self, items: list[_Item]) -> None:
         started = time.perf_counter()
         backend = items[0].backend
-        outcomes: list[tuple[_Item, bool, Any]] = []
+        outcomes: list[Outcome] = []
         ok: list[_Item] = []
         rows: list[np.ndarray] = []
         for it in items:
@@ -188,13 +212,13 @@ class MicroBatcher:
                 rows.append(backend.decode(it.content))
                 ok.append(it)
             except Exception as exc:  # this input is bad; the others still run
-                outcomes.append((it, False, exc))
+                outcomes.append((it.future, it.loop, False, exc))
         if ok:
             try:
                 out = backend.run(np.stack(rows))
             except Exception as exc:
                 log.exception("a batch of %d failed on v%d", len(ok), backend.version)
-                outcomes += [(it, False, exc) for it in ok]
+                outcomes += [(it.future, it.loop, False, exc) for it in ok]
             else:
                 run_s = time.perf_counter() - started
                 for k, it in enumerate(ok):
@@ -204,22 +228,10 @@ class MicroBatcher:
                             result if self.on_result is None else self.on_result(it.context, result)
                         )
                     except Exception as exc:
-                        outcomes.append((it, False, exc))
+                        outcomes.append((it.future, it.loop, False, exc))
                     else:
-                        outcomes.append((it, True, answer))
-        # Thread futures settle here; asyncio futures in one call per event loop.
-        by_loop: dict[int, list[tuple[_Item, bool, Any]]] = {}
-        loops: dict[int, asyncio.AbstractEventLoop] = {}
-        for outcome in outcomes:
-            loop = outcome[0].loop
-            if loop is None:
-                _settle([outcome])
-            else:
-                by_loop.setdefault(id(loop), []).append(outcome)
-                loops[id(loop)] = loop
-        for key, group in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
-                loops[key].call_soon_threadsafe(_settle, group)
+                        outcomes.append((it.future, it.loop, True, answer))
+        resolve(outcomes)
 
 
 class GroupCommit:
@@ -276,15 +288,7 @@ class GroupCommit:
             if first is None:
                 return
             batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
+            stop = drain(self._queue, batch, self.max_batch)
             try:
                 results: Sequence[Any] = self._commit([item for item, _, _ in batch])
                 if len(results) != len(batch):
@@ -292,22 +296,9 @@ class GroupCommit:
             except Exception as exc:
                 log.exception("a group commit of %d items failed", len(batch))
                 results = [exc] * len(batch)
-            by_loop: dict[int, list[tuple[Any, bool, Any]]] = {}
-            loops: dict[int, asyncio.AbstractEventLoop] = {}
-            for (_, fut, loop), result in zip(batch, results, strict=True):
-                ok = not isinstance(result, BaseException)
-                by_loop.setdefault(id(loop), []).append((fut, ok, result))
-                loops[id(loop)] = loop
-            for key, group in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
-                    loops[key].call_soon_threadsafe(_settle_futures, group)
-
-
-def _settle_futures(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in outcomes:
-        if fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+            resolve(
+                [
+                    (fut, loop, not isinstance(result, BaseException), result)
+                    for (_, fut, loop), result in zip(batch, results, strict=True)
+                ]
+            )

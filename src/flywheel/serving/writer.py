@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from flywheel.serving.batching import drain
+
 __all__ = ["PredictionWriter"]
 
 log = logging.getLogger("flywheel.serving")
@@ -117,15 +119,7 @@ class PredictionWriter:
             self._hurry.wait(self.linger_s)
             self._hurry.clear()
             rows = [first]
-            while len(rows) < self.batch_rows:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                rows.append(nxt)
+            stop = drain(self._queue, rows, self.batch_rows)
             self._commit(rows)
 
     def _commit(self, rows: list[dict[str, Any]]) -> None:
