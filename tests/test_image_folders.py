@@ -59,7 +59,11 @@ def test_init_train_serve_round_trip_on_cifar_folders(datasets_dir: Path, tmp_pa
     with project.db.session() as s:
         fb = s.get(Feedback, fid)
         assert fb is not None
-        assert (fb.label, fb.user_id, fb.prediction_id) == ("cat", "tester", body["prediction_id"])
+        assert (fb.label, fb.user_id, fb.prediction_id) == (
+            "cat",
+            project.pseudonym("tester"),
+            body["prediction_id"],
+        )
         pred = s.scalars(select(Prediction)).one()
         assert project.blobs.get(pred.input_hash) == photo.read_bytes()
     project.close()

@@ -73,7 +73,7 @@ def test_feedback_on_a_held_out_image_is_never_trained_on(project: Project) -> N
         )
         new = s.scalars(select(Example).where(Example.origin == "feedback")).one()
     assert holdout_hash not in train_hashes
-    assert (new.label, new.user_id, new.split) == ("8", "u2", TRAIN)
+    assert (new.label, new.user_id, new.split) == ("8", project.pseudonym("u2"), TRAIN)
     assert new.feedback_id is not None
     assert dv.parent_id == 1
     assert dv.stats["n_feedback"] == 1

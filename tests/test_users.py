@@ -106,16 +106,19 @@ def test_trust_quarantine_and_curation_hold_a_liar_back(
         for user in honest:
             answer(client, ask(client, i, user), truth, user)
         answer(client, ask(client, i, "liar"), str((LABELS[i] + 1) % 10), "liar")
+    # Stored and listed under keyed hashes only.
     trust = project.update_trust()
-    assert min(trust[u]["trust"] for u in honest) > 0.8
-    assert trust["liar"]["trust"] < 0.3
-    assert trust["liar"]["compared_with_others"] == 36
-    assert trust["liar"]["agreed_with_others"] == 0
+    p = {u: project.pseudonym(u) for u in [*honest, "liar"]}
+    assert set(trust) == set(p.values())
+    assert min(trust[p[u]]["trust"] for u in honest) > 0.8
+    assert trust[p["liar"]]["trust"] < 0.3
+    assert trust[p["liar"]]["compared_with_others"] == 36
+    assert trust[p["liar"]]["agreed_with_others"] == 0
 
     users = {u["user_id"]: u for u in client.get("/v1/users", headers=admin).json()}
-    assert users["liar"]["quarantined"] is True
-    assert users["liar"]["quarantine_reason"].startswith("trust 0.")
-    assert users["h1"]["quarantined"] is False
+    assert users[p["liar"]]["quarantined"] is True
+    assert users[p["liar"]]["quarantine_reason"].startswith("trust 0.")
+    assert users[p["h1"]]["quarantined"] is False
     assert client.get("/v1/users").status_code == 401
 
     result = project.retrain()
@@ -123,12 +126,13 @@ def test_trust_quarantine_and_curation_hold_a_liar_back(
     assert result.feedback_used == 12  # one row per image, by the honest majority
     with project.db.session() as s:
         rows = s.scalars(select(Example).where(Example.origin == "feedback")).all()
-        assert {r.user_id for r in rows} <= set(honest)
+        assert {r.user_id for r in rows} <= {p[u] for u in honest}
         assert all(r.label == str(LABELS[int(r.source_path or 0)]) or True for r in rows)
         assert all(0.8 < (r.weight or 0) <= 1 for r in rows)
 
     # Released, the liar's held-back answers are considered again; all 36 answers not
     # turned into rows (the liar's 12, the honest duplicates 24) are about known inputs.
+    # Named by the raw id (hashed on the way in) or by the listed pseudonym alike.
     r = client.delete("/v1/users/liar/quarantine", headers=admin)
     assert r.status_code == 200
     assert r.json()["quarantined"] is False
@@ -148,10 +152,12 @@ def test_one_user_cannot_give_most_of_a_retrain(project: Project, client: TestCl
         answer(client, ask(client, i, f"u{n}"), str(LABELS[i]), f"u{n}")
     result = project.retrain()
     assert result.curation["rows"] == 6 + 6  # bulk is capped at 25% of its 26 rows
-    assert result.curation["capped"] == {"bulk": 14}
+    assert result.curation["capped"] == {project.pseudonym("bulk"): 14}
     assert result.train is not None
     checks = result.train.decision.checks
-    assert checks["contribution"]["top_user"] in {"bulk"} | {f"u{n}" for n in range(6)}
+    assert checks["contribution"]["top_user"] in {
+        project.pseudonym(u) for u in ["bulk", *(f"u{n}" for n in range(6))]
+    }
     assert checks["contribution"]["new_user_share"] == 1.0  # every user is new this cycle
     assert checks["contribution"]["first_feedback"] is True
     assert checks["contribution"]["passed"] is True  # nothing to compare with yet

@@ -59,12 +59,14 @@ from flywheel.feedback import Answer, curate
 from flywheel.feedback.queue import STRATEGIES, Candidate, rank
 from flywheel.feedback.trust import Vote, estimate_trust
 from flywheel.models import ModelSpec, arch_info, build_spec, create_model
+from flywheel.privacy.pseudonym import PSEUDONYM, Pseudonymizer
 from flywheel.registry import VersionInfo, load_artifact, save_artifact
 from flywheel.settings import CONFIG_FILE, Settings
 from flywheel.store import BlobStore, Database, ensure_user, retry_locked
 from flywheel.store import jobs as job_rows
 from flywheel.store import keys as key_rows
 from flywheel.store.schema import (
+    AuditRecord,
     DatasetVersion,
     DatasetVersionExample,
     Example,
@@ -336,6 +338,50 @@ class Project:
         # Set by a server that logs predictions in the background (see PendingLog).
         self.prediction_log: PendingLog | None = None
         self._pii: PiiScrubber | None = None
+        self._pseudonymizer: Pseudonymizer | None = None
+
+    # -- end users: known only by keyed hashes -----------------------------------------
+
+    @property
+    def pseudonymizer(self) -> Pseudonymizer:
+        """The key chain that turns raw user ids into stored pseudonyms (made on first use)."""
+        if self._pseudonymizer is None:
+            with self._load_lock:
+                if self._pseudonymizer is None:
+                    self._pseudonymizer = Pseudonymizer.open(
+                        self.settings.user_keys, self.db.session
+                    )
+        return self._pseudonymizer
+
+    def pseudonym(self, user_id: str | None) -> str | None:
+        """The stored form of a raw user id (checked; None when absent)."""
+        user_id = check_user_id(user_id)
+        return None if user_id is None else self.pseudonymizer(user_id)
+
+    def resolve_user(self, s: Session, user_id: str) -> User:
+        """A user named by raw id or by the pseudonym `flywheel users` lists."""
+        if PSEUDONYM.match(user_id) and (row := s.get(User, user_id)) is not None:
+            return row
+        row = s.get(User, self.pseudonymizer(check_user_id(user_id) or ""))
+        if row is None:
+            raise NotFoundError("user", user_id)
+        return row
+
+    def rotate_user_key(self) -> dict[str, Any]:
+        """Append a key to the chain and re-key every stored user (one transaction)."""
+        self._settle_log()
+        old = self.pseudonymizer.fingerprint
+        with self._load_lock:
+            self._pseudonymizer, n = self.pseudonymizer.rotate(self.db.session)
+        detail = {
+            "users": n,
+            "keys": len(self._pseudonymizer.keys),
+            "fingerprint_before": old,
+            "fingerprint_after": self._pseudonymizer.fingerprint,
+        }
+        with self.db.session() as s:
+            s.add(AuditRecord(action="rotate_key", subject=None, detail=detail))
+        return detail
 
     # -- the door: what is kept of an input --------------------------------------------
 
@@ -496,10 +542,12 @@ class Project:
             preprocessing["target_mean"] = float(y.mean())
             preprocessing["target_std"] = float(y.std()) or 1.0
 
+        users = {ex.user_id: self.pseudonymizer(ex.user_id) for ex, _, _ in kept if ex.user_id}
+        for given in users:
+            check_user_id(given)
         with self.db.session() as s:
-            for ex, _, _ in kept:
-                if ex.user_id is not None:
-                    ensure_user(s, ex.user_id)
+            for user in sorted(set(users.values())):
+                ensure_user(s, user)
             for ex, _, _ in kept:
                 self.blobs.put(ex.content)
             examples = [
@@ -509,7 +557,7 @@ class Project:
                     value=ex.value,
                     split=sp,
                     origin="base",
-                    user_id=ex.user_id,
+                    user_id=users.get(ex.user_id) if ex.user_id else None,
                     source_path=ex.source_path,
                 )
                 for (ex, digest, _), sp in zip(kept, splits, strict=True)
@@ -1378,20 +1426,18 @@ class Project:
     def quarantine(self, user_id: str, reason: str = "quarantined by an admin") -> dict[str, Any]:
         """Hold back a user's feedback from training (kept, listed, reversible)."""
         with self.db.session() as s:
-            row = s.get(User, user_id)
-            if row is None:
-                raise NotFoundError("user", user_id)
+            row = self.resolve_user(s, user_id)
             row.quarantined_at, row.quarantine_reason = utcnow(), reason
-        return next(u for u in self.users() if u["user_id"] == user_id)
+            pid = row.id
+        return next(u for u in self.users() if u["user_id"] == pid)
 
     def release(self, user_id: str) -> dict[str, Any]:
         """Take a user out of quarantine; their held-back feedback is used by the next retrain."""
         with self.db.session() as s:
-            row = s.get(User, user_id)
-            if row is None:
-                raise NotFoundError("user", user_id)
+            row = self.resolve_user(s, user_id)
             row.quarantined_at, row.quarantine_reason = None, "released by an admin"
-        return next(u for u in self.users() if u["user_id"] == user_id)
+            pid = row.id
+        return next(u for u in self.users() if u["user_id"] == pid)
 
     def review_queue(
         self,
@@ -1578,7 +1624,7 @@ class Project:
 
     def predict(self, content: bytes, *, user_id: str | None = None) -> PredictionResult:
         """Predict one input (the stored form of the task's input) and log the call."""
-        user_id = check_user_id(user_id)
+        user_id = self.pseudonym(user_id)
         content = self.at_the_door(content)
         started = time.perf_counter()
         loaded = self.serving_model()
@@ -1680,7 +1726,7 @@ class Project:
         checked: list[tuple[int, FeedbackIn]] = []
         for i, it in enumerate(items):
             try:
-                user_id = check_user_id(it.user_id)
+                user_id = self.pseudonym(it.user_id)
                 if it.label is None and it.correct is None and it.value is None:
                     raise InputError("feedback needs a 'label', a 'value' or 'correct'")
                 checked.append((i, replace(it, user_id=user_id)))

@@ -149,6 +149,11 @@ class Settings(BaseSettings):
         description="Image tasks: EXIF (camera, GPS, time), XMP, IPTC, comments and PNG text "
         "chunks are removed from inputs before they are stored; pixels are untouched.",
     )
+    user_key_file: Path | None = Field(
+        default=None,
+        description="The key chain user ids are hashed with (kept secret, mode 0600); "
+        "default: <project>/user-keys.json. Rotate with `flywheel privacy rotate-key`.",
+    )
     # Serving: backend, micro-batching, the prediction log, workers.
     serving_backend: str = Field(
         default="onnx",
@@ -231,6 +236,10 @@ class Settings(BaseSettings):
     @property
     def blobs(self) -> Path:
         return self.blob_dir or self.project_dir / "blobs"
+
+    @property
+    def user_keys(self) -> Path:
+        return self.user_key_file or self.project_dir / "user-keys.json"
 
     @property
     def models_dir(self) -> Path:

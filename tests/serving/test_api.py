@@ -68,7 +68,11 @@ def test_predict_returns_label_probabilities_and_logs_the_call(
     with project.db.session() as s:
         row = s.get(Prediction, body["prediction_id"])
         assert row is not None
-        assert (row.user_id, row.model_version, row.label) == ("alice", 1, body["label"])
+        assert (row.user_id, row.model_version, row.label) == (
+            project.pseudonym("alice"),
+            1,
+            body["label"],
+        )
         assert row.latency_ms > 0
         assert project.blobs.get(row.input_hash) == digit_png(3)
 
@@ -170,7 +174,7 @@ def test_feedback_with_a_label_is_committed_before_201(
     with fresh.db.session() as s:
         row = s.get(Feedback, fid)
         assert row is not None
-        assert (row.prediction_id, row.label, row.user_id) == (pid, "7", "bob")
+        assert (row.prediction_id, row.label, row.user_id) == (pid, "7", project.pseudonym("bob"))
     fresh.close()
 
 

@@ -20,6 +20,9 @@ from flywheel.store.schema import Base, Prediction, User
 TABLES = {
     "alias_events",
     "api_keys",
+    "audit_log",
+    "privacy_ledger",
+    "store_meta",
     "dataset_version_examples",
     "dataset_versions",
     "examples",

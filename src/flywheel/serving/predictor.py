@@ -28,7 +28,6 @@ from flywheel.project import (
     FeedbackResult,
     PredictionResult,
     Project,
-    check_user_id,
 )
 from flywheel.serving.backends import Backend, load_backend
 from flywheel.serving.batching import BatchResult, GroupCommit, MicroBatcher
@@ -109,7 +108,7 @@ class Predictor:
     # -- predictions ----------------------------------------------------------------------
 
     async def predict(self, content: bytes, user_id: str | None) -> PredictionResult:
-        user_id = check_user_id(user_id)
+        user_id = self.project.pseudonym(user_id)
         if self.project.scrubs_inputs:  # personal data never reaches the model or the store
             if self.project.task.modality == "text":  # Presidio: ~2 ms, off the event loop
                 content = await run_in_threadpool(self.project.at_the_door, content)

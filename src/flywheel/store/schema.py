@@ -24,6 +24,7 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "AliasEvent",
     "ApiKey",
+    "AuditRecord",
     "Base",
     "DatasetVersion",
     "DatasetVersionExample",
@@ -33,7 +34,9 @@ __all__ = [
     "ModelAlias",
     "ModelVersion",
     "Prediction",
+    "PrivacyCharge",
     "ReviewItem",
+    "StoreMeta",
     "User",
     "utcnow",
 ]
@@ -137,6 +140,9 @@ class DatasetVersion(Base):
     preprocessing: Mapped[dict[str, Any]] = mapped_column(JSON)
     stats: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    #: set when rows were erased from it (forget a user): how many, when, the audit id;
+    #: the version no longer holds what its content hash says
+    erased: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class DatasetVersionExample(Base):
@@ -164,6 +170,10 @@ class ModelVersion(Base):
     artifact_dir: Mapped[str] = mapped_column(Text)
     weights_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    #: out of service (its training rows were erased): weights deleted, no alias may
+    #: point to it
+    withdrawn_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    withdrawn_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ModelAlias(Base):
@@ -258,6 +268,42 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class PrivacyCharge(Base):
+    """One DP training run's charge to one user (the per-user privacy ledger)."""
+
+    __tablename__ = "privacy_ledger"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(128), ForeignKey("users.id"), index=True)
+    model_version: Mapped[int] = mapped_column(Integer, ForeignKey("model_versions.version"))
+    epsilon: Mapped[float] = mapped_column(Float)
+    delta: Mapped[float] = mapped_column(Float)
+    rows: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class AuditRecord(Base):
+    """What a privacy action did (forget a user, rotate the key, retention), for proof.
+
+    ``subject`` is a digest of the pseudonym, never the pseudonym itself: the record
+    proves that a given user was forgotten without keeping their id.
+    """
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    subject: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class StoreMeta(Base):
+    """Small facts about the store itself (the fingerprint of the user-id key chain)."""
+
+    __tablename__ = "store_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 Index("ix_examples_origin_split", Example.origin, Example.split)
