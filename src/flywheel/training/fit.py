@@ -16,6 +16,7 @@ from torch import nn
 
 from flywheel.data.datasets import Arrays
 from flywheel.errors import ModelError
+from flywheel.privacy.dp import PrivacyRecord, fit_private
 from flywheel.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -50,12 +51,31 @@ class TrainConfig:
     augment: bool = False
     image_size: int | None = None  # images: side to resize to (None: the architecture's)
     finetune_layers: int = 0  # text: top encoder layers trained with the head
+    # Differential privacy (user-level DP-SGD, see flywheel.privacy.dp): on when an ε
+    # target or an explicit noise multiplier is given.
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
+    dp_noise_multiplier: float | None = None  # explicit σ (ε is then computed, not targeted)
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("none", "cosine", "plateau"):
             raise ValueError(
                 f"lr_schedule must be one of none, cosine, plateau; got {self.lr_schedule!r}"
             )
+        if self.dp_epsilon is not None and self.dp_epsilon <= 0:
+            raise ValueError(f"dp_epsilon must be > 0; got {self.dp_epsilon}")
+        if not 0 < self.dp_delta < 1:
+            raise ValueError(f"dp_delta must be in (0, 1); got {self.dp_delta}")
+        if self.dp_max_grad_norm <= 0:
+            raise ValueError(f"dp_max_grad_norm must be > 0; got {self.dp_max_grad_norm}")
+        noisy = self.dp_noise_multiplier is None or self.dp_noise_multiplier > 0
+        if self.private and noisy and math.isinf(self.dp_max_grad_norm):
+            raise ValueError("noise needs a finite dp_max_grad_norm (it scales the noise)")
+
+    @property
+    def private(self) -> bool:
+        return self.dp_epsilon is not None or self.dp_noise_multiplier is not None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +108,7 @@ class FitResult:
     best_val_metric: float
     history: list[EpochReport] = field(default_factory=list)
     resumed_from: int | None = None
+    privacy: PrivacyRecord | None = None  # what a private run spent
 
     @property
     def best_val_accuracy(self) -> float:
@@ -102,6 +123,16 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def split_validation(data: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
     """A seeded train/validation split of the training rows (stratified for classes)."""
+    tr, va = _split_indices(data, fraction, seed)
+    return _take(data, tr), _take(data, va)
+
+
+def _take(data: Arrays, idx: np.ndarray) -> Arrays:
+    w = None if data.weights is None else data.weights[idx]
+    return Arrays(x=data.x[idx], y=data.y[idx], labels=data.labels, weights=w)
+
+
+def _split_indices(data: Arrays, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     n = len(data)
@@ -117,12 +148,7 @@ def split_validation(data: Arrays, fraction: float, seed: int) -> tuple[Arrays, 
     tr, va = train_test_split(np.arange(n), test_size=n_val, random_state=seed, stratify=stratify)
     tr.sort()
     va.sort()
-
-    def take(idx: np.ndarray) -> Arrays:
-        w = None if data.weights is None else data.weights[idx]
-        return Arrays(x=data.x[idx], y=data.y[idx], labels=data.labels, weights=w)
-
-    return take(tr), take(va)
+    return tr, va
 
 
 @torch.no_grad()
@@ -182,14 +208,20 @@ def fit(
     checkpoint_dir: Path | None = None,
     run_id: str = "",
     resume: bool = False,
+    users: np.ndarray | None = None,
 ) -> FitResult:
     """Train ``model`` in place; it ends with the weights of its best validation epoch.
 
     With ``checkpoint_dir`` the state after each epoch is saved there; ``resume``
     continues from it (same ``run_id``) as if the run had not been interrupted.
+
+    A private config (``dp_epsilon`` or ``dp_noise_multiplier``) trains with user-level
+    DP-SGD instead (``users[i]``: the user of row ``i``; default one user per row),
+    runs every epoch and keeps the last (see ``flywheel.privacy.dp``).
     """
     gen = seed_everything(config.seed)
-    train_part, val = split_validation(train, config.val_fraction, config.seed)
+    tr_idx, va_idx = _split_indices(train, config.val_fraction, config.seed)
+    train_part, val = _take(train, tr_idx), _take(train, va_idx)
     loss_fn = _loss_fn(model, regression)
 
     # A model with a frozen prefix (a pre-trained encoder) is run through it once:
@@ -218,6 +250,14 @@ def fit(
         lr=config.learning_rate,
         weight_decay=config.weight_decay,  # the L2 penalty of the seed (2.1)
     )
+    if config.private:
+        if resume:
+            raise ModelError("a private run cannot be resumed; train it again")
+        return _fit_private(
+            model, trainable, x, y, w, (xv, yv, wv), opt, gen, loss_fn, config,
+            regression=regression, augment=augment, on_epoch=on_epoch,
+            units=(np.arange(len(train)) if users is None else users)[tr_idx],
+        )  # fmt: skip
     sched = _scheduler(opt, config)
     best_state = copy.deepcopy(model.state_dict())
     best_loss, best_metric, best_epoch, since_best = math.inf, 0.0, 0, 0
@@ -310,6 +350,60 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(best_epoch, epoch, best_loss, best_metric, history, resumed_from)
+
+
+def _fit_private(
+    model: nn.Module,
+    trainable: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    val: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
+    config: TrainConfig,
+    *,
+    regression: bool,
+    augment: Augment | None,
+    on_epoch: Callable[[EpochReport], None] | None,
+    units: np.ndarray,
+) -> FitResult:
+    history: list[EpochReport] = []
+    xv, yv, wv = val
+
+    def after_epoch(epoch: int, train_loss: float) -> None:
+        val_loss, val_metric = _validate(trainable, xv, yv, wv, loss_fn, regression)
+        report = EpochReport(
+            epoch, config.epochs, train_loss, val_loss, val_metric, opt.param_groups[0]["lr"]
+        )
+        history.append(report)
+        if on_epoch is not None:
+            on_epoch(report)
+
+    record = fit_private(
+        trainable,
+        x,
+        y,
+        w,
+        units,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        loss_fn=loss_fn,
+        optimizer=opt,
+        generator=gen,
+        delta=config.dp_delta,
+        max_grad_norm=config.dp_max_grad_norm,
+        epsilon=None if config.dp_noise_multiplier is not None else config.dp_epsilon,
+        noise_multiplier=config.dp_noise_multiplier,
+        augment=augment,
+        after_epoch=after_epoch,
+    )
+    model.eval()
+    last = history[-1]
+    return FitResult(
+        config.epochs, config.epochs, last.val_loss, last.val_metric, history, None, record
+    )
 
 
 @torch.no_grad()

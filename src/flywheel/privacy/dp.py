@@ -1,0 +1,276 @@
+"""DP-SGD with a *user*-level guarantee: Opacus' per-sample gradients and its RDP
+accountant, with users (not rows) as the unit that is sampled, clipped and noised.
+
+The mechanism, per step (Abadi et al. 2016, applied to users as in McMahan et al.
+2018, "Learning differentially private recurrent language models"):
+
+1. every user is included independently with probability ``q = batch_size / users``
+   (Poisson sampling: the assumption the RDP accountant's subsampling bound makes);
+2. each included user's gradient is the mean of the per-row gradients of their rows
+   (Opacus' ``GradSampleModule`` computes those), clipped to L2 norm ``C``;
+3. the clipped user gradients are summed, Gaussian noise ``N(0, (σC)²)`` is added,
+   and the sum is divided by the expected number of users ``q·U``; the optimiser
+   (Adam with the run's weight decay) steps on that.
+
+Adding or removing *all* rows of one user changes one clipped term, so the
+accountant's (ε, δ) — RDP of the sampled Gaussian mechanism, ``q``, ``σ`` and the
+number of steps, converted at δ — is a guarantee about users. Rows with no user id
+(imported data) each count as a user of one row, so on such data this is exactly
+Opacus' record-level DP-SGD. Opacus alone accounts per row and per run (user-level
+privacy is its open request #366); the ledger (``ledger.py``) composes across runs.
+
+What it does not cover: the rows held out for validation are only reported (a
+private run trains every epoch and keeps the last one — choosing the best epoch or
+stopping early on validation data would spend privacy outside the accountant);
+held-out evaluation; and floating-point side channels (Opacus' ``secure_mode`` is
+not used: noise comes from the run's seeded generator, so a run is repeatable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from flywheel.errors import ConfigError, ModelError
+
+__all__ = ["ACCOUNTANT", "PrivacyRecord", "epsilon_for", "fit_private", "plan"]
+
+ACCOUNTANT = "rdp"
+
+
+@dataclass(frozen=True)
+class PrivacyRecord:
+    """What a private run spent, recorded with the model version."""
+
+    epsilon: float  # what the accountant reports after the run
+    delta: float
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int
+    epochs: int
+    users: int  # sampling units in the training rows (users; rows without a user count 1)
+    rows: int
+    target_epsilon: float | None = None
+    accountant: str = ACCOUNTANT
+    sampling: str = "poisson"
+    unit: str = "user"
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if math.isinf(self.epsilon):
+            out["epsilon"] = None  # JSON has no infinity: no guarantee
+        return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Opacus' known, harmless warnings: the accountant's search touching the edge of
+    its α grid (the bound stays valid, only looser), and the full backward hook firing
+    on a first layer whose input needs no gradient."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        yield
+
+
+def _opacus() -> Any:
+    try:
+        import opacus
+    except ImportError as exc:  # pragma: no cover - opacus is in the [privacy] extra
+        raise ConfigError(
+            "differentially private training needs Opacus: pip install 'flywheel-ml[privacy]'"
+        ) from exc
+    return opacus
+
+
+def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """ε of ``steps`` sampled Gaussian steps under Opacus' RDP accountant (inf at σ = 0)."""
+    if noise_multiplier <= 0:
+        return math.inf
+    from opacus.accountants import RDPAccountant
+
+    _opacus()
+    acc = RDPAccountant()
+    acc.history = [(noise_multiplier, sample_rate, steps)]
+    with _quiet():
+        return float(acc.get_epsilon(delta=delta))
+
+
+def plan(
+    *,
+    users: int,
+    batch_size: int,
+    epochs: int,
+    delta: float,
+    epsilon: float | None = None,
+    noise_multiplier: float | None = None,
+) -> tuple[float, float, int, float]:
+    """(σ, q, steps, ε): calibrate σ to a target ε, or compute ε for a given σ."""
+    if users < 1:
+        raise ModelError("a private run needs at least one user's rows to train on")
+    if not 0 < delta < 1:
+        raise ConfigError(f"dp delta must be in (0, 1); got {delta}")
+    q = min(1.0, batch_size / users)
+    steps = epochs * max(1, round(1 / q))
+    if noise_multiplier is None:
+        if epsilon is None or epsilon <= 0:
+            raise ConfigError(f"dp epsilon must be > 0; got {epsilon}")
+        from opacus.accountants.utils import get_noise_multiplier
+
+        _opacus()
+        with _quiet():
+            noise_multiplier = float(get_noise_multiplier(
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=q,
+                steps=steps,
+                accountant=ACCOUNTANT,
+            ))  # fmt: skip
+    elif noise_multiplier < 0:
+        raise ConfigError(f"dp noise multiplier must be >= 0; got {noise_multiplier}")
+    return noise_multiplier, q, steps, epsilon_for(noise_multiplier, q, steps, delta)
+
+
+def _grad_sample_module(model: nn.Module) -> Any:
+    opacus = _opacus()
+    try:
+        return opacus.GradSampleModule(model, loss_reduction="sum", strict=True)
+    except NotImplementedError as exc:
+        raise ModelError(
+            f"this architecture has a layer Opacus cannot compute per-sample gradients "
+            f"for ({exc}); train it without --dp-epsilon"
+        ) from exc
+
+
+def fit_private(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    units: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    delta: float,
+    max_grad_norm: float,
+    epsilon: float | None = None,
+    noise_multiplier: float | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    after_epoch: Callable[[int, float], None] | None = None,
+) -> PrivacyRecord:
+    """Train ``model`` (the trainable part) in place with user-level DP-SGD.
+
+    ``units[i]`` is the user of row ``i`` (any integers); ``optimizer`` steps on the
+    noised mean of clipped user gradients. Runs every epoch (no early stopping).
+    """
+    if max_grad_norm <= 0:
+        raise ConfigError(f"dp max grad norm must be > 0; got {max_grad_norm}")
+    uniq, inverse = np.unique(units, return_inverse=True)
+    n_users = len(uniq)
+    sigma, q, steps, eps = plan(
+        users=n_users,
+        batch_size=batch_size,
+        epochs=epochs,
+        delta=delta,
+        epsilon=epsilon,
+        noise_multiplier=noise_multiplier,
+    )
+    row_user = torch.from_numpy(inverse.astype(np.int64))
+    steps_per_epoch = steps // epochs
+    with _quiet():
+        _steps(
+            _grad_sample_module(model), x, y, w, row_user, optimizer, generator, loss_fn,
+            sigma=sigma, q=q, clip=max_grad_norm, epochs=epochs, per_epoch=steps_per_epoch,
+            augment=augment, after_epoch=after_epoch,
+        )  # fmt: skip
+    return PrivacyRecord(
+        epsilon=eps,
+        delta=delta,
+        noise_multiplier=sigma,
+        max_grad_norm=max_grad_norm,
+        sample_rate=q,
+        steps=steps,
+        epochs=epochs,
+        users=n_users,
+        rows=len(units),
+        target_epsilon=epsilon if noise_multiplier is None else None,
+    )
+
+
+def _steps(
+    gsm: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    row_user: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    sigma: float,
+    q: float,
+    clip: float,
+    epochs: int,
+    per_epoch: int,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
+    after_epoch: Callable[[int, float], None] | None,
+) -> None:
+    """The DP-SGD steps (see the module docstring); ``gsm`` computes per-row gradients."""
+    n_users = int(row_user.max()) + 1
+    params = [p for p in gsm.parameters() if p.requires_grad]
+    denom = q * n_users  # the expected number of users in a step
+    try:
+        for epoch in range(1, epochs + 1):
+            gsm.train()
+            running, seen = 0.0, 0
+            for _ in range(per_epoch):
+                chosen = torch.rand(n_users, generator=generator) < q
+                rows = torch.nonzero(chosen[row_user]).flatten()
+                optimizer.zero_grad(set_to_none=True)
+                total = [torch.zeros_like(p) for p in params]
+                if len(rows):
+                    xb = x[rows]
+                    if augment is not None:
+                        xb = augment(xb, generator)
+                    per_row = loss_fn(gsm(xb), y[rows])
+                    if w is not None:
+                        per_row = per_row * w[rows]
+                    per_row.sum().backward()
+                    # Per-user mean of the per-row gradients, then one clip per user.
+                    users_in, slot = torch.unique(row_user[rows], return_inverse=True)
+                    count = torch.bincount(slot, minlength=len(users_in)).float()
+                    per_user = []
+                    for p in params:
+                        gs = p.grad_sample.reshape(len(rows), -1)
+                        acc = torch.zeros(len(users_in), gs.shape[1], dtype=gs.dtype)
+                        acc.index_add_(0, slot, gs)
+                        per_user.append(acc / count[:, None])
+                    norms = torch.sqrt(sum((g * g).sum(1) for g in per_user))  # type: ignore[arg-type]
+                    factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+                    for t, g, p in zip(total, per_user, params, strict=True):
+                        t += (factor[:, None] * g).sum(0).reshape(p.shape)
+                    running += float(per_row.detach().sum())
+                    seen += len(rows)
+                for t, p in zip(total, params, strict=True):
+                    if sigma > 0:
+                        noise = torch.normal(0.0, sigma * clip, size=p.shape, generator=generator)
+                        t += noise
+                    p.grad = t / denom
+                    p.grad_sample = None
+                optimizer.step()
+            if after_epoch is not None:
+                after_epoch(epoch, running / max(seen, 1))
+    finally:
+        gsm._close()  # hooks off: the model is a plain module again
