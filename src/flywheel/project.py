@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 import threading
@@ -59,6 +60,8 @@ from flywheel.feedback import Answer, curate
 from flywheel.feedback.queue import STRATEGIES, Candidate, rank
 from flywheel.feedback.trust import Vote, estimate_trust
 from flywheel.models import ModelSpec, arch_info, build_spec, create_model
+from flywheel.privacy import forget as forget_rows
+from flywheel.privacy import ledger
 from flywheel.privacy.pseudonym import PSEUDONYM, Pseudonymizer
 from flywheel.registry import VersionInfo, load_artifact, save_artifact
 from flywheel.settings import CONFIG_FILE, Settings
@@ -66,6 +69,7 @@ from flywheel.store import BlobStore, Database, ensure_user, retry_locked
 from flywheel.store import jobs as job_rows
 from flywheel.store import keys as key_rows
 from flywheel.store.schema import (
+    AliasEvent,
     AuditRecord,
     DatasetVersion,
     DatasetVersionExample,
@@ -100,6 +104,7 @@ __all__ = [
 ]
 
 SCOPES = key_rows.SCOPES
+log = logging.getLogger("flywheel")
 USER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 CHECKPOINT = "checkpoints/current"
 
@@ -645,22 +650,25 @@ class Project:
             return self._dataset_info(dv)
 
     def _rows(self, s: Session, dv_id: int, split: str) -> list[Row]:
-        return [(h, lab, val) for h, lab, val, _ in self._weighted_rows(s, dv_id, split)]
+        return [(h, lab, val) for h, lab, val, *_ in self._weighted_rows(s, dv_id, split)]
 
     def _weighted_rows(
         self, s: Session, dv_id: int, split: str, *, base_only: bool = False
-    ) -> list[tuple[str, str | None, float | None, float | None]]:
+    ) -> list[tuple[str, str | None, float | None, float | None, str | None]]:
+        """(input hash, label, value, weight, user) of a dataset version's rows."""
         q = (
-            select(Example.input_hash, Example.label, Example.value, Example.weight)
+            select(
+                Example.input_hash, Example.label, Example.value, Example.weight, Example.user_id
+            )
             .join(DatasetVersionExample, DatasetVersionExample.example_id == Example.id)
             .where(DatasetVersionExample.dataset_version_id == dv_id, Example.split == split)
             # Order by content, not by arrival: the same dataset version gives the same
             # rows in the same order, hence (with a fixed seed) the same model.
-            .order_by(Example.input_hash, Example.label, Example.value)
+            .order_by(Example.input_hash, Example.label, Example.value, Example.user_id)
         )
         if base_only:  # the imported rows, without any from feedback
             q = q.where(Example.origin != "feedback")
-        return [(h, lab, val, w) for h, lab, val, w in s.execute(q)]
+        return [(h, lab, val, w, u) for h, lab, val, w, u in s.execute(q)]
 
     def _arrays(self, rows: list[Row], spec: ModelSpec) -> Arrays:
         labels = list(spec.labels) if spec.labels else None
@@ -685,6 +693,9 @@ class Project:
             augment=st.augment,
             image_size=st.image_size,
             finetune_layers=st.finetune_layers,
+            dp_epsilon=st.dp_epsilon,
+            dp_delta=st.dp_delta,
+            dp_max_grad_norm=st.dp_max_grad_norm,
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -740,9 +751,16 @@ class Project:
             dv = self._latest_dataset(s)
             spec = self._spec(dv, config)
             weighted = self._weighted_rows(s, dv.id, TRAIN)
-            train_rows = [(h, lab, val) for h, lab, val, _ in weighted]
+            privacy: dict[str, Any] = {}
+            if config.private:
+                weighted, privacy = self._privacy_admission(s, weighted, config)
+            train_rows = [(h, lab, val) for h, lab, val, *_ in weighted]
             holdout_rows = self._rows(s, dv.id, HOLDOUT)
             champion_version = registry.get_alias(s, registry.PRODUCTION)
+            champion_row = (
+                None if champion_version is None else s.get(ModelVersion, champion_version)
+            )
+            champion_config = {} if champion_row is None else dict(champion_row.training_config)
             dv_hash = dv.content_hash
             contribution = dict(dv.stats.get("contribution", {}))
             label_issues = dict(dv.stats.get("label_issues", {}))
@@ -751,7 +769,7 @@ class Project:
                 f"dataset version {dv.id} has {len(train_rows)} training rows; need >= 2"
             )
         train = self._arrays(train_rows, spec)
-        weights = np.array([1.0 if w is None else w for *_, w in weighted], np.float32)
+        weights = np.array([1.0 if w is None else w for _, _, _, w, _ in weighted], np.float32)
         flagged = {i["input_hash"] for i in label_issues.get("issues", [])}
         mode = self.settings.label_issue_mode
         if flagged and mode != "keep":
@@ -768,9 +786,17 @@ class Project:
         if champion_version is not None:
             champion = self._load_version(champion_version)
             parent = champion_version
+            # A private run starts only from a private parent: a non-private champion
+            # trained on the same users would carry their data past the accountant.
+            champion_private = bool(champion_config.get("dp_epsilon")) or (
+                champion_config.get("dp_noise_multiplier") is not None
+            )
             if config.warm_start and champion.spec == spec:
-                # Warm start: the challenger begins where production is.
-                model.load_state_dict(champion.model.state_dict())
+                if not config.private or champion_private:
+                    # Warm start: the challenger begins where production is.
+                    model.load_state_dict(champion.model.state_dict())
+                else:
+                    privacy["cold_start"] = "production was trained without DP"
         run_id = hashlib.sha256(
             json.dumps(
                 [dv_hash, config.to_json(), spec.to_json(), parent], sort_keys=True, default=str
@@ -789,6 +815,7 @@ class Project:
             checkpoint_dir=checkpoint_dir,
             run_id=run_id,
             resume=resume,
+            users=self._units(weighted) if config.private else None,
         )
         train_seconds = time.perf_counter() - started
 
@@ -861,6 +888,8 @@ class Project:
             ),
             "resumed_from_epoch": result.resumed_from,
         }
+        if result.privacy is not None:
+            metrics["privacy"] = {**result.privacy.to_json(), **privacy}
         promoted = decision.promote and (self.settings.auto_promote or champion_version is None)
         with self.db.session() as s:
             mv = ModelVersion(
@@ -881,6 +910,15 @@ class Project:
                 mv.weights_sha256 = save_artifact(model, spec, folder)
                 mv.artifact_dir = str(folder)
                 s.flush()
+                if result.privacy is not None:
+                    metrics["privacy"]["users_charged"] = ledger.charge(
+                        s,
+                        mv.version,
+                        [u for *_, u in weighted],
+                        result.privacy.epsilon,
+                        result.privacy.delta,
+                    )
+                    mv.metrics = dict(metrics)
                 registry.set_alias(s, registry.CANDIDATE, mv.version, action="set", reason=reason)
                 if promoted:
                     registry.promote(s, mv.version, f"{reason}: {decision.reason}")
@@ -892,6 +930,238 @@ class Project:
         # The run is recorded: its checkpoint has done its job.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return TrainResult(info, decision, promoted)
+
+    @staticmethod
+    def _units(weighted: Sequence[tuple[Any, ...]]) -> np.ndarray:
+        """The sampling unit of each row: its user, or a unit of its own without one."""
+        ids: dict[str, int] = {}
+        out = np.empty(len(weighted), np.int64)
+        for i, row in enumerate(weighted):
+            user = row[-1]
+            out[i] = ids.setdefault(user, len(ids)) if user is not None else -(i + 1)
+        return out
+
+    def _privacy_admission(
+        self,
+        s: Session,
+        weighted: list[tuple[str, str | None, float | None, float | None, str | None]],
+        config: TrainConfig,
+    ) -> tuple[
+        list[tuple[str, str | None, float | None, float | None, str | None]], dict[str, Any]
+    ]:
+        """Leave out the rows of users whose budget this run would exceed."""
+        from flywheel.privacy.dp import plan
+
+        budget = self.settings.dp_user_budget
+        run_eps = config.dp_epsilon
+        if config.dp_noise_multiplier is not None:  # ε follows from σ: estimate it
+            units = len(set(self._units(weighted).tolist()))
+            run_eps = plan(
+                users=max(1, round(units * (1 - config.val_fraction))),
+                batch_size=config.batch_size,
+                epochs=config.epochs,
+                delta=config.dp_delta,
+                noise_multiplier=config.dp_noise_multiplier,
+            )[3]
+        users = [u for *_, u in weighted]
+        keep, refused = ledger.admit(
+            users, ledger.spent(s, {u for u in users if u}), float(run_eps or 0.0), budget
+        )
+        kept = [row for row, k in zip(weighted, keep, strict=True) if k]
+        info: dict[str, Any] = {
+            "budget": budget,
+            "users_left_out": len(refused),
+            "rows_left_out": len(weighted) - len(kept),
+        }
+        if refused:
+            log.warning(
+                "privacy budget: %d user(s) left out of this run (%d rows): their ε spent "
+                "plus this run's %.3g would exceed the budget %.3g",
+                len(refused),
+                info["rows_left_out"],
+                run_eps,
+                budget,
+            )
+            info["left_out"] = refused
+        return kept, info
+
+    def forget(
+        self, user_id: str, *, retrain: bool = True, on_epoch: ProgressFn | None = None
+    ) -> dict[str, Any]:
+        """Erase a user (right to erasure) and every model trained on their rows.
+
+        One transaction deletes their predictions, feedback, examples, ledger rows and
+        user row, marks the dataset versions that held their rows, makes a new dataset
+        version without them, takes every affected model version out of service (no
+        alias points to one; production falls back to the newest unaffected version
+        it held, or to none) and writes the audit record. Then their inputs leave the
+        blob folder and the affected weights are deleted; with ``retrain``, a model is
+        trained from scratch on the remaining rows and goes through the gate against
+        the fallback. Returns the audit record's detail.
+        """
+        self._settle_log()
+        started = time.perf_counter()
+        with self.db.session() as s:
+            pid = self.resolve_user(s, user_id).id
+            production = registry.get_alias(s, registry.PRODUCTION)
+            latest = self._latest_dataset(s)
+            held_latest = {
+                e
+                for (e,) in s.execute(
+                    select(DatasetVersionExample.example_id).where(
+                        DatasetVersionExample.dataset_version_id == latest.id
+                    )
+                )
+            }
+            totals_before = forget_rows.totals(s)
+            er = forget_rows.erase(s, pid)
+            new_dv = None
+            if latest.id in er.dataset_versions:  # later versions exclude the erased rows
+                remaining = list(s.scalars(select(Example).where(Example.id.in_(held_latest))))
+                stats = latest.stats
+                new_dv = self._new_dataset_version(
+                    s,
+                    remaining,
+                    parent=latest.id,
+                    source=latest.source,
+                    preprocessing=dict(latest.preprocessing),
+                    labels=list(stats["labels"]),
+                    extra={
+                        "erased_from": latest.id,
+                        "erased_rows": er.dataset_versions[latest.id],
+                        **{k: stats[k] for k in ("label_issues",) if k in stats},
+                    },
+                )
+            now = utcnow()
+            why = f"trained on rows of a user forgotten at {now.isoformat(timespec='seconds')}"
+            for v in er.affected:
+                mv = s.get(ModelVersion, v)
+                assert mv is not None
+                mv.withdrawn_at, mv.withdrawn_reason = now, why
+            fallback = self._fallback(s, set(er.affected))
+            moved: dict[str, Any] = {}
+            for alias in (registry.PRODUCTION, registry.CANDIDATE):
+                held = registry.get_alias(s, alias)
+                if held in er.affected:
+                    target = fallback if alias == registry.PRODUCTION else None
+                    target = target or registry.get_alias(s, registry.PRODUCTION)
+                    if target is not None and target not in er.affected:
+                        registry.set_alias(s, alias, target, action="withdraw", reason=why)
+                    else:
+                        target = None
+                        registry.clear_alias(s, alias, reason=why)
+                    moved[alias] = {"from": held, "to": target}
+            detail: dict[str, Any] = {
+                "counts_before": er.counts_before,
+                "erased": {
+                    "predictions": er.predictions,
+                    "feedback": er.feedback,
+                    "examples": er.examples,
+                    "review_items": er.review_items,
+                    "ledger_rows": er.ledger_rows,
+                    "inputs": len(er.input_hashes),
+                },
+                "inputs_digest": er.inputs_digest,
+                "table_rows_before": totals_before,
+                "dataset_versions_marked": sorted(er.dataset_versions),
+                "dataset_version_new": None if new_dv is None else new_dv.id,
+                "versions_affected": er.affected,
+                "aliases_moved": moved,
+                "production_before": production,
+            }
+            record = forget_rows.audit(s, er, detail)
+            record_id = record.id
+        # Committed: now the bytes. Inputs another user also sent stay (their copy).
+        with self.db.session() as s:
+            shared = forget_rows.still_referenced(s, er.input_hashes)
+        blobs_deleted = sum(self.blobs.delete(h) for h in sorted(er.input_hashes - shared))
+        for v in er.affected:
+            shutil.rmtree(self.settings.models_dir / f"v{v}", ignore_errors=True)
+        self.refresh_model()
+        retrained: dict[str, Any] | None = None
+        if retrain and production in er.affected:
+            t = self.train(
+                self.train_config(warm_start=False),
+                on_epoch=on_epoch,
+                reason=f"forget (audit #{record_id}): production v{production} was withdrawn",
+            )
+            retrained = {
+                "version": t.model.version,
+                "promoted": t.promoted,
+                "gate": t.decision.reason,
+                "dataset_version": t.model.dataset_version,
+                "train_seconds": t.model.metrics.get("train_seconds"),
+            }
+        with self.db.session() as s:
+            rec = s.get(AuditRecord, record_id)
+            assert rec is not None
+            rec.detail = {
+                **rec.detail,
+                "blobs_deleted": blobs_deleted,
+                "inputs_kept_shared": len(shared),
+                "counts_after": forget_rows.table_counts(s, pid),
+                "table_rows_after": forget_rows.totals(s),
+                "retrain": retrained,
+                "production_after": registry.get_alias(s, registry.PRODUCTION),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            out = {"audit_id": record_id, "subject": rec.subject, **rec.detail}
+        self.refresh_model()
+        return out
+
+    def _fallback(self, s: Session, affected: set[int]) -> int | None:
+        """The newest version production held that is not affected (and has weights)."""
+        events = s.scalars(
+            select(AliasEvent)
+            .where(AliasEvent.name == registry.PRODUCTION)
+            .order_by(AliasEvent.id.desc())
+        )
+        for ev in events:
+            for v in (ev.version, ev.previous_version):
+                if v is None or v in affected:
+                    continue
+                mv = s.get(ModelVersion, v)
+                if mv is not None and mv.withdrawn_at is None:
+                    return v
+        return None
+
+    def audit_log(self, action: str | None = None) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            q = select(AuditRecord).order_by(AuditRecord.id)
+            if action is not None:
+                q = q.where(AuditRecord.action == action)
+            return [
+                {
+                    "id": r.id,
+                    "action": r.action,
+                    "subject": r.subject,
+                    "detail": r.detail,
+                    "created_at": r.created_at.isoformat(),
+                }
+                for r in s.scalars(q)
+            ]
+
+    def privacy_ledger(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Each user's cumulative ε and δ across private runs (or one user's)."""
+        with self.db.session() as s:
+            pid = None if user_id is None else self.resolve_user(s, user_id).id
+            rows = ledger.summary(s, pid)
+        budget = self.settings.dp_user_budget
+        for r in rows:
+            r["budget"] = budget
+            r["remaining"] = max(0.0, budget - r["epsilon"])
+        if user_id is not None and not rows:
+            return [
+                {
+                    "user_id": pid,
+                    "epsilon": 0.0,
+                    "delta": 0.0,
+                    "runs": [],
+                    "budget": budget,
+                    "remaining": budget,
+                }
+            ]
+        return rows
 
     def _reference_check(
         self,
@@ -918,7 +1188,7 @@ class Project:
             labels = list(dv.stats["labels"])
             base = [
                 (h, lab, val, 1.0 if w is None else w)
-                for h, lab, val, w in self._weighted_rows(s, dv_id, TRAIN, base_only=True)
+                for h, lab, val, w, _ in self._weighted_rows(s, dv_id, TRAIN, base_only=True)
             ]
             answers, held_back = self._answers(s, include_used=True, until=dv.created_at)
             answers = [a for a in answers if a.label in labels]
@@ -1605,6 +1875,7 @@ class Project:
         """Load the production version if it changed; the new model is ready before the swap."""
         current = self.production_version()
         if current is None:
+            self._loaded = None  # e.g. production was withdrawn by a forget
             return None
         with self._load_lock:
             loaded = self._loaded

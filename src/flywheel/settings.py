@@ -185,6 +185,22 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1, ge=1, le=64, description="Server processes (`flywheel serve --workers`)."
     )
+    # Differential privacy: on for every run (retrains too) when dp_epsilon is set.
+    dp_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        description="Train with user-level DP-SGD to this ε per run (Opacus, RDP accountant, "
+        "Poisson sampling); None: not private.",
+    )
+    dp_delta: float = Field(default=1e-5, gt=0, lt=1, description="δ of each private run.")
+    dp_max_grad_norm: float = Field(
+        default=1.0, gt=0, description="Clipping norm of each user's gradient in DP-SGD."
+    )
+    dp_user_budget: float = Field(
+        default=10.0,
+        gt=0,
+        description="Most ε a user may spend across private runs; a user over it is left out.",
+    )
     # Training defaults; `flywheel train` options override them per run.
     arch: str | None = Field(default=None, description="Architecture; default: the task's.")
     epochs: int = Field(default=30, ge=1)

@@ -17,6 +17,7 @@ __all__ = [
     "PRODUCTION",
     "VersionInfo",
     "aliases_of",
+    "clear_alias",
     "get_alias",
     "get_version",
     "list_versions",
@@ -41,6 +42,7 @@ class VersionInfo:
     training_config: dict[str, Any]
     gate: dict[str, Any] | None
     artifact_dir: str
+    withdrawn: str | None = None  # why it is out of service (its weights are gone)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,7 @@ class VersionInfo:
             "dataset_version": self.dataset_version,
             "training_config": self.training_config,
             "gate": self.gate,
+            "withdrawn": self.withdrawn,
         }
 
 
@@ -75,6 +78,7 @@ def _info(mv: ModelVersion, aliases: dict[int, list[str]]) -> VersionInfo:
         training_config=mv.training_config,
         gate=mv.gate,
         artifact_dir=mv.artifact_dir,
+        withdrawn=mv.withdrawn_reason if mv.withdrawn_at is not None else None,
     )
 
 
@@ -99,8 +103,11 @@ def get_alias(s: Session, name: str) -> int | None:
 
 def set_alias(s: Session, name: str, version: int, *, action: str, reason: str) -> int | None:
     """Point ``name`` at ``version`` and record the move; returns the previous version."""
-    if s.get(ModelVersion, version) is None:
+    mv = s.get(ModelVersion, version)
+    if mv is None:
         raise NotFoundError("model version", version)
+    if mv.withdrawn_at is not None:
+        raise RegistryError(f"v{version} is out of service: {mv.withdrawn_reason}")
     a = s.get(ModelAlias, name, with_for_update=True)
     previous = None if a is None else a.version
     if previous == version:
@@ -113,6 +120,22 @@ def set_alias(s: Session, name: str, version: int, *, action: str, reason: str) 
     s.add(
         AliasEvent(
             name=name, version=version, previous_version=previous, action=action, reason=reason
+        )
+    )
+    s.flush()
+    return previous
+
+
+def clear_alias(s: Session, name: str, *, reason: str) -> int | None:
+    """Remove ``name`` (nothing left to point it at); returns the version it held."""
+    a = s.get(ModelAlias, name, with_for_update=True)
+    if a is None:
+        return None
+    previous = a.version
+    s.delete(a)
+    s.add(
+        AliasEvent(
+            name=name, version=None, previous_version=previous, action="clear", reason=reason
         )
     )
     s.flush()
@@ -133,19 +156,25 @@ def rollback(s: Session, reason: str = "rollback") -> tuple[int, int]:
     current = get_alias(s, PRODUCTION)
     if current is None:
         raise RegistryError("there is no production model to roll back")
-    last_promotion = s.scalars(
-        select(AliasEvent)
-        .where(
-            AliasEvent.name == PRODUCTION,
-            AliasEvent.action == "promote",
-            AliasEvent.version == current,
-        )
-        .order_by(AliasEvent.id.desc())
-        .limit(1)
-    ).first()
-    if last_promotion is None or last_promotion.previous_version in (None, current):
-        raise RegistryError(f"production v{current} has no earlier version to roll back to")
-    target = last_promotion.previous_version
-    assert target is not None
+    target: int | None = current
+    seen = {current}
+    while True:  # back through the promotions, past versions taken out of service
+        last_promotion = s.scalars(
+            select(AliasEvent)
+            .where(
+                AliasEvent.name == PRODUCTION,
+                AliasEvent.action == "promote",
+                AliasEvent.version == target,
+            )
+            .order_by(AliasEvent.id.desc())
+            .limit(1)
+        ).first()
+        target = None if last_promotion is None else last_promotion.previous_version
+        if target is None or target in seen:
+            raise RegistryError(f"production v{current} has no earlier version to roll back to")
+        seen.add(target)
+        mv = s.get(ModelVersion, target)
+        if mv is not None and mv.withdrawn_at is None:
+            break
     set_alias(s, PRODUCTION, target, action="rollback", reason=reason)
     return current, target

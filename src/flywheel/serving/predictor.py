@@ -88,8 +88,9 @@ class Predictor:
             return self._backend
         with self._swap:
             loaded = self.project.refresh_model()
-            if loaded is None:
-                return self._backend
+            if loaded is None:  # no production (none yet, or it was withdrawn): serve none
+                self._backend = None
+                return None
             current = self._backend
             if current is not None and current.version == loaded.version:
                 return current

@@ -53,5 +53,13 @@ class BlobStore:
         except FileNotFoundError:
             raise NotFoundError("blob", digest) from None
 
+    def delete(self, digest: str) -> bool:
+        """Remove a blob; True when it was there."""
+        try:
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def exists(self, digest: str) -> bool:
         return bool(_DIGEST.fullmatch(digest)) and self.path(digest).exists()

@@ -1,0 +1,112 @@
+"""Forget a user: nothing of theirs is left in any table or the blob folder, every model
+trained on their rows is out of service, and production is retrained without them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import MetaData, select
+
+from flywheel import Project
+from flywheel.errors import NotFoundError, RegistryError
+from flywheel.privacy.forget import subject_digest
+from flywheel.store.schema import DatasetVersion, Example, ModelVersion
+from tests.factories import digit_png, digits_arrays
+
+
+def _answer(project: Project, user: str, indices: range) -> None:
+    _, labels = digits_arrays()
+    for i in indices:
+        p = project.predict(digit_png(i), user_id=user)
+        project.record_feedback(p.prediction_id, label=str(labels[i]), user_id=user)
+
+
+def _everything(project: Project) -> list[tuple[str, str, Any]]:
+    """(table, column, value) of every cell in every table of the store."""
+    meta = MetaData()
+    meta.reflect(project.db.engine)
+    cells = []
+    with project.db.engine.connect() as conn:
+        for table in meta.sorted_tables:
+            for row in conn.execute(table.select()):
+                for col, value in row._mapping.items():
+                    cells.append((table.name, str(col), value))
+    return cells
+
+
+def _mentions(cells: list[tuple[str, str, Any]], needles: set[str]) -> list[tuple[str, str]]:
+    return [(t, c) for t, c, v in cells if v is not None and any(n in str(v) for n in needles)]
+
+
+def test_forget_leaves_nothing_behind_and_retrains_without_the_user(project: Project) -> None:
+    _answer(project, "theo", range(300, 330))
+    _answer(project, "ann", range(330, 345))
+    # ann also sent one of theo's images: that copy is hers and stays.
+    _answer(project, "ann", range(300, 301))
+    retrain = project.retrain()
+    assert retrain.train is not None
+    v2 = retrain.train.model.version
+    project.promote(v2)  # (three epochs: whatever the gate said, serve it)
+    theo = project.pseudonym("theo")
+    assert theo is not None
+    theirs = {project.blobs.put(digit_png(i)) for i in range(300, 330)}
+    # The model trained on theo's rows is served, and a golden/queue item may refer to them.
+    project.review_queue(limit=5)
+
+    out = project.forget("theo")
+
+    cells = _everything(project)
+    assert _mentions(cells, {theo}) == []
+    shared = project.blobs.put(digit_png(300))  # ann's copy
+    gone = theirs - {shared}
+    assert _mentions(cells, gone) == []
+    blob_files = {f"{p.parent.name}{p.name}" for p in Path(project.blobs.root).rglob("*")}
+    assert not gone & blob_files
+    assert shared in blob_files and out["inputs_kept_shared"] == 1
+    assert out["blobs_deleted"] == len(gone)
+
+    # Every version trained on theo's rows is listed, withdrawn, and its weights gone.
+    assert out["versions_affected"] == [v2]
+    with project.db.session() as s:
+        mv = s.get(ModelVersion, v2)
+        assert mv is not None and mv.withdrawn_at is not None
+        assert not (project.settings.models_dir / f"v{v2}").exists()
+        marked = s.get(DatasetVersion, out["dataset_versions_marked"][0])
+        assert marked is not None and marked.erased is not None
+        assert marked.erased["rows"] == out["erased"]["examples"] > 0
+    assert v2 not in {m.version for m in project.models() if m.aliases}
+    with pytest.raises(RegistryError, match="out of service"):
+        project.promote(v2)
+
+    # Production was retrained from scratch on the new dataset version, through the gate.
+    new = out["retrain"]
+    assert new is not None and new["dataset_version"] == out["dataset_version_new"]
+    assert out["production_after"] in (new["version"], 1)
+    assert out["production_after"] != v2
+    info = project.version_info(new["version"])
+    assert info.training_config["warm_start"] is False
+    assert info.gate is not None and info.gate["champion_version"] == 1  # the fallback
+    with project.db.session() as s:
+        rows = s.scalars(select(Example.user_id).where(Example.origin == "feedback")).all()
+        assert theo not in rows and project.pseudonym("ann") in rows
+
+    # The audit proves what was done without keeping the id.
+    audit = project.audit_log("forget")
+    assert len(audit) == 1 and audit[0]["subject"] == subject_digest(theo)
+    d = audit[0]["detail"]
+    assert d["counts_before"]["predictions"] == 30 and d["counts_before"]["feedback"] == 30
+    assert set(d["counts_after"].values()) == {0}
+    assert d["table_rows_after"]["predictions"] == d["table_rows_before"]["predictions"] - 30
+
+    with pytest.raises(NotFoundError):
+        project.forget("theo")
+
+
+def test_forget_without_rows_in_production_does_not_retrain(project: Project) -> None:
+    p = project.predict(digit_png(400), user_id="drive-by")
+    assert p.model_version == 1
+    out = project.forget("drive-by")
+    assert out["versions_affected"] == [] and out["retrain"] is None
+    assert out["production_after"] == 1 and out["erased"]["predictions"] == 1
