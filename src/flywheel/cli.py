@@ -32,6 +32,11 @@ data_app = typer.Typer(help="Dataset versions.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 users_app = typer.Typer(help="End users: trust, contributions, quarantine.")
 app.add_typer(users_app, name="users")
+privacy_app = typer.Typer(
+    help="Privacy: the per-user ledger, the user-id key, retention, the audit log.",
+    no_args_is_help=True,
+)
+app.add_typer(privacy_app, name="privacy")
 
 out = Console()
 err = Console(stderr=True)
@@ -98,6 +103,22 @@ def _print_train(result: TrainResult) -> None:
     t.add_row(
         f"champion {d.metric}", "-" if d.champion_score is None else f"{d.champion_score:.4f}"
     )
+    priv = m.get("privacy")
+    if priv:
+        eps = "∞ (no noise)" if priv["epsilon"] is None else f"{priv['epsilon']:.3g}"
+        t.add_row(
+            "privacy",
+            f"ε = {eps}, δ = {priv['delta']:g} per user ({priv['accountant']}, "
+            f"{priv['sampling']} q = {priv['sample_rate']:.3g}, σ = "
+            f"{priv['noise_multiplier']:.3g}, C = {priv['max_grad_norm']:g}, "
+            f"{priv['steps']} steps); {priv.get('users_charged', 0)} users charged",
+        )
+        if priv.get("users_left_out"):
+            t.add_row(
+                "left out",
+                f"[yellow]{priv['users_left_out']} users over their budget "
+                f"({priv['rows_left_out']} rows; budget ε = {priv['budget']:g})[/]",
+            )
     t.add_row("promoted", "[green]yes[/]" if result.promoted else "[red]no[/]")
     t.add_row("gate", d.reason)
     out.print(t)
@@ -310,6 +331,20 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Finish an interrupted run from its last checkpoint.")
     ] = False,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Train with user-level DP-SGD to this ε (Opacus, RDP)."),
+    ] = None,
+    dp_delta: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="δ of the private run.")
+    ] = None,
+    dp_max_grad_norm: Annotated[
+        float | None, typer.Option(min=0.0, help="DP: clipping norm of each user's gradient.")
+    ] = None,
+    dp_noise_multiplier: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="DP: a noise multiplier σ instead of an ε target."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a challenger on the newest dataset version; gate it; promote it if it passes."""
@@ -326,6 +361,10 @@ def train(
         image_size=image_size,
         seed=seed,
         warm_start=warm_start,
+        dp_epsilon=dp_epsilon,
+        dp_delta=dp_delta,
+        dp_max_grad_norm=dp_max_grad_norm,
+        dp_noise_multiplier=dp_noise_multiplier,
     )
     with _EpochBar(quiet=as_json) as bar:
         result = p.train(config, on_epoch=bar, resume=resume)
@@ -654,6 +693,137 @@ def users_release(
     """Release a user; their held-back feedback is used by the next retrain."""
     _open(project).release(user)
     out.print(f"{user} released")
+
+
+@privacy_app.command("ledger")
+def privacy_ledger(
+    user: Annotated[str | None, typer.Argument(help="One user (raw id or pseudonym).")] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Each user's ε and δ spent across private runs, against the budget."""
+    rows = _open(project).privacy_ledger(user)
+    if as_json:
+        _print_json(rows if user is None else rows[0])
+        return
+    t = Table(title="privacy ledger (user-level ε, basic composition across runs)")
+    for col in ("user", "ε spent", "δ spent", "budget ε", "remaining", "runs (versions)"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            r["user_id"],
+            f"{r['epsilon']:.3f}",
+            f"{r['delta']:.1e}",
+            f"{r['budget']:g}",
+            f"{r['remaining']:.3f}",
+            ", ".join(f"v{x['model_version']}" for x in r["runs"]) or "-",
+        )
+    out.print(t)
+
+
+@privacy_app.command("rotate-key")
+def privacy_rotate_key(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Add a key to the user-id hash chain and re-key every stored user (stop servers first)."""
+    detail = _open(project).rotate_user_key()
+    if as_json:
+        _print_json(detail)
+        return
+    out.print(
+        f"re-keyed {detail['users']} users; the chain holds {detail['keys']} keys "
+        f"(fingerprint {detail['fingerprint_after'][:12]})"
+    )
+
+
+@privacy_app.command("retention")
+def privacy_retention(
+    days: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Delete raw inputs older than this (default: the setting)."),
+    ] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete stored inputs of predictions older than the retention age."""
+    detail = _open(project).apply_retention(days)
+    if as_json:
+        _print_json(detail)
+        return
+    out.print(
+        f"retention {detail['days']:g} days: {detail['inputs_deleted']} inputs deleted "
+        f"({detail['predictions']} predictions before {detail['cutoff']}); "
+        f"{detail['kept_for_training']} kept (training rows use them)"
+    )
+
+
+@privacy_app.command("audit")
+def privacy_audit(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """What forget, key rotation and retention did."""
+    rows = _open(project).audit_log()
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table(title="audit log")
+    for col in ("id", "at", "action", "subject", "summary"):
+        t.add_column(col)
+    for r in rows:
+        d = r["detail"]
+        summary = ", ".join(
+            f"{k} {v}"
+            for k, v in d.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        )
+        if r["action"] == "forget":
+            summary = (
+                f"erased {d['erased']}; versions withdrawn {d['versions_affected']}; "
+                f"production v{d['production_before']} → v{d['production_after']}"
+            )
+        t.add_row(
+            str(r["id"]), r["created_at"][:19], r["action"], (r["subject"] or "")[:12], summary
+        )
+    out.print(t)
+
+
+@app.command()
+def forget(
+    user: Annotated[str, typer.Argument(help="The user (raw id or the listed pseudonym).")],
+    retrain: Annotated[
+        bool, typer.Option("--retrain/--no-retrain", help="Retrain production without them.")
+    ] = True,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Forget a user: erase their rows and inputs, withdraw every model trained on them,
+    retrain production without them (right to erasure). Cannot be undone."""
+    p = _open(project)
+    if not yes and not typer.confirm(f"Erase everything of user {user!r}? This cannot be undone"):
+        raise typer.Exit(1)
+    with _EpochBar(quiet=as_json) as bar:
+        d = p.forget(user, retrain=retrain, on_epoch=bar)
+    if as_json:
+        _print_json(d)
+        return
+    e = d["erased"]
+    out.print(
+        f"forgot {user} (audit #{d['audit_id']}, subject {d['subject'][:12]}): "
+        f"{e['predictions']} predictions, {e['feedback']} feedback, {e['examples']} examples, "
+        f"{d['blobs_deleted']} inputs deleted ({d['inputs_kept_shared']} kept: other users "
+        "sent the same bytes)"
+    )
+    t = Table(title="what was trained on their rows")
+    t.add_column("item")
+    t.add_column("value")
+    t.add_row("dataset versions marked", ", ".join(map(str, d["dataset_versions_marked"])) or "-")
+    t.add_row("new dataset version", str(d["dataset_version_new"] or "-"))
+    t.add_row("versions withdrawn", ", ".join(f"v{v}" for v in d["versions_affected"]) or "-")
+    r = d.get("retrain")
+    if r:
+        t.add_row("retrained", f"v{r['version']} in {r['seconds']:.1f} s; gate: {r['gate']}")
+    prod = d["production_after"]
+    t.add_row(
+        "production", f"v{d['production_before']} → " + (f"v{prod}" if prod else "[red]none[/]")
+    )
+    out.print(t)
 
 
 @app.command()

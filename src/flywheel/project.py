@@ -762,6 +762,7 @@ class Project:
             )
             champion_config = {} if champion_row is None else dict(champion_row.training_config)
             dv_hash = dv.content_hash
+            erased_at_start = dv.erased
             contribution = dict(dv.stats.get("contribution", {}))
             label_issues = dict(dv.stats.get("label_issues", {}))
         if len(train_rows) < 2:
@@ -905,6 +906,19 @@ class Project:
             )
             s.add(mv)
             s.flush()
+            erased_now = s.scalar(select(DatasetVersion.erased).where(DatasetVersion.id == dv.id))
+            if erased_now != erased_at_start:
+                # A forget erased rows of this dataset version while the run trained on
+                # them: the version is recorded (for the audit trail) but never served.
+                promoted = False
+                mv.withdrawn_at = utcnow()
+                mv.withdrawn_reason = "trained on rows erased (forget) while it trained"
+                mv.gate = {**(mv.gate or {}), "promoted": False}
+                s.commit()
+                raise RegistryError(
+                    f"v{mv.version} was trained on rows a forget erased during the run; it is "
+                    "recorded as withdrawn; train again"
+                )
             folder = self.settings.models_dir / f"v{mv.version}"
             try:
                 mv.weights_sha256 = save_artifact(model, spec, folder)
@@ -1077,21 +1091,6 @@ class Project:
         blobs_deleted = sum(self.blobs.delete(h) for h in sorted(er.input_hashes - shared))
         for v in er.affected:
             shutil.rmtree(self.settings.models_dir / f"v{v}", ignore_errors=True)
-        self.refresh_model()
-        retrained: dict[str, Any] | None = None
-        if retrain and production in er.affected:
-            t = self.train(
-                self.train_config(warm_start=False),
-                on_epoch=on_epoch,
-                reason=f"forget (audit #{record_id}): production v{production} was withdrawn",
-            )
-            retrained = {
-                "version": t.model.version,
-                "promoted": t.promoted,
-                "gate": t.decision.reason,
-                "dataset_version": t.model.dataset_version,
-                "train_seconds": t.model.metrics.get("train_seconds"),
-            }
         with self.db.session() as s:
             rec = s.get(AuditRecord, record_id)
             assert rec is not None
@@ -1101,13 +1100,101 @@ class Project:
                 "inputs_kept_shared": len(shared),
                 "counts_after": forget_rows.table_counts(s, pid),
                 "table_rows_after": forget_rows.totals(s),
-                "retrain": retrained,
                 "production_after": registry.get_alias(s, registry.PRODUCTION),
+                "needs_retrain": production in er.affected,
+                "retrain": None,
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            out = {"audit_id": record_id, "subject": rec.subject, **rec.detail}
         self.refresh_model()
-        return out
+        if retrain and production in er.affected:
+            return self.retrain_after_forget(record_id, on_epoch=on_epoch)
+        return self._audit_entry(record_id)
+
+    def retrain_after_forget(
+        self, audit_id: int, *, on_epoch: ProgressFn | None = None
+    ) -> dict[str, Any]:
+        """Train production again, from scratch, on the rows a forget left; it goes
+        through the gate against the fallback (if any). Recorded on the audit entry."""
+        entry = self._audit_entry(audit_id)
+        if entry["action"] != "forget":
+            raise InputError(f"audit record {audit_id} is a {entry['action']}, not a forget")
+        started = time.perf_counter()
+        t = self.train(
+            self.train_config(warm_start=False),
+            on_epoch=on_epoch,
+            reason=f"forget (audit #{audit_id}): production v{entry['production_before']} "
+            "was withdrawn",
+        )
+        with self.db.session() as s:
+            rec = s.get(AuditRecord, audit_id)
+            assert rec is not None
+            rec.detail = {
+                **rec.detail,
+                "retrain": {
+                    "version": t.model.version,
+                    "promoted": t.promoted,
+                    "gate": t.decision.reason,
+                    "dataset_version": t.model.dataset_version,
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+                "production_after": registry.get_alias(s, registry.PRODUCTION),
+                "seconds": round(rec.detail.get("seconds", 0) + time.perf_counter() - started, 3),
+            }
+        self.refresh_model()
+        return self._audit_entry(audit_id)
+
+    def _audit_entry(self, audit_id: int) -> dict[str, Any]:
+        with self.db.session() as s:
+            rec = s.get(AuditRecord, audit_id)
+            if rec is None:
+                raise NotFoundError("audit record", audit_id)
+            return {
+                "audit_id": rec.id,
+                "action": rec.action,
+                "subject": rec.subject,
+                "created_at": rec.created_at.isoformat(),
+                **rec.detail,
+            }
+
+    def apply_retention(self, days: float | None = None) -> dict[str, Any]:
+        """Delete stored inputs of predictions older than ``days`` (default: the
+        ``retention_days`` setting). Inputs that training rows use, or that a newer
+        prediction also sent, are kept; the prediction rows stay (without their input,
+        their feedback can no longer become training rows). Audited."""
+        days = self.settings.retention_days if days is None else days
+        if days is None:
+            raise InputError("no retention age: pass --days or set retention_days")
+        self._settle_log()
+        cutoff = utcnow() - timedelta(days=days)
+        with self.db.session() as s:
+            old = set(
+                s.scalars(
+                    select(Prediction.input_hash).where(Prediction.created_at < cutoff).distinct()
+                )
+            )
+            n_old = int(s.scalar(select(func.count()).where(Prediction.created_at < cutoff)) or 0)
+            training = set(s.scalars(select(Example.input_hash).where(Example.input_hash.in_(old))))
+            recent = set(
+                s.scalars(
+                    select(Prediction.input_hash).where(
+                        Prediction.created_at >= cutoff, Prediction.input_hash.in_(old)
+                    )
+                )
+            )
+        doomed = sorted(old - training - recent)
+        deleted = sum(self.blobs.delete(h) for h in doomed)
+        detail = {
+            "days": days,
+            "cutoff": cutoff.isoformat(timespec="seconds"),
+            "predictions": n_old,
+            "inputs_deleted": deleted,
+            "kept_for_training": len(old & training),
+            "kept_recent": len(old & recent - training),
+        }
+        if deleted:
+            with self.db.session() as s:
+                s.add(AuditRecord(action="retention", subject=None, detail=detail))
+        return detail
 
     def _fallback(self, s: Session, affected: set[int]) -> int | None:
         """The newest version production held that is not affected (and has weights)."""
@@ -1399,6 +1486,8 @@ class Project:
         out: list[Answer] = []
         held_back = 0
         for fb, input_hash, predicted, predicted_value, trust, detail, quarantined in s.execute(q):
+            if not self.blobs.exists(input_hash):  # its input expired (retention)
+                continue
             if quarantined is not None and not naive:
                 held_back += 1
                 continue
@@ -1753,7 +1842,10 @@ class Project:
                 )
             )
         candidates = [
-            Candidate(pid, probs, h) for pid, probs, h in recent if probs and h not in known
+            Candidate(pid, probs, h)
+            for pid, probs, h in recent
+            # an input the retention job deleted cannot be shown to anyone
+            if probs and h not in known and self.blobs.exists(h)
         ]
         share = self.settings.golden_share
         room = min(limit - 1, round(limit * share)) if limit > 1 else 0

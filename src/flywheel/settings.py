@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         description="Image tasks: EXIF (camera, GPS, time), XMP, IPTC, comments and PNG text "
         "chunks are removed from inputs before they are stored; pixels are untouched.",
     )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Delete stored inputs of predictions older than this many days (kept "
+        "while training rows use them); checked hourly by the server and by "
+        "`flywheel privacy retention`. None: keep them.",
+    )
     user_key_file: Path | None = Field(
         default=None,
         description="The key chain user ids are hashed with (kept secret, mode 0600); "

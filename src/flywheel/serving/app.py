@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -50,9 +51,25 @@ async def _flywheel_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"detail": str(exc)})
 
 
+RETENTION_EVERY_S = 3600.0
+
+
 def _watch_production(predictor: Predictor, stop: threading.Event, interval: float) -> None:
-    """Pick up a version promoted elsewhere (CLI, another worker) without a failed request."""
-    while not stop.wait(interval):
+    """Pick up a version promoted elsewhere (CLI, another worker) without a failed request;
+    apply the retention age (``retention_days``) at start and hourly."""
+    project = predictor.project
+    next_retention = time.monotonic()
+    while True:
+        if project.settings.retention_days is not None and time.monotonic() >= next_retention:
+            next_retention = time.monotonic() + RETENTION_EVERY_S
+            try:
+                done = project.apply_retention()
+                if done["inputs_deleted"]:
+                    log.info("retention: %d stored inputs deleted", done["inputs_deleted"])
+            except FlywheelError as exc:
+                log.warning("retention failed: %s", exc)
+        if stop.wait(interval):
+            return
         try:
             predictor.refresh()
         except FlywheelError as exc:  # keep serving the model we have

@@ -27,6 +27,16 @@ class JobRunner:
         self.futures[job_id] = self._pool.submit(self.project.run_job, job_id, work)
         return job_id
 
+    def submit_forget_retrain(self, audit_id: int) -> str:
+        """Retrain production after a forget (the erasure itself is already committed)."""
+        job_id = self.project.create_job("forget-retrain", {"audit_id": audit_id})
+
+        def work() -> dict[str, Any]:
+            return self.project.retrain_after_forget(audit_id)
+
+        self.futures[job_id] = self._pool.submit(self.project.run_job, job_id, work)
+        return job_id
+
     def shutdown(self) -> None:
         """Finish the running job; queued ones are marked failed at the next start."""
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""GET /v1/users; quarantine and release (admin)."""
+"""GET /v1/users; quarantine and release; privacy ledger; forget a user (admin)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from flywheel.serving.deps import ProjectDep, require
+from flywheel.serving.deps import PredictorDep, ProjectDep, RunnerDep, require
 
 __all__ = ["router"]
 
@@ -45,3 +45,40 @@ def quarantine_user(
 def release_user(project: ProjectDep, user_id: str) -> dict[str, Any]:
     """Release the user; their held-back feedback is used by the next retrain."""
     return project.release(user_id)
+
+
+@router.get(
+    "/v1/users/{user_id}/privacy",
+    dependencies=[Depends(require("admin"))],
+    responses={404: {"description": "Unknown user."}},
+)
+def user_privacy(project: ProjectDep, user_id: str) -> dict[str, Any]:
+    """The user's privacy ledger: ε and δ spent across private runs, the runs, the budget."""
+    return project.privacy_ledger(user_id)[0]
+
+
+@router.get("/v1/privacy/ledger", dependencies=[Depends(require("admin"))])
+def privacy_ledger(project: ProjectDep) -> list[dict[str, Any]]:
+    """Every user on the privacy ledger."""
+    return project.privacy_ledger()
+
+
+@router.delete(
+    "/v1/users/{user_id}",
+    dependencies=[Depends(require("admin"))],
+    responses={404: {"description": "Unknown user."}},
+)
+def forget_user(
+    project: ProjectDep, predictor: PredictorDep, runner: RunnerDep, user_id: str
+) -> dict[str, Any]:
+    """Forget a user (right to erasure). Answered once the erasure is committed: their
+    predictions, feedback, examples, inputs and ledger rows are gone, every model version
+    trained on their rows is out of service. Retraining production without them runs as
+    a job (``retrain_job``; null when production did not use their rows)."""
+    out = project.forget(user_id, retrain=False)
+    predictor.refresh()  # this process stops serving a withdrawn version now (others: within
+    # reload_interval_s, as for any promotion)
+    out["retrain_job"] = (
+        runner.submit_forget_retrain(out["audit_id"]) if out["needs_retrain"] else None
+    )
+    return out
