@@ -161,3 +161,43 @@ def test_data_report_and_evaluate_on_outside_data(tmp_path: Path) -> None:
     assert ev["n"] == 15
     assert ev["data"] == str(outside.resolve())
     assert ev["labels"] == ["0", "1", "2"]
+
+
+def test_private_training_ledger_forget_and_key_rotation_from_the_cli(tmp_path: Path) -> None:
+    pytest.importorskip("opacus")
+    from flywheel.data import digits_arrays
+    from tests.factories import digit_png
+
+    project = make_project(tmp_path / "p", settings={"max_user_share": 1.0})
+    root = str(project.settings.project_dir)
+    labels = digits_arrays()[1]
+    for user, span in (("theo", range(300, 312)), ("ann", range(312, 320))):
+        for i in span:
+            p = project.predict(digit_png(i), user_id=user)
+            project.record_feedback(p.prediction_id, label=str(labels[i]), user_id=user)
+    project.curate()
+    t = run("train", "-p", root, "--dp-epsilon", "2", "--dp-delta", "1e-6", "--json")
+    priv = t["metrics"]["privacy"]
+    assert priv["epsilon"] == pytest.approx(2.0, abs=0.05) and priv["delta"] == 1e-6
+    assert priv["users_charged"] == 2
+    ledger = run("privacy", "ledger", "theo", "-p", root, "--json")
+    assert ledger["user_id"] == project.pseudonym("theo")
+    assert ledger["epsilon"] == pytest.approx(priv["epsilon"])
+    table = runner.invoke(app, ["privacy", "ledger", "-p", root])
+    assert table.exit_code == 0 and "privacy ledger" in table.stdout
+
+    refused = runner.invoke(app, ["forget", "theo", "-p", root], input="n\n")
+    assert refused.exit_code == 1  # asked, and nothing was done
+    assert run("privacy", "ledger", "theo", "-p", root, "--json")["epsilon"] > 0
+    gone = run("forget", "theo", "--yes", "--no-retrain", "-p", root, "--json")
+    assert gone["erased"]["predictions"] == 12
+    assert t["model_version"] in gone["versions_affected"]
+    audit = run("privacy", "audit", "-p", root, "--json")
+    assert [a["action"] for a in audit] == ["forget"]
+
+    before = Project.open(root).pseudonym("ann")
+    rotated = run("privacy", "rotate-key", "-p", root, "--json")
+    assert rotated["users"] == 1 and rotated["keys"] == 2
+    assert Project.open(root).pseudonym("ann") != before
+    kept = run("privacy", "retention", "--days", "0", "-p", root, "--json")
+    assert kept["predictions"] == 8 and kept["kept_for_training"] == 8

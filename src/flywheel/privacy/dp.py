@@ -140,8 +140,35 @@ def plan(
     return noise_multiplier, q, steps, epsilon_for(noise_multiplier, q, steps, delta)
 
 
+#: Layers whose per-sample gradients torch's expanded weights compute directly (as fast
+#: as a plain backward pass here: 5.5 against 4.6 ms a batch of 128 on seed_cnn, where
+#: Opacus' default hooks take 19 ms).
+_EXPANDED_WEIGHTS_OK = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Embedding,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+
+
 def _grad_sample_module(model: nn.Module) -> Any:
+    """Opacus' per-sample gradient wrapper: expanded weights where every layer with
+    trainable parameters supports it, else its hooks (which refuse layers they
+    cannot handle)."""
     opacus = _opacus()
+    layers = [
+        m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+    if all(isinstance(m, _EXPANDED_WEIGHTS_OK) for m in layers):
+        from opacus.grad_sample import GradSampleModuleExpandedWeights
+
+        return GradSampleModuleExpandedWeights(model, batch_first=True, loss_reduction="sum")
     try:
         return opacus.GradSampleModule(model, loss_reduction="sum", strict=True)
     except NotImplementedError as exc:
@@ -250,17 +277,16 @@ def _steps(
                     per_row.sum().backward()
                     # Per-user mean of the per-row gradients, then one clip per user.
                     users_in, slot = torch.unique(row_user[rows], return_inverse=True)
-                    count = torch.bincount(slot, minlength=len(users_in)).float()
-                    per_user = []
-                    for p in params:
-                        gs = p.grad_sample.reshape(len(rows), -1)
-                        acc = torch.zeros(len(users_in), gs.shape[1], dtype=gs.dtype)
-                        acc.index_add_(0, slot, gs)
-                        per_user.append(acc / count[:, None])
-                    norms = torch.sqrt(sum((g * g).sum(1) for g in per_user))  # type: ignore[arg-type]
+                    grads = [p.grad_sample.reshape(len(rows), -1) for p in params]
+                    if len(users_in) < len(rows):  # some user has several rows: average
+                        count = torch.bincount(slot, minlength=len(users_in)).float()
+                        mean = torch.zeros(len(users_in), len(rows))
+                        mean[slot, torch.arange(len(rows))] = 1.0 / count[slot]
+                        grads = [mean @ g for g in grads]
+                    norms = torch.sqrt(sum((g * g).sum(1) for g in grads))
                     factor = (clip / (norms + 1e-6)).clamp(max=1.0)
-                    for t, g, p in zip(total, per_user, params, strict=True):
-                        t += (factor[:, None] * g).sum(0).reshape(p.shape)
+                    for t, g, p in zip(total, grads, params, strict=True):
+                        t += (factor @ g).reshape(p.shape)
                     running += float(per_row.detach().sum())
                     seen += len(rows)
                 for t, p in zip(total, params, strict=True):
@@ -273,4 +299,6 @@ def _steps(
             if after_epoch is not None:
                 after_epoch(epoch, running / max(seen, 1))
     finally:
-        gsm._close()  # hooks off: the model is a plain module again
+        close = getattr(gsm, "_close", None)
+        if close is not None:  # hooks off: the model is a plain module again
+            close()
