@@ -103,6 +103,14 @@ def _print_train(result: TrainResult) -> None:
     t.add_row(
         f"champion {d.metric}", "-" if d.champion_score is None else f"{d.champion_score:.4f}"
     )
+    fed = m.get("federated")
+    if fed:
+        t.add_row(
+            "federated",
+            f"{fed['strategy']} with Flower: {fed['clients']} clients "
+            f"({', '.join(map(str, fed['rows_per_client']))} rows), {fed['rounds']} rounds of "
+            f"{fed['local_epochs']} local epoch(s)",
+        )
     priv = m.get("privacy")
     if priv:
         eps = "∞ (no noise)" if priv["epsilon"] is None else f"{priv['epsilon']:.3g}"
@@ -345,6 +353,17 @@ def train(
         float | None,
         typer.Option(min=0.0, help="DP: a noise multiplier σ instead of an ε target."),
     ] = None,
+    federated: Annotated[
+        bool,
+        typer.Option(
+            "--federated", help="FedAvg with Flower (simulated here), one client per user group."
+        ),
+    ] = False,
+    clients: Annotated[int, typer.Option(min=2, help="Federated: number of clients.")] = 5,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated: rounds.")] = 10,
+    local_epochs: Annotated[
+        int, typer.Option(min=1, help="Federated: epochs each client trains per round.")
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a challenger on the newest dataset version; gate it; promote it if it passes."""
@@ -365,6 +384,9 @@ def train(
         dp_delta=dp_delta,
         dp_max_grad_norm=dp_max_grad_norm,
         dp_noise_multiplier=dp_noise_multiplier,
+        federated_clients=clients if federated else None,
+        federated_rounds=rounds if federated else None,
+        local_epochs=local_epochs if federated else None,
     )
     with _EpochBar(quiet=as_json) as bar:
         result = p.train(config, on_epoch=bar, resume=resume)

@@ -79,6 +79,7 @@ from flywheel.store.schema import (
     ModelVersion,
     Prediction,
     ReviewItem,
+    StoreMeta,
     User,
     utcnow,
 )
@@ -371,6 +372,18 @@ class Project:
         if row is None:
             raise NotFoundError("user", user_id)
         return row
+
+    def reload_user_key(self) -> bool:
+        """Pick up a key rotation made by another process; True when the chain changed."""
+        if self._pseudonymizer is None:
+            return False
+        with self.db.session() as s:
+            meta = s.get(StoreMeta, "user_key_fingerprint")
+        if meta is None or meta.value == self._pseudonymizer.fingerprint:
+            return False
+        with self._load_lock:
+            self._pseudonymizer = Pseudonymizer.open(self.settings.user_keys, self.db.session)
+        return True
 
     def rotate_user_key(self) -> dict[str, Any]:
         """Append a key to the chain and re-key every stored user (one transaction)."""
@@ -816,7 +829,7 @@ class Project:
             checkpoint_dir=checkpoint_dir,
             run_id=run_id,
             resume=resume,
-            users=self._units(weighted) if config.private else None,
+            users=self._units(weighted) if config.private or config.federated_clients else None,
         )
         train_seconds = time.perf_counter() - started
 
@@ -891,6 +904,8 @@ class Project:
         }
         if result.privacy is not None:
             metrics["privacy"] = {**result.privacy.to_json(), **privacy}
+        if result.federated is not None:
+            metrics["federated"] = result.federated
         promoted = decision.promote and (self.settings.auto_promote or champion_version is None)
         with self.db.session() as s:
             mv = ModelVersion(

@@ -157,25 +157,108 @@ _EXPANDED_WEIGHTS_OK = (
 )
 
 
-def _grad_sample_module(model: nn.Module) -> Any:
-    """Opacus' per-sample gradient wrapper: expanded weights where every layer with
-    trainable parameters supports it, else its hooks (which refuse layers they
-    cannot handle)."""
-    opacus = _opacus()
-    layers = [
-        m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
-    ]
-    if all(isinstance(m, _EXPANDED_WEIGHTS_OK) for m in layers):
-        from opacus.grad_sample import GradSampleModuleExpandedWeights
+class _PerSample:
+    """Per-row gradients materialised (expanded weights, or Opacus' hooks), averaged per
+    user, one clip per user: works whatever the users' row counts."""
 
-        return GradSampleModuleExpandedWeights(model, batch_first=True, loss_reduction="sum")
-    try:
-        return opacus.GradSampleModule(model, loss_reduction="sum", strict=True)
-    except NotImplementedError as exc:
-        raise ModelError(
-            f"this architecture has a layer Opacus cannot compute per-sample gradients "
-            f"for ({exc}); train it without --dp-epsilon"
-        ) from exc
+    def __init__(self, model: nn.Module, clip: float) -> None:
+        self.clip = clip
+        opacus = _opacus()
+        layers = [
+            m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
+        ]
+        if all(isinstance(m, _EXPANDED_WEIGHTS_OK) for m in layers):
+            from opacus.grad_sample import GradSampleModuleExpandedWeights
+
+            self.gsm: Any = GradSampleModuleExpandedWeights(
+                model, batch_first=True, loss_reduction="sum"
+            )
+        else:
+            try:
+                self.gsm = opacus.GradSampleModule(model, loss_reduction="sum", strict=True)
+            except NotImplementedError as exc:
+                raise ModelError(
+                    f"this architecture has a layer Opacus cannot compute per-sample "
+                    f"gradients for ({exc}); train it without --dp-epsilon"
+                ) from exc
+        self.params = [p for p in self.gsm.parameters() if p.requires_grad]
+
+    def clipped_sum(
+        self, per_row: Callable[[nn.Module], torch.Tensor], row_units: torch.Tensor
+    ) -> tuple[list[torch.Tensor], float]:
+        losses = per_row(self.gsm)
+        losses.sum().backward()
+        n = len(row_units)
+        users_in, slot = torch.unique(row_units, return_inverse=True)
+        grads = [p.grad_sample.reshape(n, -1) for p in self.params]
+        if len(users_in) < n:  # some user has several rows here: average them
+            count = torch.bincount(slot, minlength=len(users_in)).float()
+            mean = torch.zeros(len(users_in), n)
+            mean[slot, torch.arange(n)] = 1.0 / count[slot]
+            grads = [mean @ g for g in grads]
+        norms = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g, dim=1) for g in grads]), dim=0
+        )
+        factor = (self.clip / (norms + 1e-6)).clamp(max=1.0)
+        out = [(factor @ g).reshape(p.shape) for g, p in zip(grads, self.params, strict=True)]
+        for p in self.params:
+            p.grad_sample = None
+        return out, float(losses.detach().sum())
+
+    def close(self) -> None:
+        close = getattr(self.gsm, "_close", None)
+        if close is not None:  # hooks off: the model is a plain module again
+            close()
+
+
+class _Ghost:
+    """Every user has one row: Opacus' ghost clipping — per-row gradient norms without
+    materialising per-row gradients (a second backward pass on the loss reweighted by
+    the clipping factors gives the clipped sum directly). Memory and time stay near a
+    plain step's where per-row gradients of a wide layer would not."""
+
+    def __init__(self, model: nn.Module, clip: float) -> None:
+        _opacus()
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+        self.gsm = GradSampleModuleFastGradientClipping(
+            model,
+            batch_first=True,
+            loss_reduction="sum",
+            max_grad_norm=clip,
+            use_ghost_clipping=True,
+        )
+        self.params = [p for p in self.gsm.parameters() if p.requires_grad]
+
+    def clipped_sum(
+        self, per_row: Callable[[nn.Module], torch.Tensor], row_units: torch.Tensor
+    ) -> tuple[list[torch.Tensor], float]:
+        losses = per_row(self.gsm)
+        losses.sum().backward(retain_graph=True)  # the hooks record per-row norms
+        factor = self.gsm.get_clipping_coef()
+        for p in self.params:
+            p.grad = None
+        self.gsm.disable_hooks()
+        try:
+            (factor.detach() * losses).sum().backward()
+        finally:
+            self.gsm.enable_hooks()
+        out = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        for p in self.params:
+            p.grad = None
+        return out, float(losses.detach().sum())
+
+    def close(self) -> None:
+        self.gsm._close()
+
+
+def _mechanism(model: nn.Module, clip: float, one_row_each: bool) -> _PerSample | _Ghost:
+    if one_row_each:
+        try:
+            return _Ghost(model, clip)
+        except NotImplementedError:  # a layer ghost clipping cannot handle
+            pass
+    return _PerSample(model, clip)
 
 
 def fit_private(
@@ -216,9 +299,11 @@ def fit_private(
     )
     row_user = torch.from_numpy(inverse.astype(np.int64))
     steps_per_epoch = steps // epochs
+    one_row_each = len(uniq) == len(units)
     with _quiet():
         _steps(
-            _grad_sample_module(model), x, y, w, row_user, optimizer, generator, loss_fn,
+            _mechanism(model, max_grad_norm, one_row_each), x, y, w, row_user, optimizer,
+            generator, loss_fn,
             sigma=sigma, q=q, clip=max_grad_norm, epochs=epochs, per_epoch=steps_per_epoch,
             augment=augment, after_epoch=after_epoch,
         )  # fmt: skip
@@ -237,7 +322,7 @@ def fit_private(
 
 
 def _steps(
-    gsm: Any,
+    mech: _PerSample | _Ghost,
     x: torch.Tensor,
     y: torch.Tensor,
     w: torch.Tensor | None,
@@ -254,51 +339,40 @@ def _steps(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
     after_epoch: Callable[[int, float], None] | None,
 ) -> None:
-    """The DP-SGD steps (see the module docstring); ``gsm`` computes per-row gradients."""
+    """The DP-SGD steps (see the module docstring)."""
     n_users = int(row_user.max()) + 1
-    params = [p for p in gsm.parameters() if p.requires_grad]
+    params = mech.params
     denom = q * n_users  # the expected number of users in a step
     try:
         for epoch in range(1, epochs + 1):
-            gsm.train()
+            mech.gsm.train()
             running, seen = 0.0, 0
             for _ in range(per_epoch):
                 chosen = torch.rand(n_users, generator=generator) < q
                 rows = torch.nonzero(chosen[row_user]).flatten()
                 optimizer.zero_grad(set_to_none=True)
-                total = [torch.zeros_like(p) for p in params]
                 if len(rows):
                     xb = x[rows]
                     if augment is not None:
                         xb = augment(xb, generator)
-                    per_row = loss_fn(gsm(xb), y[rows])
-                    if w is not None:
-                        per_row = per_row * w[rows]
-                    per_row.sum().backward()
-                    # Per-user mean of the per-row gradients, then one clip per user.
-                    users_in, slot = torch.unique(row_user[rows], return_inverse=True)
-                    grads = [p.grad_sample.reshape(len(rows), -1) for p in params]
-                    if len(users_in) < len(rows):  # some user has several rows: average
-                        count = torch.bincount(slot, minlength=len(users_in)).float()
-                        mean = torch.zeros(len(users_in), len(rows))
-                        mean[slot, torch.arange(len(rows))] = 1.0 / count[slot]
-                        grads = [mean @ g for g in grads]
-                    norms = torch.sqrt(sum((g * g).sum(1) for g in grads))
-                    factor = (clip / (norms + 1e-6)).clamp(max=1.0)
-                    for t, g, p in zip(total, grads, params, strict=True):
-                        t += (factor @ g).reshape(p.shape)
-                    running += float(per_row.detach().sum())
+
+                    def per_row(
+                        m: nn.Module, xb: torch.Tensor = xb, rows: torch.Tensor = rows
+                    ) -> torch.Tensor:
+                        losses = loss_fn(m(xb), y[rows])
+                        return losses if w is None else losses * w[rows]
+
+                    total, loss_sum = mech.clipped_sum(per_row, row_user[rows])
+                    running += loss_sum
                     seen += len(rows)
+                else:
+                    total = [torch.zeros_like(p) for p in params]
                 for t, p in zip(total, params, strict=True):
                     if sigma > 0:
-                        noise = torch.normal(0.0, sigma * clip, size=p.shape, generator=generator)
-                        t += noise
+                        t = t + torch.normal(0.0, sigma * clip, size=p.shape, generator=generator)
                     p.grad = t / denom
-                    p.grad_sample = None
                 optimizer.step()
             if after_epoch is not None:
                 after_epoch(epoch, running / max(seen, 1))
     finally:
-        close = getattr(gsm, "_close", None)
-        if close is not None:  # hooks off: the model is a plain module again
-            close()
+        mech.close()

@@ -74,6 +74,11 @@ def _watch_production(predictor: Predictor, stop: threading.Event, interval: flo
             predictor.refresh()
         except FlywheelError as exc:  # keep serving the model we have
             log.warning("could not load the new production model: %s", exc)
+        try:  # `flywheel privacy rotate-key` ran elsewhere: hash with the new chain
+            if project.reload_user_key():
+                log.info("user-id key chain rotated elsewhere: reloaded")
+        except FlywheelError as exc:
+            log.warning("could not reload the user-id key chain: %s", exc)
 
 
 def create_app(

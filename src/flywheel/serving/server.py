@@ -35,7 +35,9 @@ WORKER_ENV = "FLYWHEEL_SERVE_SETTINGS"
 
 def _config(project: Project, host: str, port: int) -> uvicorn.Config:
     app = create_app(project.settings, project)
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    # ws="none": the API has no websocket routes (and uvicorn[standard]'s websockets
+    # would import its deprecated legacy module at start-up).
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", ws="none")
 
 
 def worker_app() -> FastAPI:
@@ -68,6 +70,7 @@ def serve(settings: Settings) -> None:
         workers=settings.workers,
         log_level="warning",
         lifespan="on",
+        ws="none",
     )
 
 

@@ -4,6 +4,7 @@ schedule, augmentation, early stopping on a validation split, and checkpoints to
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -57,6 +58,10 @@ class TrainConfig:
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
     dp_noise_multiplier: float | None = None  # explicit σ (ε is then computed, not targeted)
+    # Federated (Flower FedAvg, simulated here): on when federated_clients >= 2.
+    federated_clients: int = 0
+    federated_rounds: int = 10
+    local_epochs: int = 1
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("none", "cosine", "plateau"):
@@ -109,6 +114,7 @@ class FitResult:
     history: list[EpochReport] = field(default_factory=list)
     resumed_from: int | None = None
     privacy: PrivacyRecord | None = None  # what a private run spent
+    federated: dict[str, Any] | None = None  # clients, rounds, rows per client
 
     @property
     def best_val_accuracy(self) -> float:
@@ -250,13 +256,20 @@ def fit(
         lr=config.learning_rate,
         weight_decay=config.weight_decay,  # the L2 penalty of the seed (2.1)
     )
+    units = (np.arange(len(train)) if users is None else users)[tr_idx]
+    if config.federated_clients:
+        if resume:
+            raise ModelError("a federated run cannot be resumed; train it again")
+        return _fit_federated(
+            model, train_part, val, loss_fn, config, units,
+            regression=regression, augment=augment, on_epoch=on_epoch,
+        )  # fmt: skip
     if config.private:
         if resume:
             raise ModelError("a private run cannot be resumed; train it again")
         return _fit_private(
             model, trainable, x, y, w, (xv, yv, wv), opt, gen, loss_fn, config,
-            regression=regression, augment=augment, on_epoch=on_epoch,
-            units=(np.arange(len(train)) if users is None else users)[tr_idx],
+            regression=regression, augment=augment, on_epoch=on_epoch, units=units,
         )  # fmt: skip
     sched = _scheduler(opt, config)
     best_state = copy.deepcopy(model.state_dict())
@@ -403,6 +416,80 @@ def _fit_private(
     last = history[-1]
     return FitResult(
         config.epochs, config.epochs, last.val_loss, last.val_metric, history, None, record
+    )
+
+
+def _fit_federated(
+    model: nn.Module,
+    train_part: Arrays,
+    val: Arrays,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
+    config: TrainConfig,
+    units: np.ndarray,
+    *,
+    regression: bool,
+    augment: Augment | None,
+    on_epoch: Callable[[EpochReport], None] | None,
+) -> FitResult:
+    """FedAvg with Flower over clients that each hold whole users (``federated.py``);
+    the global model after the last round is kept, scored on the validation rows."""
+    from flywheel.training.federated import assign_clients, fit_federated
+
+    xv, yv = torch.from_numpy(val.x), torch.from_numpy(val.y)
+    wv = None if val.weights is None else torch.from_numpy(np.asarray(val.weights, np.float32))
+    history: list[EpochReport] = []
+    # A client keeps only a sliver of its rows for its own validation: with few local
+    # epochs there is little for it to choose, and the global model is scored above.
+    local = dataclasses.replace(
+        config,
+        federated_clients=0,
+        dp_epsilon=None,
+        dp_noise_multiplier=None,
+        val_fraction=min(config.val_fraction, 0.05),
+    )
+
+    def local_fit(m: nn.Module, rows: Arrays, cfg: TrainConfig) -> None:
+        fit(m, rows, dataclasses.replace(local, seed=cfg.seed), regression=regression,
+            augment=augment)  # fmt: skip
+
+    def evaluate(m: nn.Module) -> float:
+        val_loss, val_metric = _validate(m, xv, yv, wv, loss_fn, regression)
+        report = EpochReport(
+            len(history) + 1, config.federated_rounds, math.nan, val_loss, val_metric,
+            config.learning_rate,
+        )  # fmt: skip
+        history.append(report)
+        if on_epoch is not None:
+            on_epoch(report)
+        return val_metric
+
+    clients = assign_clients(units, config.federated_clients)
+    result = fit_federated(
+        model,
+        train_part,
+        clients,
+        config,
+        local_fit=local_fit,
+        rounds=config.federated_rounds,
+        local_epochs=config.local_epochs,
+        evaluate=evaluate,
+    )
+    last = history[-1]
+    return FitResult(
+        config.federated_rounds,
+        config.federated_rounds,
+        last.val_loss,
+        last.val_metric,
+        history,
+        None,
+        result.privacy,
+        {
+            "clients": result.clients,
+            "rounds": result.rounds,
+            "local_epochs": config.local_epochs,
+            "rows_per_client": result.rows_per_client,
+            "strategy": "FedAvg" + (" + server-side DP (fixed clipping)" if config.private else ""),
+        },
     )
 
 
