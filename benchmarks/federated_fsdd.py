@@ -59,7 +59,7 @@ def main() -> None:
     labels = sorted({str(ex.label) for ex in examples}, key=lambda s: (len(s), s))
     y = np.array([labels.index(str(ex.label)) for ex in examples], dtype=np.int64)
     speakers = np.array([str(ex.user_id) for ex in examples])
-    names = sorted(set(speakers))
+    names = sorted(set(speakers.tolist()))
     from sklearn.model_selection import train_test_split
 
     strata = np.array([f"{lab}/{u}" for lab, u in zip(y, speakers, strict=True)])

@@ -137,3 +137,25 @@ def test_train_federated_from_the_cli_enters_the_registry_and_the_gate(tmp_path:
     info = project.version_info(out["model_version"])
     assert info.training_config["federated_clients"] == 2
     assert dataclasses.asdict(TrainConfig.from_json(info.training_config))["local_epochs"] == 1
+
+
+def test_each_client_trains_the_local_epochs_not_the_global_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    module = sys.modules["flywheel.training.fit"]
+    real = module.fit
+    local_epochs: list[int] = []
+
+    def spy(model: nn.Module, data: object, config: TrainConfig, **kw: object) -> object:
+        if not config.federated_clients:
+            local_epochs.append(config.epochs)
+            assert config.dp_epsilon is None and config.val_fraction <= 0.05
+        return real(model, data, config, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "fit", spy)
+    train, _ = _arrays(120, 0)
+    config = TrainConfig(epochs=30, seed=0, federated_clients=2, federated_rounds=2, local_epochs=2)
+    spy(_new_model(0), train, config, users=np.arange(len(train)) % 4)
+    assert local_epochs == [2, 2, 2, 2]  # two clients, two rounds, two epochs each

@@ -438,19 +438,19 @@ def _fit_federated(
     xv, yv = torch.from_numpy(val.x), torch.from_numpy(val.y)
     wv = None if val.weights is None else torch.from_numpy(np.asarray(val.weights, np.float32))
     history: list[EpochReport] = []
-    # A client keeps only a sliver of its rows for its own validation: with few local
-    # epochs there is little for it to choose, and the global model is scored above.
-    local = dataclasses.replace(
-        config,
-        federated_clients=0,
-        dp_epsilon=None,
-        dp_noise_multiplier=None,
-        val_fraction=min(config.val_fraction, 0.05),
-    )
 
     def local_fit(m: nn.Module, rows: Arrays, cfg: TrainConfig) -> None:
-        fit(m, rows, dataclasses.replace(local, seed=cfg.seed), regression=regression,
-            augment=augment)  # fmt: skip
+        # ``cfg``: the round's local config (local epochs, a seed per client and round).
+        # A client keeps only a sliver of its rows for its own validation: with few local
+        # epochs there is little for it to choose, and the global model is scored here.
+        local = dataclasses.replace(
+            cfg,
+            federated_clients=0,
+            dp_epsilon=None,
+            dp_noise_multiplier=None,
+            val_fraction=min(cfg.val_fraction, 0.05),
+        )
+        fit(m, rows, local, regression=regression, augment=augment)
 
     def evaluate(m: nn.Module) -> float:
         val_loss, val_metric = _validate(m, xv, yv, wv, loss_fn, regression)
