@@ -139,3 +139,21 @@ def test_bad_privacy_parameters_are_refused_with_their_name() -> None:
         TrainConfig(dp_epsilon=1.0, dp_max_grad_norm=math.inf)
     with pytest.raises(ModelError, match="at least one user"):
         plan(users=0, batch_size=1, epochs=1, delta=1e-5, epsilon=1.0)
+
+
+def test_a_recurrent_model_is_refused_with_the_layer_named() -> None:
+    from flywheel.data import Arrays
+    from flywheel.models import ModelSpec, create_model, default_hparams
+
+    shape = (20, 8)
+    spec = ModelSpec(
+        arch="lstm_audio",
+        task="audio-classification",
+        input_shape=shape,
+        labels=("a", "b"),
+        hparams=default_hparams("lstm_audio", shape),
+    )
+    rng = np.random.default_rng(0)
+    data = Arrays(rng.random((20, *shape), dtype=np.float32), rng.integers(0, 2, 20), ["a", "b"])
+    with pytest.raises(ModelError, match="this one has LSTM"):
+        fit(create_model(spec), data, TrainConfig(epochs=1, dp_epsilon=3.0))

@@ -158,29 +158,15 @@ _EXPANDED_WEIGHTS_OK = (
 
 
 class _PerSample:
-    """Per-row gradients materialised (expanded weights, or Opacus' hooks), averaged per
-    user, one clip per user: works whatever the users' row counts."""
+    """Per-row gradients materialised (torch's expanded weights through Opacus), averaged
+    per user, one clip per user: works whatever the users' row counts."""
 
     def __init__(self, model: nn.Module, clip: float) -> None:
         self.clip = clip
-        opacus = _opacus()
-        layers = [
-            m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
-        ]
-        if all(isinstance(m, _EXPANDED_WEIGHTS_OK) for m in layers):
-            from opacus.grad_sample import GradSampleModuleExpandedWeights
+        _opacus()
+        from opacus.grad_sample import GradSampleModuleExpandedWeights
 
-            self.gsm: Any = GradSampleModuleExpandedWeights(
-                model, batch_first=True, loss_reduction="sum"
-            )
-        else:
-            try:
-                self.gsm = opacus.GradSampleModule(model, loss_reduction="sum", strict=True)
-            except NotImplementedError as exc:
-                raise ModelError(
-                    f"this architecture has a layer Opacus cannot compute per-sample "
-                    f"gradients for ({exc}); train it without --dp-epsilon"
-                ) from exc
+        self.gsm = GradSampleModuleExpandedWeights(model, batch_first=True, loss_reduction="sum")
         self.params = [p for p in self.gsm.parameters() if p.requires_grad]
 
     def clipped_sum(
@@ -206,9 +192,7 @@ class _PerSample:
         return out, float(losses.detach().sum())
 
     def close(self) -> None:
-        close = getattr(self.gsm, "_close", None)
-        if close is not None:  # hooks off: the model is a plain module again
-            close()
+        pass  # expanded weights leave no hooks on the model
 
 
 class _Ghost:
@@ -253,6 +237,21 @@ class _Ghost:
 
 
 def _mechanism(model: nn.Module, clip: float, one_row_each: bool) -> _PerSample | _Ghost:
+    odd = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if any(p.requires_grad for p in m.parameters(recurse=False))
+            and not isinstance(m, _EXPANDED_WEIGHTS_OK)
+        }
+    )
+    if odd:
+        raise ModelError(
+            f"DP-SGD here supports models whose trainable layers are Linear, Conv, "
+            f"Embedding or normalisation layers; this one has {', '.join(odd)} (per-sample "
+            "gradients of a recurrent layer need Opacus' DPLSTM); train it without "
+            "--dp-epsilon"
+        )
     if one_row_each:
         try:
             return _Ghost(model, clip)
