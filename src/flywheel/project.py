@@ -1100,10 +1100,14 @@ class Project:
             }
             record = forget_rows.audit(s, er, detail)
             record_id = record.id
+            new_dv_id = None if new_dv is None else new_dv.id
         # Committed: now the bytes. Inputs another user also sent stay (their copy).
         with self.db.session() as s:
             shared = forget_rows.still_referenced(s, er.input_hashes)
         blobs_deleted = sum(self.blobs.delete(h) for h in sorted(er.input_hashes - shared))
+        # What the withdrawn production scored on the held-out rows that remain, while
+        # its weights still exist: the retrain's gate is measured against it too.
+        before = self._withdrawn_score(production, er.affected, new_dv_id)
         for v in er.affected:
             shutil.rmtree(self.settings.models_dir / f"v{v}", ignore_errors=True)
         with self.db.session() as s:
@@ -1117,6 +1121,7 @@ class Project:
                 "table_rows_after": forget_rows.totals(s),
                 "production_after": registry.get_alias(s, registry.PRODUCTION),
                 "needs_retrain": production in er.affected,
+                "withdrawn_production_score": before,
                 "retrain": None,
                 "seconds": round(time.perf_counter() - started, 3),
             }
@@ -1124,6 +1129,23 @@ class Project:
         if retrain and production in er.affected:
             return self.retrain_after_forget(record_id, on_epoch=on_epoch)
         return self._audit_entry(record_id)
+
+    def _withdrawn_score(
+        self, production: int | None, affected: list[int], dv_id: int | None
+    ) -> dict[str, Any] | None:
+        if production is None or production not in affected or dv_id is None:
+            return None
+        try:
+            old = self._load_version(production)
+        except FlywheelError:
+            return None
+        with self.db.session() as s:
+            rows = self._rows(s, dv_id, HOLDOUT)
+        if not rows:
+            return None
+        report, _ = self._score(old, self._arrays(rows, old.spec))
+        metric = "mse" if self.task.is_regression else "accuracy"
+        return {"version": production, metric: report[metric], "n": len(rows)}
 
     def retrain_after_forget(
         self, audit_id: int, *, on_epoch: ProgressFn | None = None
@@ -1143,12 +1165,19 @@ class Project:
         with self.db.session() as s:
             rec = s.get(AuditRecord, audit_id)
             assert rec is not None
+            old = rec.detail.get("withdrawn_production_score") or {}
+            metric = t.decision.metric
             rec.detail = {
                 **rec.detail,
                 "retrain": {
                     "version": t.model.version,
                     "promoted": t.promoted,
                     "gate": t.decision.reason,
+                    metric: t.decision.challenger_score,
+                    # the same held-out rows: what forgetting cost (or gained)
+                    f"{metric}_change_vs_withdrawn": None
+                    if metric not in old
+                    else round(t.decision.challenger_score - old[metric], 4),
                     "dataset_version": t.model.dataset_version,
                     "seconds": round(time.perf_counter() - started, 3),
                 },

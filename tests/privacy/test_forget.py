@@ -85,6 +85,13 @@ def test_forget_leaves_nothing_behind_and_retrains_without_the_user(project: Pro
     assert new is not None and new["dataset_version"] == out["dataset_version_new"]
     assert out["production_after"] in (new["version"], 1)
     assert out["production_after"] != v2
+    # The withdrawn production was scored on the held-out rows that remain, before its
+    # weights went: the retrain's cost is measured on the same rows.
+    old = out["withdrawn_production_score"]
+    assert old["version"] == v2 and 0 <= old["accuracy"] <= 1
+    assert new["accuracy_change_vs_withdrawn"] == pytest.approx(
+        new["accuracy"] - old["accuracy"], abs=1e-4
+    )
     info = project.version_info(new["version"])
     assert info.training_config["warm_start"] is False
     assert info.gate is not None and info.gate["champion_version"] == 1  # the fallback
