@@ -48,3 +48,22 @@ def test_demo_two_cycles_learns_from_feedback(tmp_path: Path) -> None:
     assert n_users == cfg.users
     assert from_feedback == sum(r["feedback_used"] for r in rows)
     project.close()
+
+
+def test_the_demo_repeats_exactly_with_the_same_seed(tmp_path: Path) -> None:
+    cfg = DemoConfig(cycles=2, epochs=4, requests_per_cycle=150, seed=3)
+    runs = []
+    for name in ("a", "b"):
+        result = run_demo(cfg, project_dir=tmp_path / name)
+        project = Project.open(tmp_path / name)
+        with project.db.session() as s:
+            weights = s.execute(
+                select(Example.user_id, Example.input_hash, Example.label, Example.weight)
+                .where(Example.origin == "feedback")
+                .order_by(Example.input_hash, Example.label)
+            ).all()
+        project.close()
+        runs.append(([r["accuracy"] for r in result.to_json()["cycles"]], weights))
+    # Same pseudonyms, same rows, same trust weights to the last bit, same models.
+    assert runs[0] == runs[1]
+    assert runs[0][1]  # the runs did learn from feedback

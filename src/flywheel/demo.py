@@ -8,6 +8,7 @@ the champion on the fixed held-out split.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import numpy as np
 
 from flywheel.data import HOLDOUT, TRAIN, ListSource, RawExample, digits_arrays, encode_png
 from flywheel.errors import FlywheelError
+from flywheel.privacy.pseudonym import seed_user_key
 from flywheel.project import Project
 from flywheel.serving import BackgroundServer
 
@@ -126,6 +128,9 @@ def run_demo(
         ListSource("digits (demo: held-out split + labelled slice)", base),
         settings={"epochs": cfg.epochs, "seed": cfg.seed, "image_size": 8},
     )
+    # The simulated users' pseudonyms come from a key fixed by the seed, so that a
+    # rerun files them in the same order (a real project's key is random).
+    seed_user_key(project, hashlib.sha256(f"flywheel-demo-{cfg.seed}".encode()).digest())
     emit(
         "init",
         {

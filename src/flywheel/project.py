@@ -1769,14 +1769,27 @@ class Project:
                 )
                 if h in items
             }
-            model: dict[str, tuple[str, float]] = {}
-            for h, lab, probs in s.execute(
-                select(Prediction.input_hash, Prediction.label, Prediction.probabilities).where(
-                    Prediction.input_hash.in_(items), Prediction.label.is_not(None)
-                )
+            # One model vote per input: the newest version's prediction, its most confident
+            # one if that version answered the same input more than once. Confidence is
+            # rounded: a micro-batch changes its last bits, and trust must not follow them.
+            model: dict[str, tuple[int, float, str]] = {}
+            for h, version, lab, probs in s.execute(
+                select(
+                    Prediction.input_hash,
+                    Prediction.model_version,
+                    Prediction.label,
+                    Prediction.probabilities,
+                ).where(Prediction.input_hash.in_(items), Prediction.label.is_not(None))
             ):
-                model[h] = (str(lab), max(probs.values()) if probs else 0.0)
-            trust = estimate_trust(votes, golden=golden, model=model, labels=labels)
+                vote = (int(version), round(max(probs.values()), 4) if probs else 0.0, str(lab))
+                if h not in model or vote > model[h]:
+                    model[h] = vote
+            trust = estimate_trust(
+                votes,
+                golden=golden,
+                model={h: (lab, c) for h, (_, c, lab) in model.items()},
+                labels=labels,
+            )
             now = utcnow()
             out = {}
             for user_id, t in trust.items():

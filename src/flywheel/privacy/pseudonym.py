@@ -30,6 +30,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -44,7 +45,7 @@ from flywheel.store.schema import (
     User,
 )
 
-__all__ = ["PSEUDONYM", "Pseudonymizer", "fingerprint", "rekey_users"]
+__all__ = ["PSEUDONYM", "Pseudonymizer", "fingerprint", "rekey_users", "seed_user_key"]
 
 PSEUDONYM = re.compile(r"^u_[0-9a-f]{32}$")
 _META_KEY = "user_key_fingerprint"
@@ -231,3 +232,14 @@ class Pseudonymizer:
             raise
         os.replace(nxt, self.path)
         return Pseudonymizer(self.path, keys), n
+
+
+def seed_user_key(project: Any, key: bytes) -> None:
+    """Give a new project (no key yet, no users) a chosen key: reproducible demos and
+    benchmarks. A real project's key is random."""
+    path = project.settings.user_keys
+    if path.exists():
+        raise ConfigError(f"{str(path)!r} exists: this project has its key already")
+    if len(key) < 16:
+        raise ConfigError("a user-id key needs at least 16 bytes")
+    _write(path, [key])
