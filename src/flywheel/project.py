@@ -83,6 +83,7 @@ from flywheel.store.schema import (
     User,
     utcnow,
 )
+from flywheel.store.schema import Explanation as ExplanationRow
 from flywheel.tasks import Task, get_task
 from flywheel.training import (
     EpochReport,
@@ -1088,6 +1089,7 @@ class Project:
                     "examples": er.examples,
                     "review_items": er.review_items,
                     "ledger_rows": er.ledger_rows,
+                    "explanations": er.explanations,
                     "inputs": len(er.input_hashes),
                 },
                 "inputs_digest": er.inputs_digest,
@@ -1105,6 +1107,8 @@ class Project:
         with self.db.session() as s:
             shared = forget_rows.still_referenced(s, er.input_hashes)
         blobs_deleted = sum(self.blobs.delete(h) for h in sorted(er.input_hashes - shared))
+        for h in sorted(er.derived):  # their explanation overlays
+            self.blobs.delete(h)
         # What the withdrawn production scored on the held-out rows that remain, while
         # its weights still exist: the retrain's gate is measured against it too.
         before = self._withdrawn_score(production, er.affected, new_dv_id)
@@ -2012,6 +2016,90 @@ class Project:
         return moved
 
     # -- serving -----------------------------------------------------------------------
+
+    # -- explanations ----------------------------------------------------------------------
+
+    def explain(self, prediction_id: str, target: str | None = None) -> dict[str, Any]:
+        """Why the model answered what it did (Captum), cached per input, model version
+        and target class; the PNG overlay (images, audio) goes to the blob folder."""
+        from flywheel.explain import explain, overlay_png
+
+        if self.prediction_log is not None:
+            self.prediction_log.wait_written(prediction_id)
+        with self.db.session() as s:
+            pred = s.get(Prediction, prediction_id)
+            if pred is None:
+                raise NotFoundError("prediction", prediction_id)
+            input_hash, version, label = pred.input_hash, pred.model_version, pred.label
+            key = target if target is not None else (label or "")
+            cached = s.scalar(
+                select(ExplanationRow).where(
+                    ExplanationRow.input_hash == input_hash,
+                    ExplanationRow.model_version == version,
+                    ExplanationRow.target == key,
+                )
+            )
+            if cached is not None:
+                return self._explanation_json(prediction_id, version, cached)
+        if not self.blobs.exists(input_hash):
+            raise NotFoundError("stored input of prediction", prediction_id)
+        loaded = self._loaded if self._loaded and self._loaded.version == version else None
+        try:
+            loaded = loaded or self._load_version(version)
+        except (FileNotFoundError, OSError) as exc:
+            raise ModelError(f"model v{version} is not available: {exc}") from exc
+        content = self.blobs.get(input_hash)
+        ex = explain(loaded, content, target=key or None)
+        png = None
+        if ex.map is not None:
+            png = self.blobs.put(overlay_png(ex, content, self.task.modality))
+        row = ExplanationRow(
+            input_hash=input_hash,
+            model_version=version,
+            target=key,
+            detail=ex.to_json(),
+            png_hash=png,
+        )
+        with self.db.session() as s:
+            existing = s.scalar(
+                select(ExplanationRow).where(
+                    ExplanationRow.input_hash == input_hash,
+                    ExplanationRow.model_version == version,
+                    ExplanationRow.target == key,
+                )
+            )
+            if existing is None:  # (two requests may explain the same input at once)
+                s.add(row)
+                s.flush()
+                return self._explanation_json(prediction_id, version, row)
+            return self._explanation_json(prediction_id, version, existing)
+
+    @staticmethod
+    def _explanation_json(pid: str, version: int, row: ExplanationRow) -> dict[str, Any]:
+        return {
+            "prediction_id": pid,
+            "model_version": version,
+            **row.detail,
+            "overlay": row.png_hash is not None,
+        }
+
+    def explanation_png(self, prediction_id: str, target: str | None = None) -> bytes:
+        """The PNG overlay of ``explain`` (computed if not cached)."""
+        self.explain(prediction_id, target)
+        with self.db.session() as s:
+            pred = s.get(Prediction, prediction_id)
+            assert pred is not None
+            key = target if target is not None else (pred.label or "")
+            png = s.scalar(
+                select(ExplanationRow.png_hash).where(
+                    ExplanationRow.input_hash == pred.input_hash,
+                    ExplanationRow.model_version == pred.model_version,
+                    ExplanationRow.target == key,
+                )
+            )
+        if png is None:
+            raise NotFoundError("overlay (this task's explanations have none) for", prediction_id)
+        return self.blobs.get(png)
 
     def _load_version(self, version: int) -> LoadedModel:
         with self.db.session() as s:

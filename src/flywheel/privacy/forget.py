@@ -25,6 +25,7 @@ from flywheel.store.schema import (
     DatasetVersion,
     DatasetVersionExample,
     Example,
+    Explanation,
     Feedback,
     Job,
     ModelVersion,
@@ -92,6 +93,9 @@ class Erasure:
     review_items: int = 0
     ledger_rows: int = 0
     input_hashes: set[str] = field(default_factory=set)
+    #: blobs derived from their inputs (explanation overlays)
+    derived: set[str] = field(default_factory=set)
+    explanations: int = 0
     #: dataset version id -> how many of its rows were erased
     dataset_versions: dict[int, int] = field(default_factory=dict)
     affected: list[int] = field(default_factory=list)
@@ -157,6 +161,10 @@ def erase(s: Session, user: str) -> Erasure:
     er.feedback = _count_delete(s, Feedback, Feedback.id.in_(fb_ids))
     er.predictions = _count_delete(s, Prediction, Prediction.id.in_(pred_ids))
     er.ledger_rows = _count_delete(s, PrivacyCharge, PrivacyCharge.user_id == user)
+    # Explanations of their inputs show those inputs (and the overlays draw them).
+    gone = Explanation.input_hash.in_(er.input_hashes)
+    er.derived = {h for h in s.scalars(select(Explanation.png_hash).where(gone)) if h}
+    er.explanations = _count_delete(s, Explanation, gone)
     _count_delete(s, User, User.id == user)
     _redact_json(s, user)
     now = utcnow()

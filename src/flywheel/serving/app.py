@@ -27,7 +27,16 @@ from flywheel.serving.jobs import JobRunner
 from flywheel.serving.limits import BodySizeLimit
 from flywheel.serving.metrics import Metrics, MetricsMiddleware
 from flywheel.serving.predictor import Predictor
-from flywheel.serving.routers import feedback, jobs, models, predict, review, stats, users
+from flywheel.serving.routers import (
+    explain,
+    feedback,
+    jobs,
+    models,
+    predict,
+    review,
+    stats,
+    users,
+)
 from flywheel.settings import Settings
 
 __all__ = ["create_app"]
@@ -138,6 +147,7 @@ def create_app(
         jobs.router,
         users.router,
         stats.router,
+        explain.router,
     ):
         app.include_router(r)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

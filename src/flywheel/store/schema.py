@@ -29,6 +29,7 @@ __all__ = [
     "DatasetVersion",
     "DatasetVersionExample",
     "Example",
+    "Explanation",
     "Feedback",
     "Job",
     "ModelAlias",
@@ -298,6 +299,20 @@ class AuditRecord(Base):
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 
+class Explanation(Base):
+    """A cached explanation of one input by one model version (and target class)."""
+
+    __tablename__ = "explanations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    input_hash: Mapped[str] = mapped_column(String(64), index=True)
+    model_version: Mapped[int] = mapped_column(Integer, ForeignKey("model_versions.version"))
+    target: Mapped[str] = mapped_column(String(256))  # "" for regression
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: the PNG overlay in the blob folder (None: no map, e.g. text)
+    png_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
 class StoreMeta(Base):
     """Small facts about the store itself (the fingerprint of the user-id key chain)."""
 
@@ -307,3 +322,10 @@ class StoreMeta(Base):
 
 
 Index("ix_examples_origin_split", Example.origin, Example.split)
+Index(
+    "ux_explanations_input_version_target",
+    Explanation.input_hash,
+    Explanation.model_version,
+    Explanation.target,
+    unique=True,
+)

@@ -1,0 +1,56 @@
+"""POST /v1/explain and its PNG overlay: why the model said what it said."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from flywheel.serving.deps import ProjectDep, require
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["explain"])
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str = Field(min_length=1, max_length=64)
+    target: str | None = Field(
+        default=None, max_length=256, description="A label to explain (default: the answer)."
+    )
+
+
+@router.post(
+    "/v1/explain",
+    dependencies=[Depends(require("read"))],
+    responses={
+        404: {"description": "Unknown prediction, or its input expired."},
+        422: {"description": "A target outside the model's labels."},
+    },
+)
+def create_explanation(project: ProjectDep, body: ExplainRequest) -> dict[str, Any]:
+    """Attributions for a logged prediction, by the model version that made it: a map in
+    [0, 1] at the model's input resolution (images: Integrated Gradients; audio: the same
+    over log-mel frames), token scores (text: feature ablation) or feature scores
+    (regression). Cached per input, model version and target; ``overlay`` says whether
+    ``GET /v1/explain/{prediction_id}.png`` has a picture."""
+    return project.explain(body.prediction_id, body.target)
+
+
+@router.get(
+    "/v1/explain/{prediction_id}.png",
+    dependencies=[Depends(require("read"))],
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 404: {"description": "No such overlay."}},
+)
+def explanation_png(
+    project: ProjectDep, prediction_id: str, target: str | None = Query(None, max_length=256)
+) -> Response:
+    """The attribution map over the input as a PNG (images: at the input's own size)."""
+    return Response(
+        project.explanation_png(prediction_id, target),
+        media_type="image/png",
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
+    )
