@@ -26,6 +26,7 @@ TABLES = {
     "dataset_version_examples",
     "dataset_versions",
     "examples",
+    "explanations",
     "feedback",
     "review_items",
     "jobs",
