@@ -2432,6 +2432,12 @@ class Project:
             assert job is not None
             job_rows.finish_job(s, job, result=result, error=error)
 
+    def jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest jobs first, with their results or errors."""
+        with self.db.session() as s:
+            rows = s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit))
+            return [job_rows.job_json(j) for j in rows]
+
     def job(self, job_id: str) -> dict[str, Any]:
         with self.db.session() as s:
             job = s.get(Job, job_id)

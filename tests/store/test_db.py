@@ -23,6 +23,7 @@ TABLES = {
     "audit_log",
     "privacy_ledger",
     "store_meta",
+    "ui_sessions",
     "dataset_version_examples",
     "dataset_versions",
     "examples",

@@ -22,6 +22,7 @@ from flywheel.errors import (
     RegistryError,
 )
 from flywheel.project import Project
+from flywheel.serving import ui
 from flywheel.serving.backends import Backend
 from flywheel.serving.jobs import JobRunner
 from flywheel.serving.limits import BodySizeLimit
@@ -148,8 +149,10 @@ def create_app(
         users.router,
         stats.router,
         explain.router,
+        ui.router,
     ):
         app.include_router(r)
+    app.mount("/ui/static", ui.static_files(), name="ui-static")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

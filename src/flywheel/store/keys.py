@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from flywheel.errors import AuthError, InputError
-from flywheel.store.schema import ApiKey
+from flywheel.store.schema import ApiKey, UiSession, utcnow
 
-__all__ = ["SCOPES", "authenticate", "create_key", "has_keys", "list_keys"]
+__all__ = [
+    "SCOPES",
+    "authenticate",
+    "create_key",
+    "end_session",
+    "has_keys",
+    "list_keys",
+    "open_session",
+    "session_of",
+]
 
 SCOPES = ("predict", "feedback", "admin")
 
@@ -71,3 +81,40 @@ def authenticate(s: Session, key: str, scope: str | None) -> None:
             f"this key lacks the {scope!r} scope (it has: {', '.join(sorted(held))})",
             missing_scope=scope,
         )
+
+
+SESSION_HOURS = 12
+
+
+def open_session(s: Session, key: str) -> tuple[str, str, list[str]]:
+    """Sign in with an API key: (cookie token, CSRF token, the key's scopes)."""
+    row = s.scalars(select(ApiKey).where(ApiKey.key_hash == _hash(key))).first()
+    if row is None or row.revoked_at is not None:
+        raise AuthError("unknown or revoked API key")
+    s.execute(delete(UiSession).where(UiSession.expires_at < utcnow()))
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    s.add(
+        UiSession(
+            token_hash=_hash(token),
+            key_id=row.id,
+            csrf=csrf,
+            expires_at=utcnow() + timedelta(hours=SESSION_HOURS),
+        )
+    )
+    return token, csrf, row.scopes.split(",")
+
+
+def session_of(s: Session, token: str) -> dict[str, Any] | None:
+    """The live session of a cookie token: its key's name and scopes, and its CSRF token;
+    None when unknown, expired, or its key was revoked since."""
+    sess = s.get(UiSession, _hash(token))
+    if sess is None or sess.expires_at < utcnow():
+        return None
+    key = s.get(ApiKey, sess.key_id)
+    if key is None or key.revoked_at is not None:
+        return None
+    return {"key": key.name, "scopes": key.scopes.split(","), "csrf": sess.csrf}
+
+
+def end_session(s: Session, token: str) -> None:
+    s.execute(delete(UiSession).where(UiSession.token_hash == _hash(token)))

@@ -38,6 +38,7 @@ __all__ = [
     "PrivacyCharge",
     "ReviewItem",
     "StoreMeta",
+    "UiSession",
     "User",
     "utcnow",
 ]
@@ -311,6 +312,18 @@ class Explanation(Base):
     #: the PNG overlay in the blob folder (None: no map, e.g. text)
     png_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class UiSession(Base):
+    """A dashboard sign-in: the cookie carries a random token, only its SHA-256 is here,
+    with the API key it stands for (checked live on every request) and its CSRF token."""
+
+    __tablename__ = "ui_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(Integer, ForeignKey("api_keys.id"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(TS)
 
 
 class StoreMeta(Base):

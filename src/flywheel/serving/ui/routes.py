@@ -1,0 +1,401 @@
+"""Dashboard routes: overview, models, review, users, jobs; sign-in with an API key.
+
+Access: every page needs a signed-in key of any scope; every action (promote, rollback,
+label, quarantine, forget) needs an admin key and the session's CSRF token. The cookie
+holds a random token (HttpOnly, SameSite=Strict; Secure over HTTPS); the server keeps
+only its hash, mapped to the API key, which is checked live on each request — revoking
+the key ends its sessions. Stored inputs are served with their own media type, never
+as HTML, under a CSP that forbids everything.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from flywheel.errors import AuthError, FlywheelError
+from flywheel.project import Project
+from flywheel.store import keys as key_rows
+
+__all__ = ["COOKIE", "router", "static_files"]
+
+HERE = Path(__file__).parent
+TEMPLATES = Jinja2Templates(directory=HERE / "templates")
+COOKIE = "flywheel_session"
+#: inputs are shown as what they are; nothing a user uploaded can run as a page
+SAFE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Content-Disposition": "inline",
+    "Cache-Control": "private, max-age=3600",
+}
+
+router = APIRouter(include_in_schema=False)
+
+
+def static_files() -> StaticFiles:
+    return StaticFiles(directory=HERE / "static")
+
+
+def _project(request: Request) -> Project:
+    project: Project = request.app.state.project
+    return project
+
+
+def _session(request: Request) -> dict[str, Any] | None:
+    token = request.cookies.get(COOKIE)
+    if not token:
+        return None
+    with _project(request).db.session() as s:
+        return key_rows.session_of(s, token)
+
+
+def _login_redirect(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
+
+
+def _page(request: Request, name: str, **ctx: Any) -> Response:
+    sess = _session(request)
+    if sess is None:
+        return _login_redirect(request)
+    project = _project(request)
+    return TEMPLATES.TemplateResponse(
+        request,
+        name,
+        {
+            **ctx,
+            "session": sess,
+            "admin": "admin" in sess["scopes"],
+            "project_name": project.settings.project_dir.name,
+            "task": project.task.name,
+            "production": project.production_version(),
+        },
+    )
+
+
+def _action(request: Request, csrf: str) -> Response | None:
+    """None when the request may act (admin key, right CSRF token), else the refusal."""
+    sess = _session(request)
+    if sess is None:
+        return _login_redirect(request)
+    if not hmac.compare_digest(csrf, sess["csrf"]):
+        return HTMLResponse("the form's CSRF token does not match this session", 403)
+    if "admin" not in sess["scopes"]:
+        return HTMLResponse(
+            f"this action needs an admin key; signed in with {sess['key']!r} "
+            f"({', '.join(sess['scopes'])})",
+            403,
+        )
+    return None
+
+
+def _back(path: str, message: str = "") -> RedirectResponse:
+    return RedirectResponse(path + (f"?msg={quote(message)}" if message else ""), 303)
+
+
+# -- sign-in ------------------------------------------------------------------------------
+
+
+@router.get("/ui/login")
+def login_form(request: Request, next: str = "/", error: str = "") -> Response:
+    return TEMPLATES.TemplateResponse(
+        request, "login.html", {"next": next, "error": error, "session": None}
+    )
+
+
+@router.post("/ui/login")
+def login(
+    request: Request, key: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
+) -> Response:
+    if not next.startswith("/") or next.startswith("//"):
+        next = "/"  # only paths on this server: no open redirect
+    try:
+        with _project(request).db.session() as s:
+            token, _csrf, _scopes = key_rows.open_session(s, key.strip())
+    except AuthError as exc:
+        return RedirectResponse(
+            f"/ui/login?next={quote(next)}&error={quote(str(exc))}", status_code=303
+        )
+    resp = RedirectResponse(next, status_code=303)
+    resp.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=key_rows.SESSION_HOURS * 3600,
+        path="/",
+    )
+    return resp
+
+
+@router.post("/ui/logout")
+def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    sess = _session(request)
+    token = request.cookies.get(COOKIE)
+    if sess is not None and token and hmac.compare_digest(csrf, sess["csrf"]):
+        with _project(request).db.session() as s:
+            key_rows.end_session(s, token)
+    resp = RedirectResponse("/ui/login", status_code=303)
+    resp.delete_cookie(COOKIE, path="/")
+    return resp
+
+
+# -- pages --------------------------------------------------------------------------------
+
+
+@router.get("/")
+def overview(request: Request, minutes: int = 24 * 60) -> Response:
+    if _session(request) is None:
+        return _login_redirect(request)
+    project = _project(request)
+    stats = project.stats(minutes=max(1, min(minutes, 60 * 24 * 31)))
+    prod = project.production_version()
+    metrics = project.version_info(prod).metrics if prod is not None else {}
+    per_minute = stats["calls"]["per_minute"]
+    per_hour: dict[str, int] = {}
+    for minute, n in per_minute.items():
+        per_hour[minute[:13] + ":00"] = per_hour.get(minute[:13] + ":00", 0) + n
+    versions = [v for v in stats["versions"] if v.get("holdout_accuracy") is not None]
+    charts = {
+        "accuracy": {
+            "kind": "line",
+            "title": "held-out accuracy per version",
+            "x": [f"v{v['version']}" for v in versions],
+            "y": [v["holdout_accuracy"] for v in versions],
+            "series2": [v.get("live_accuracy") for v in versions],
+        },
+        "calls_minute": {
+            "kind": "bar",
+            "title": f"calls per minute (last {minutes // 60} h)",
+            "x": list(per_minute),
+            "y": list(per_minute.values()),
+        },
+        "calls_hour": {
+            "kind": "bar",
+            "title": "calls per hour",
+            "x": list(per_hour),
+            "y": list(per_hour.values()),
+        },
+        "calls_label": {
+            "kind": "bar",
+            "title": "calls per predicted label",
+            "x": list(stats["calls"]["per_label"]),
+            "y": list(stats["calls"]["per_label"].values()),
+        },
+        "calls_version": {
+            "kind": "bar",
+            "title": "calls per model version",
+            "x": [f"v{k}" for k in stats["calls"]["per_version"]],
+            "y": list(stats["calls"]["per_version"].values()),
+        },
+    }
+    if "per_class" in metrics:
+        charts["per_class"] = {
+            "kind": "bar",
+            "title": f"recall per class (production v{prod}, held out)",
+            "x": list(metrics["per_class"]),
+            "y": [c["recall"] for c in metrics["per_class"].values()],
+        }
+        charts["confusion"] = {
+            "kind": "matrix",
+            "title": f"confusion matrix (production v{prod}; rows: truth)",
+            "x": metrics["labels"],
+            "y": metrics["labels"],
+            "z": metrics["confusion_matrix"],
+        }
+    fb = stats["feedback"]
+    judged = fb["agreed"] + fb["disagreed"]
+    return _page(
+        request,
+        "overview.html",
+        charts=charts,
+        stats=stats,
+        agreement=None if judged == 0 else fb["agreed"] / judged,
+    )
+
+
+@router.get("/ui/models")
+def models_page(request: Request, msg: str = "") -> Response:
+    project = _project(request)
+    return _page(request, "models.html", versions=project.models()[::-1], msg=msg)
+
+
+@router.post("/ui/models/{version}/promote")
+def promote(request: Request, version: int, csrf: Annotated[str, Form()] = "") -> Response:
+    refused = _action(request, csrf)
+    if refused is not None:
+        return refused
+    try:
+        _project(request).promote(version, reason="promoted from the dashboard")
+    except FlywheelError as exc:
+        return _back("/ui/models", f"not promoted: {exc}")
+    return _back("/ui/models", f"v{version} is in production")
+
+
+@router.post("/ui/rollback")
+def rollback(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    refused = _action(request, csrf)
+    if refused is not None:
+        return refused
+    try:
+        frm, to = _project(request).rollback(reason="rolled back from the dashboard")
+    except FlywheelError as exc:
+        return _back("/ui/models", f"no rollback: {exc}")
+    return _back("/ui/models", f"rolled back from v{frm} to v{to}")
+
+
+@router.get("/ui/review")
+def review_page(request: Request, msg: str = "", limit: int = 12) -> Response:
+    project = _project(request)
+    try:
+        items = project.review_queue(limit=max(1, min(limit, 60)))
+    except FlywheelError as exc:
+        items, msg = [], str(exc)
+    modality = project.task.modality
+    for it in items:
+        if modality == "text":
+            it["text"] = _input_text(project, it["prediction_id"])
+    labels: list[str] = []
+    prod = project.production_version()
+    if prod is not None:
+        labels = list(project.version_info(prod).metrics.get("labels", []))
+    return _page(request, "review.html", items=items, labels=labels, modality=modality, msg=msg)
+
+
+@router.post("/ui/review/{prediction_id}")
+def review_answer(
+    request: Request,
+    prediction_id: str,
+    label: Annotated[str, Form()],
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    refused = _action(request, csrf)
+    if refused is not None:
+        return refused
+    sess = _session(request)
+    reviewer = "reviewer:" + re.sub(r"[^A-Za-z0-9._:@-]", "-", sess["key"])[:100] if sess else None
+    try:
+        _project(request).record_feedback(prediction_id, label=label, user_id=reviewer)
+    except FlywheelError as exc:
+        return _back("/ui/review", f"not stored: {exc}")
+    return _back("/ui/review", f"stored: {label!r} for {prediction_id[:8]}")
+
+
+@router.get("/ui/users")
+def users_page(request: Request, msg: str = "") -> Response:
+    project = _project(request)
+    ledger = {r["user_id"]: r for r in project.privacy_ledger()}
+    return _page(
+        request,
+        "users.html",
+        users=project.users(),
+        ledger=ledger,
+        budget=project.settings.dp_user_budget,
+        msg=msg,
+    )
+
+
+@router.post("/ui/users/{user_id}/{action}")
+def user_action(
+    request: Request, user_id: str, action: str, csrf: Annotated[str, Form()] = ""
+) -> Response:
+    refused = _action(request, csrf)
+    if refused is not None:
+        return refused
+    project = _project(request)
+    try:
+        if action == "quarantine":
+            project.quarantine(user_id, "quarantined from the dashboard")
+            return _back("/ui/users", f"{user_id} quarantined")
+        if action == "release":
+            project.release(user_id)
+            return _back("/ui/users", f"{user_id} released")
+        if action == "forget":
+            out = project.forget(user_id, retrain=False)
+            job = None
+            if out["needs_retrain"]:
+                job = request.app.state.runner.submit_forget_retrain(out["audit_id"])
+            request.app.state.predictor.refresh()
+            return _back(
+                "/ui/users",
+                f"forgot {user_id} (audit #{out['audit_id']}); versions withdrawn: "
+                f"{out['versions_affected'] or 'none'}"
+                + (f"; retraining as job {job}" if job else ""),
+            )
+    except FlywheelError as exc:
+        return _back("/ui/users", f"{action} failed: {exc}")
+    return HTMLResponse(f"unknown action {action!r}", 404)
+
+
+@router.get("/ui/jobs")
+def jobs_page(request: Request) -> Response:
+    return _page(request, "jobs.html", jobs=_project(request).jobs())
+
+
+# -- inputs and overlays (session-authenticated) ------------------------------------------
+
+
+def _input_text(project: Project, prediction_id: str) -> str:
+    try:
+        return _stored_input(project, prediction_id)[0].decode("utf-8", "replace")
+    except FlywheelError:
+        return ""
+
+
+def _stored_input(project: Project, prediction_id: str) -> tuple[bytes, str]:
+    from flywheel.errors import NotFoundError
+    from flywheel.store.schema import Prediction
+
+    with project.db.session() as s:
+        pred = s.get(Prediction, prediction_id)
+        if pred is None:
+            raise NotFoundError("prediction", prediction_id)
+        digest = pred.input_hash
+    content = project.blobs.get(digest)
+    modality = project.task.modality
+    if modality == "image":
+        from PIL import Image
+
+        fmt = (Image.open(io.BytesIO(content)).format or "png").lower()
+        media = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}.get(
+            fmt, "application/octet-stream"
+        )
+    elif modality == "audio":
+        media = "audio/wav"
+    else:
+        media = "text/plain; charset=utf-8"
+    return content, media
+
+
+@router.get("/ui/input/{prediction_id}")
+async def stored_input(request: Request, prediction_id: str) -> Response:
+    if await run_in_threadpool(_session, request) is None:
+        return Response(status_code=401)
+    try:
+        content, media = await run_in_threadpool(_stored_input, _project(request), prediction_id)
+    except FlywheelError as exc:
+        return Response(str(exc), status_code=404, media_type="text/plain")
+    return Response(content, media_type=media, headers=SAFE_HEADERS)
+
+
+@router.get("/ui/explain/{prediction_id}.png")
+async def explanation_overlay(request: Request, prediction_id: str) -> Response:
+    if await run_in_threadpool(_session, request) is None:
+        return Response(status_code=401)
+    try:
+        png = await run_in_threadpool(_project(request).explanation_png, prediction_id)
+    except FlywheelError as exc:
+        return Response(str(exc), status_code=404, media_type="text/plain")
+    return Response(png, media_type="image/png", headers=SAFE_HEADERS)

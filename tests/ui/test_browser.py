@@ -1,0 +1,157 @@
+"""The dashboard in a real browser (Playwright driving Debian's chromium, headless) on a
+project that went through two demo cycles: the charts carry the store's data, a label
+given on the review page is stored, promote and rollback move the production alias,
+and an action without an admin key is refused. Screenshots go to ``test-artifacts/``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from flywheel import Project
+from flywheel.demo import DemoConfig, run_demo
+from flywheel.serving.server import BackgroundServer
+from flywheel.store.schema import Feedback
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if CHROMIUM is None:
+    pytest.skip(
+        "no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)",
+        allow_module_level=True,
+    )
+ARTIFACTS = Path(os.environ.get("FLYWHEEL_TEST_ARTIFACTS", "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("ui") / "demo"
+    run_demo(DemoConfig(cycles=2, epochs=4, requests_per_cycle=150, seed=0), project_dir=root)
+    project = Project.open(root)
+    admin, _ = project.create_key(["admin"], name="admin-browser")
+    reader, _ = project.create_key(["predict"], name="reader")
+    with BackgroundServer(project) as server:
+        yield {"project": project, "url": server.url, "admin": admin, "reader": reader}
+    project.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def _signed_in(browser: Any, served: dict[str, Any], key: str) -> Any:
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(served["url"] + "/")
+    assert "/ui/login" in page.url  # every page needs a key
+    page.fill("#key", key)
+    page.click("#sign-in")
+    page.wait_for_url(served["url"] + "/")
+    return page
+
+
+def _shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_overview_charts_carry_the_stores_data(browser: Any, served: dict[str, Any]) -> None:
+    page = _signed_in(browser, served, served["admin"])
+    page.wait_for_selector("body[data-charts-drawn='true']")
+    charts = page.evaluate("JSON.parse(document.getElementById('charts-data').textContent)")
+    project: Project = served["project"]
+    stats = project.stats(minutes=24 * 60)
+    versions = [v for v in stats["versions"] if v["holdout_accuracy"] is not None]
+    assert charts["accuracy"]["x"] == ["v1", "v2", "v3"]
+    assert charts["accuracy"]["y"] == [v["holdout_accuracy"] for v in versions]
+    assert sum(charts["calls_label"]["y"]) == stats["calls"]["total"] == 300
+    assert sum(charts["calls_minute"]["y"]) == 300
+    prod = project.version_info(project.production_version() or 0).metrics
+    assert charts["confusion"]["z"] == prod["confusion_matrix"]
+    # Each chart is drawn: one mark per data point, carrying its value.
+    marks = page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('figure.chart')].map("
+        "f => [f.dataset.chart, Number(f.querySelector('svg').dataset.marks)]))"
+    )
+    assert marks["accuracy"] == 3 and marks["calls_label"] == len(charts["calls_label"]["x"])
+    assert marks["confusion"] == len(prod["labels"]) ** 2
+    drawn = page.eval_on_selector_all(
+        "#chart-accuracy circle.point:not(.live)", "cs => cs.map(c => Number(c.dataset.y))"
+    )
+    assert drawn == pytest.approx(charts["accuracy"]["y"])
+    assert page.inner_text("#production-version") == f"v{project.production_version()}"
+    _shot(page, "overview")
+
+
+def test_a_label_given_on_the_review_page_is_stored(browser: Any, served: dict[str, Any]) -> None:
+    page = _signed_in(browser, served, served["admin"])
+    page.goto(served["url"] + "/ui/review")
+    card = page.locator("article.item").first
+    pid = card.get_attribute("data-prediction")
+    assert pid
+    # The input and its attribution heat-map are shown.
+    assert card.locator("img.thumb").first.evaluate("i => i.complete && i.naturalWidth > 0")
+    page.wait_for_function(
+        "pid => { const i = document.querySelector(`article[data-prediction='${pid}'] img.heat`);"
+        " return i && i.complete && i.naturalWidth > 0; }",
+        arg=pid,
+    )
+    _shot(page, "review")
+    card.locator("form.labels button[value='7']").click()
+    page.wait_for_selector("#msg")
+    assert "stored" in page.inner_text("#msg")
+    project: Project = served["project"]
+    with project.db.session() as s:
+        rows = s.scalars(select(Feedback).where(Feedback.prediction_id == pid)).all()
+    assert [r.label for r in rows] == ["7"]
+    assert rows[0].user_id == project.pseudonym("reviewer:admin-browser")
+
+
+def test_promote_and_rollback_move_the_production_alias(
+    browser: Any, served: dict[str, Any]
+) -> None:
+    project: Project = served["project"]
+    before = project.production_version()
+    page = _signed_in(browser, served, served["admin"])
+    page.goto(served["url"] + "/ui/models")
+    _shot(page, "models")
+    target = 1 if before != 1 else 2
+    page.locator(f"tr[data-version='{target}'] button.promote").click()
+    page.wait_for_selector("#msg")
+    assert project.production_version() == target
+    assert "production" in page.inner_text(f"tr[data-version='{target}'] td.aliases")
+    page.click("#rollback")
+    page.wait_for_selector("#msg")
+    assert project.production_version() == before
+    assert f"to v{before}" in page.inner_text("#msg")
+
+
+def test_an_action_without_the_admin_key_is_refused(browser: Any, served: dict[str, Any]) -> None:
+    project: Project = served["project"]
+    before = project.production_version()
+    page = _signed_in(browser, served, served["reader"])
+    page.goto(served["url"] + "/ui/models")
+    assert page.locator("button.promote").count() == 0  # not offered
+    csrf = page.get_attribute("input[name='csrf']", "value")
+    r = page.request.post(served["url"] + "/ui/models/1/promote", form={"csrf": csrf})
+    assert r.status == 403 and "needs an admin key" in r.text()
+    assert project.production_version() == before
+    # Without the session's CSRF token even an admin's form is refused.
+    admin = _signed_in(browser, served, served["admin"])
+    r = admin.request.post(served["url"] + "/ui/models/1/promote", form={"csrf": "forged"})
+    assert r.status == 403 and project.production_version() == before
+    # The cookie is HttpOnly and SameSite=Strict.
+    cookie = next(c for c in admin.context.cookies() if c["name"] == "flywheel_session")
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    for name in ("users", "jobs"):
+        admin.goto(served["url"] + f"/ui/{name}")
+        _shot(admin, name)

@@ -1,0 +1,108 @@
+"""The dashboard's access rules and safety without a browser: sign-in, sessions that end
+with their key, CSRF, admin-only actions, inputs never served as HTML."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from flywheel import Project
+from flywheel.data import ListSource, RawExample
+from flywheel.serving import create_app
+from tests.factories import digit_png
+
+
+@pytest.fixture(scope="function")
+def client(project: Project) -> Iterator[TestClient]:
+    with TestClient(create_app(project.settings, project)) as c:
+        yield c
+
+
+def _sign_in(c: TestClient, key: str) -> str:
+    r = c.post("/ui/login", data={"key": key, "next": "/ui/models"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/models"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    page = c.get("/ui/models").text
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match
+    return match.group(1)
+
+
+def test_every_page_needs_a_key_and_a_bad_key_is_told(client: TestClient, project: Project) -> None:
+    for path in ("/", "/ui/models", "/ui/review", "/ui/users", "/ui/jobs"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/ui/login?next=")
+    r = client.post("/ui/login", data={"key": "fw_nope"}, follow_redirects=True)
+    assert "unknown or revoked API key" in r.text
+    # No open redirect: only paths on this server.
+    key, _ = project.create_key(["predict"])
+    r = client.post(
+        "/ui/login", data={"key": key, "next": "//evil.example/x"}, follow_redirects=False
+    )
+    assert r.headers["location"] == "/"
+
+
+def test_actions_need_admin_and_the_sessions_csrf_token(
+    client: TestClient, project: Project
+) -> None:
+    p = project.predict(digit_png(300))
+    reader, _ = project.create_key(["feedback"], name="reader")
+    csrf = _sign_in(client, reader)
+    for path in ("/", "/ui/review", "/ui/users", "/ui/jobs"):
+        assert client.get(path).status_code == 200  # any key reads
+    r = client.post("/ui/models/1/promote", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 403 and "needs an admin key" in r.text
+    r = client.post(f"/ui/review/{p.prediction_id}", data={"label": "3", "csrf": csrf})
+    assert r.status_code == 403
+    admin, info = project.create_key(["admin"], name="boss")
+    csrf = _sign_in(client, admin)
+    r = client.post(f"/ui/review/{p.prediction_id}", data={"label": "3", "csrf": "forged"})
+    assert r.status_code == 403 and "CSRF" in r.text
+    r = client.post(
+        f"/ui/review/{p.prediction_id}",
+        data={"label": "3", "csrf": csrf},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and "stored" in r.headers["location"]
+    # Revoking the key ends its sessions at once.
+    from flywheel.store.schema import ApiKey, utcnow
+
+    with project.db.session() as s:
+        row = s.get(ApiKey, info["id"])
+        assert row is not None
+        row.revoked_at = utcnow()
+    assert client.get("/ui/models", follow_redirects=False).status_code == 303
+
+
+def test_uploaded_text_is_never_served_as_html(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    rows = [
+        RawExample(f"{w} message number {i}".encode(), w, split=sp)
+        for i in range(12)
+        for w, sp in (
+            ("spam", "train" if i < 9 else "holdout"),
+            ("ham", "train" if i < 9 else "holdout"),
+        )
+    ]
+    project = Project.init(
+        tmp_path / "t", ListSource("t", rows), task="text-classification", settings={"epochs": 2}
+    )
+    project.train()
+    evil = b"<script>alert(1)</script><img src=x onerror=alert(2)>"
+    p = project.predict(evil)
+    key, _ = project.create_key(["admin"])
+    with TestClient(create_app(project.settings, project)) as c:
+        _sign_in(c, key)
+        r = c.get(f"/ui/input/{p.prediction_id}")
+        assert r.headers["content-type"].startswith("text/plain")
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert "sandbox" in r.headers["content-security-policy"]
+        page = c.get("/ui/review").text
+        assert "<script>alert(1)</script>" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    project.close()
