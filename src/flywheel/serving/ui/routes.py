@@ -21,6 +21,7 @@ from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from flywheel.errors import AuthError, FlywheelError
@@ -171,7 +172,7 @@ def overview(request: Request, minutes: int = 24 * 60) -> Response:
     charts = {
         "accuracy": {
             "kind": "line",
-            "title": "held-out accuracy per version",
+            "title": "accuracy per version: held out (blue), live from feedback (orange)",
             "x": [f"v{v['version']}" for v in versions],
             "y": [v["holdout_accuracy"] for v in versions],
             "series2": [v.get("live_accuracy") for v in versions],
@@ -229,7 +230,20 @@ def overview(request: Request, minutes: int = 24 * 60) -> Response:
 @router.get("/ui/models")
 def models_page(request: Request, msg: str = "") -> Response:
     project = _project(request)
-    return _page(request, "models.html", versions=project.models()[::-1], msg=msg)
+    from flywheel.store.schema import DatasetVersion
+
+    with project.db.session() as s:
+        feedback_rows = {
+            dv_id: int(stats.get("n_feedback", 0))
+            for dv_id, stats in s.execute(select(DatasetVersion.id, DatasetVersion.stats))
+        }
+    return _page(
+        request,
+        "models.html",
+        versions=project.models()[::-1],
+        feedback_rows=feedback_rows,
+        msg=msg,
+    )
 
 
 @router.post("/ui/models/{version}/promote")
