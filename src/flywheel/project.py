@@ -2432,6 +2432,13 @@ class Project:
             assert job is not None
             job_rows.finish_job(s, job, result=result, error=error)
 
+    def job_log(self, job_id: str, line: str) -> None:
+        """Append a progress line to a job (shown while it runs)."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                job.log = (job.log or "") + line.rstrip("\n") + "\n"
+
     def jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest jobs first, with their results or errors."""
         with self.db.session() as s:

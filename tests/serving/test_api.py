@@ -339,6 +339,9 @@ def test_retrain_job_uses_feedback_and_reports_the_gate(
     assert res["champion_version"] == 1
     assert isinstance(res["promoted"], bool)
     assert "McNemar p=" in res["reason"]
+    # The job's log has one line per epoch the retrain ran.
+    epochs = project.version_info(2).metrics["epochs_run"]
+    assert len(job["log"]) == epochs and job["log"][0].startswith("epoch 1/")
     versions = {m["version"]: m for m in client.get("/v1/models").json()}
     assert versions[2]["parent"] == 1
     assert versions[2]["dataset_version"] == 2

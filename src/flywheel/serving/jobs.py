@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from flywheel.project import Project
+from flywheel.training import EpochReport
 
 __all__ = ["JobRunner"]
 
@@ -22,7 +24,7 @@ class JobRunner:
 
         def work() -> dict[str, Any]:
             config = self.project.train_config(**overrides)
-            return self.project.retrain(config).to_json()
+            return self.project.retrain(config, on_epoch=self._logger(job_id)).to_json()
 
         self.futures[job_id] = self._pool.submit(self.project.run_job, job_id, work)
         return job_id
@@ -32,10 +34,20 @@ class JobRunner:
         job_id = self.project.create_job("forget-retrain", {"audit_id": audit_id})
 
         def work() -> dict[str, Any]:
-            return self.project.retrain_after_forget(audit_id)
+            return self.project.retrain_after_forget(audit_id, on_epoch=self._logger(job_id))
 
         self.futures[job_id] = self._pool.submit(self.project.run_job, job_id, work)
         return job_id
+
+    def _logger(self, job_id: str) -> Callable[[EpochReport], None]:
+        def log(r: EpochReport) -> None:
+            self.project.job_log(
+                job_id,
+                f"epoch {r.epoch}/{r.epochs}: loss {r.train_loss:.4f}, "
+                f"val_loss {r.val_loss:.4f}, val_metric {r.val_metric:.4f}",
+            )
+
+        return log
 
     def shutdown(self) -> None:
         """Finish the running job; queued ones are marked failed at the next start."""

@@ -100,6 +100,7 @@ class JobPublic(BaseModel):
     params: dict[str, Any]
     result: dict[str, Any] | None
     error: str | None
+    log: list[str] = []  # progress lines, readable while the job runs
     created_at: str
     started_at: str | None
     finished_at: str | None

@@ -38,6 +38,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "params": job.params,
         "result": job.result,
         "error": job.error,
+        "log": (job.log or "").splitlines(),
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
