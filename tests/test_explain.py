@@ -102,3 +102,52 @@ def test_explanations_over_http_and_forgotten_with_the_user(tmp_path: Path) -> N
     assert out["erased"]["explanations"] == 1
     assert not project.blobs.exists(overlay)  # the overlay drew her input
     project.close()
+
+
+def test_audio_and_text_explanations(tmp_path: Path) -> None:
+    """Audio: a map over (mel bands, frames) and an overlay of that size; text: one score
+    per word piece, in order, and masking the spam words lowers the spam score."""
+    from flywheel.data import ListSource, RawExample
+    from tests.data.test_audio import tone, wav_bytes
+
+    rows = [
+        RawExample(wav_bytes(tone(f + 7 * i, 0.4, amp=0.3 + 0.02 * i)), lab, split=sp)
+        for i in range(14)
+        for f, lab in ((300.0, "low"), (2500.0, "high"))
+        for sp in ["train" if i < 10 else "holdout"]
+    ]
+    audio = Project.init(
+        tmp_path / "a", ListSource("tones", rows), task="audio-classification",
+        settings={"epochs": 3},
+    )  # fmt: skip
+    audio.train()
+    p = audio.predict(wav_bytes(tone(2500.0, 0.4)))
+    ex = audio.explain(p.prediction_id)
+    heat = np.asarray(ex["map"])
+    assert heat.ndim == 2 and heat.max() == pytest.approx(1.0)
+    png = Image.open(io.BytesIO(audio.explanation_png(p.prediction_id)))
+    assert png.size == (heat.shape[1], heat.shape[0])
+    audio.close()
+
+    pytest.importorskip("transformers")
+    texts = [(f"win a free prize now {i}", "spam") for i in range(10)] + [
+        (f"see you at lunch today {i}", "ham") for i in range(10)
+    ]
+    text = Project.init(
+        tmp_path / "t",
+        ListSource("t", [
+            RawExample(t.encode(), lab, split="train" if i % 5 else "holdout")
+            for i, (t, lab) in enumerate(texts)
+        ]),
+        task="text-classification",
+        settings={"epochs": 30, "learning_rate": 1e-2},
+    )  # fmt: skip
+    text.train()
+    p = text.predict(b"free prize")
+    ex = text.explain(p.prediction_id)
+    assert ex["method"] == "feature_ablation"
+    assert [i["name"] for i in ex["items"]] == ["free", "prize"]
+    assert p.label == "spam" and ex["target"] == "spam"
+    assert all(i["score"] > 0 for i in ex["items"])  # each word holds the answer up
+    assert ex["overlay"] is False
+    text.close()

@@ -783,6 +783,11 @@ class Project:
             raise DataError(
                 f"dataset version {dv.id} has {len(train_rows)} training rows; need >= 2"
             )
+        if not holdout_rows:
+            raise DataError(
+                f"dataset version {dv.id} has no held-out rows to gate a model on (its data "
+                "were all training rows, or duplicates of them); import more distinct examples"
+            )
         train = self._arrays(train_rows, spec)
         weights = np.array([1.0 if w is None else w for _, _, _, w, _ in weighted], np.float32)
         flagged = {i["input_hash"] for i in label_issues.get("issues", [])}
