@@ -19,7 +19,13 @@ from flywheel import Project
 from flywheel.demo import DemoConfig, run_demo
 from flywheel.serving.server import BackgroundServer
 
-PAGES = {"overview": "/", "models": "/ui/models", "review": "/ui/review", "users": "/ui/users"}
+PAGES = {
+    "overview": "/",
+    "models": "/ui/models",
+    "review": "/ui/review",
+    "users": "/ui/users",
+    "jobs": "/ui/jobs",
+}
 
 
 def main() -> None:
