@@ -1759,7 +1759,9 @@ class Project:
                 )
                 .join(Prediction, Prediction.id == Feedback.prediction_id)
                 .where(Feedback.user_id.is_not(None))
-                .order_by(Feedback.created_at, Feedback.id)
+                # By content, then time: the estimate must not follow how concurrent
+                # answers interleaved (its sums would differ in their last bits).
+                .order_by(Prediction.input_hash, Feedback.user_id, Feedback.created_at, Feedback.id)
             ).all()
             votes = []
             for user, item, label, correct, predicted in rows:
@@ -1805,7 +1807,12 @@ class Project:
                 row = s.get(User, user_id)
                 if row is None:
                     continue
-                row.trust, row.trust_detail, row.trust_updated_at = t.trust, t.to_json(), now
+                # Six places: what weighs a row, without the last bits of the EM's sums.
+                row.trust, row.trust_detail, row.trust_updated_at = (
+                    round(t.trust, 6),
+                    t.to_json(),
+                    now,
+                )
                 released = (row.quarantine_reason or "").startswith("released")
                 if (
                     row.quarantined_at is None

@@ -105,18 +105,20 @@ def test_anonymous_answers_each_count() -> None:
     assert c.rows == [CuratedRow("img", "4", "f2", None, 2)]
 
 
-def test_rows_are_one_per_input_in_feedback_order() -> None:
+def test_rows_are_one_per_input_in_content_order() -> None:
     answers = [
         _answer("f3", "b", "2", "ann", 3),
         _answer("f1", "a", "1", "ann", 1),
         _answer("f2", "c", "3", "bob", 2),
     ]
     c = curate(answers, holdout_inputs=[], known_inputs=[])
+    # By input, not by arrival: the same answers give the same rows in the same order.
     assert [(r.input_hash, r.feedback_id) for r in c.rows] == [
         ("a", "f1"),
-        ("c", "f2"),
         ("b", "f3"),
+        ("c", "f2"),
     ]
+    assert curate(answers[::-1], holdout_inputs=[], known_inputs=[]).rows == c.rows
     assert c.merged_duplicates == 0
 
 

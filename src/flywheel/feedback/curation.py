@@ -81,6 +81,7 @@ def curate(
             latest_per_user[key] = a
         votes = list(latest_per_user.values())
         out.merged_duplicates += len(group) - 1
+
         latest = max(votes, key=lambda a: (a.created_at, a.feedback_id))
         if all(a.label is None for a in votes):
             # Regression: the median of the users' values.
@@ -111,7 +112,7 @@ def curate(
                 weight=max(a.weight for a in agreeing),
             )
         )
-    out.rows.sort(key=lambda r: r.feedback_id)
+    out.rows.sort(key=lambda r: (r.input_hash, r.label or ""))
     if max_user_share is not None:
         out.rows, out.capped = _cap(out.rows, max_user_share)
     return out
@@ -121,7 +122,9 @@ def _cap(rows: list[CuratedRow], share: float) -> tuple[list[CuratedRow], dict[s
     """At most ``share`` of the new rows may rest on one user's word alone (at least one).
 
     Rows that several users agreed on are not one user's contribution and are never
-    capped; a user over the cap keeps their earliest uncorroborated rows.
+    capped; a user over the cap keeps a fixed subset of their uncorroborated rows
+    (the first by input hash: the same answers keep the same rows, whatever order they
+    arrived in — and no one can choose which survive by timing).
     """
     limit = max(1, int(share * len(rows)))
     by_user: dict[str, list[CuratedRow]] = defaultdict(list)
@@ -132,7 +135,7 @@ def _cap(rows: list[CuratedRow], share: float) -> tuple[list[CuratedRow], dict[s
     capped: dict[str, int] = {}
     for user, own in by_user.items():
         if len(own) > limit:
-            keep = sorted(own, key=lambda r: r.feedback_id)[:limit]
+            keep = sorted(own, key=lambda r: (r.input_hash, r.label or ""))[:limit]
             kept = {r.feedback_id for r in keep}
             dropped |= {r.feedback_id for r in own if r.feedback_id not in kept}
             capped[user] = len(own) - limit

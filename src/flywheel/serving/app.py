@@ -105,6 +105,7 @@ def create_app(
             log.warning("%d job(s) of an earlier run were interrupted; marked failed", interrupted)
         predictor = Predictor(project, metrics, backend=backend)
         app.state.predictor = predictor
+        app.state.runner.after_work = predictor.refresh
         predictor.refresh()
         # Everything loaded so far (torch, the model, the app) lives as long as the
         # server: keep it out of the garbage collector's full passes, which otherwise

@@ -18,13 +18,24 @@ class JobRunner:
         # One worker: retrains queue rather than compete for the same cores.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flywheel-job")
         self.futures: dict[str, Future[None]] = {}
+        #: called after a job's work, before it is marked done (the server's predictor
+        #: swaps to a newly promoted version there, so requests sent after the job
+        #: reports success are answered by the new production)
+        self.after_work: Callable[[], object] | None = None
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        if self.after_work is not None:
+            self.after_work()
+        return result
 
     def submit_retrain(self, overrides: dict[str, Any]) -> str:
         job_id = self.project.create_job("retrain", overrides)
 
         def work() -> dict[str, Any]:
             config = self.project.train_config(**overrides)
-            return self.project.retrain(config, on_epoch=self._logger(job_id)).to_json()
+            return self._finish(
+                self.project.retrain(config, on_epoch=self._logger(job_id)).to_json()
+            )
 
         self.futures[job_id] = self._pool.submit(self.project.run_job, job_id, work)
         return job_id
@@ -34,7 +45,9 @@ class JobRunner:
         job_id = self.project.create_job("forget-retrain", {"audit_id": audit_id})
 
         def work() -> dict[str, Any]:
-            return self.project.retrain_after_forget(audit_id, on_epoch=self._logger(job_id))
+            return self._finish(
+                self.project.retrain_after_forget(audit_id, on_epoch=self._logger(job_id))
+            )
 
         self.futures[job_id] = self._pool.submit(self.project.run_job, job_id, work)
         return job_id
