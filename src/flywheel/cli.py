@@ -536,7 +536,7 @@ def serve(
         str | None, typer.Option(help="Model backend: onnx (default) or torch.")
     ] = None,
 ) -> None:
-    """Serve the HTTP API (OpenAPI docs at /docs). SIGTERM or Ctrl-C drains requests in
+    """Serve the HTTP API and the dashboard (at /; OpenAPI docs at /docs). SIGTERM or Ctrl-C drains requests in
     flight and commits every logged prediction before the server exits."""
     from flywheel.serving import serve as run_server
     from flywheel.settings import Settings
@@ -547,7 +547,7 @@ def serve(
     err.print(
         f"serving {settings.project_dir} on http://{settings.host}:{settings.port} "
         f"({settings.workers} worker{'s' if settings.workers > 1 else ''}, "
-        f"{settings.serving_backend} backend; docs at /docs)"
+        f"{settings.serving_backend} backend; dashboard at /, docs at /docs)"
     )
     run_server(settings)
 
