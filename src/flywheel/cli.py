@@ -536,8 +536,8 @@ def serve(
         str | None, typer.Option(help="Model backend: onnx (default) or torch.")
     ] = None,
 ) -> None:
-    """Serve the HTTP API and the dashboard (at /; OpenAPI docs at /docs). SIGTERM or Ctrl-C drains requests in
-    flight and commits every logged prediction before the server exits."""
+    """Serve the HTTP API and the dashboard (at /; OpenAPI docs at /docs). SIGTERM or
+    Ctrl-C drains requests in flight and commits every logged prediction before exit."""
     from flywheel.serving import serve as run_server
     from flywheel.settings import Settings
 
