@@ -26,13 +26,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-from sqlalchemy import MetaData, select
+from sqlalchemy import select
 
 from flywheel import Project
 from flywheel.data.audio import AudioFolderSource
+from flywheel.privacy.forget import search_store
 from flywheel.store.schema import DatasetVersionExample, Example, ModelVersion, Prediction
 
 FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "fsdd" / "recordings"
@@ -48,17 +48,6 @@ def quieter(wav: bytes) -> bytes:
     out = io.BytesIO()
     soundfile.write(out, data * 0.8, rate, format="WAV", subtype="PCM_16")
     return out.getvalue()
-
-
-def cells(project: Project) -> list[tuple[str, str, Any]]:
-    meta = MetaData()
-    meta.reflect(project.db.engine)
-    out = []
-    with project.db.engine.connect() as conn:
-        for table in meta.sorted_tables:
-            for row in conn.execute(table.select()):
-                out.extend((table.name, str(c), v) for c, v in row._mapping.items())
-    return out
 
 
 def main() -> None:
@@ -120,9 +109,8 @@ def main() -> None:
     out = project.forget(FORGET)
     forget_seconds = time.perf_counter() - t
 
-    everything = cells(project)
-    left_id = sorted({(tb, c) for tb, c, v in everything if v is not None and theo in str(v)})
-    left_hash = sorted({(tb, c) for tb, c, v in everything if isinstance(v, str) and v in hashes})
+    left_id = search_store(project.db.engine, {theo})
+    left_hash = search_store(project.db.engine, hashes)
     blob_names = {f"{p.parent.name}{p.name}" for p in project.blobs.root.rglob("*") if p.is_file()}
     left_blobs = len(hashes & blob_names)
     prod = project.production_version()

@@ -17,7 +17,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import MetaData, delete, func, or_, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from flywheel.store.schema import (
@@ -41,6 +42,7 @@ __all__ = [
     "affected_versions",
     "audit",
     "erase",
+    "search_store",
     "still_referenced",
     "subject_digest",
     "table_counts",
@@ -233,3 +235,21 @@ def audit(s: Session, er: Erasure, detail: dict[str, Any]) -> AuditRecord:
     s.add(rec)
     s.flush()
     return rec
+
+
+def search_store(engine: Engine, needles: set[str]) -> list[tuple[str, str, int]]:
+    """(table, column, cells) wherever any cell of any table holds one of ``needles`` as
+    text — the brute-force proof that a forget left nothing (reads every row)."""
+    if not needles:
+        return []
+    meta = MetaData()
+    meta.reflect(engine)
+    hits: dict[tuple[str, str], int] = {}
+    with engine.connect() as conn:
+        for table in meta.sorted_tables:
+            for row in conn.execute(table.select()):
+                for col, value in row._mapping.items():
+                    if value is not None and any(n in str(value) for n in needles):
+                        key = (table.name, str(col))
+                        hits[key] = hits.get(key, 0) + 1
+    return [(t, c, n) for (t, c), n in sorted(hits.items())]
