@@ -155,3 +155,26 @@ def test_an_action_without_the_admin_key_is_refused(browser: Any, served: dict[s
     for name in ("users", "jobs"):
         admin.goto(served["url"] + f"/ui/{name}")
         _shot(admin, name)
+
+
+def test_forget_from_the_users_page(browser: Any, served: dict[str, Any]) -> None:
+    project: Project = served["project"]
+    victim = project.pseudonym("user-05")
+    page = _signed_in(browser, served, served["admin"])
+    page.goto(served["url"] + "/ui/users")
+    row = page.locator(f"tr[data-user='{victim}']")
+    assert row.count() == 1
+    dialogs: list[str] = []
+
+    def accept(d: Any) -> None:
+        dialogs.append(d.message)
+        d.accept()
+
+    page.on("dialog", accept)  # the page asks first
+    row.locator("form.forget button").click()
+    page.wait_for_selector("#msg")
+    assert dialogs and "cannot be undone" in dialogs[0]
+    assert "forgot" in page.inner_text("#msg")
+    assert page.locator(f"tr[data-user='{victim}']").count() == 0
+    audit = project.audit_log("forget")
+    assert len(audit) == 1 and audit[0]["detail"]["counts_after"]["predictions"] == 0
