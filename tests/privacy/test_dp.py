@@ -157,3 +157,15 @@ def test_a_recurrent_model_is_refused_with_the_layer_named() -> None:
     data = Arrays(rng.random((20, *shape), dtype=np.float32), rng.integers(0, 2, 20), ["a", "b"])
     with pytest.raises(ModelError, match="this one has LSTM"):
         fit(create_model(spec), data, TrainConfig(epochs=1, dp_epsilon=3.0))
+
+
+def test_the_noise_cannot_be_replayed_from_the_recorded_seed() -> None:
+    train, _ = _arrays(200, 0)
+    config = dataclasses.replace(BASE, epochs=2, batch_size=50, dp_epsilon=3.0)
+    a, b = _no_dropout(4), _no_dropout(4)
+    fit(a, train, config)
+    fit(b, train, config)  # same data, same seed, same initial weights
+    assert any(
+        not torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )

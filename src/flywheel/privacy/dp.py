@@ -19,17 +19,23 @@ number of steps, converted at δ — is a guarantee about users. Rows with no us
 Opacus' record-level DP-SGD. Opacus alone accounts per row and per run (user-level
 privacy is its open request #366); the ledger (``ledger.py``) composes across runs.
 
+The noise and the Poisson draws come from a generator seeded from the operating
+system's randomness for each run and never recorded: with the run's recorded seed
+anyone could regenerate the noise and subtract it. (So a private run is not
+repeatable; the model's initial weights and everything else still follow the seed.)
+
 What it does not cover: the rows held out for validation are only reported (a
 private run trains every epoch and keeps the last one — choosing the best epoch or
 stopping early on validation data would spend privacy outside the accountant);
-held-out evaluation; and floating-point side channels (Opacus' ``secure_mode`` is
-not used: noise comes from the run's seeded generator, so a run is repeatable).
+held-out evaluation; and floating-point side channels of the Gaussian sampler
+(Opacus' ``secure_mode`` with torchcsprng addresses those; not used here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -298,11 +304,14 @@ def fit_private(
     )
     row_user = torch.from_numpy(inverse.astype(np.int64))
     steps_per_epoch = steps // epochs
+    # Secret randomness for the mechanism (see the module docstring); the caller's
+    # generator still drives augmentation.
+    secret = torch.Generator().manual_seed(secrets.randbits(63))
     one_row_each = len(uniq) == len(units)
     with _quiet():
         _steps(
             _mechanism(model, max_grad_norm, one_row_each), x, y, w, row_user, optimizer,
-            generator, loss_fn,
+            secret, loss_fn, augment_generator=generator,
             sigma=sigma, q=q, clip=max_grad_norm, epochs=epochs, per_epoch=steps_per_epoch,
             augment=augment, after_epoch=after_epoch,
         )  # fmt: skip
@@ -337,8 +346,9 @@ def _steps(
     per_epoch: int,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
     after_epoch: Callable[[int, float], None] | None,
+    augment_generator: torch.Generator | None = None,
 ) -> None:
-    """The DP-SGD steps (see the module docstring)."""
+    """The DP-SGD steps (see the module docstring); ``generator``: the secret one."""
     n_users = int(row_user.max()) + 1
     params = mech.params
     denom = q * n_users  # the expected number of users in a step
@@ -353,7 +363,7 @@ def _steps(
                 if len(rows):
                     xb = x[rows]
                     if augment is not None:
-                        xb = augment(xb, generator)
+                        xb = augment(xb, augment_generator or generator)
 
                     def per_row(
                         m: nn.Module, xb: torch.Tensor = xb, rows: torch.Tensor = rows

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -212,7 +213,9 @@ def fit_federated(
             sampling="all clients every round",
             unit="client",
         )
-        np.random.seed(config.seed % (2**32))  # Flower draws its noise from numpy
+        # Flower draws its noise from numpy's global generator: seed it from the operating
+        # system, never from the run's recorded seed (which would let anyone replay it).
+        np.random.seed(secrets.randbits(32))
     manager = SimpleClientManager()
     for c in ids:
         manager.register(Client(str(c)))
