@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -928,14 +929,23 @@ class Project:
             s.add(mv)
             s.flush()
             erased_now = s.scalar(select(DatasetVersion.erased).where(DatasetVersion.id == dv.id))
-            if erased_now != erased_at_start:
-                # A forget erased rows of this dataset version while the run trained on
-                # them: the version is recorded (for the audit trail) but never served.
+            parent_row = None if parent is None else s.get(ModelVersion, parent)
+            warm_from_withdrawn = (
+                parent_row is not None
+                and parent_row.withdrawn_at is not None
+                and bool(config.warm_start)
+            )
+            if erased_now != erased_at_start or warm_from_withdrawn:
+                # A forget erased rows this run trained on (or withdrew the version it
+                # started from) while it ran: the version is recorded for the audit trail,
+                # without the summaries that could name the user, and never served.
                 promoted = False
                 mv.withdrawn_at = utcnow()
                 mv.withdrawn_reason = "trained on rows erased (forget) while it trained"
-                mv.gate = {**(mv.gate or {}), "promoted": False}
+                mv.gate = {"promote": False, "promoted": False, "reason": mv.withdrawn_reason}
+                mv.metrics = {k: v for k, v in metrics.items() if k not in ("privacy",)}
                 s.commit()
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
                 raise RegistryError(
                     f"v{mv.version} was trained on rows a forget erased during the run; it is "
                     "recorded as withdrawn; train again"
@@ -1114,6 +1124,7 @@ class Project:
         blobs_deleted = sum(self.blobs.delete(h) for h in sorted(er.input_hashes - shared))
         for h in sorted(er.derived):  # their explanation overlays
             self.blobs.delete(h)
+        spilled = self._scrub_spill(pid)
         # What the withdrawn production scored on the held-out rows that remain, while
         # its weights still exist: the retrain's gate is measured against it too.
         before = self._withdrawn_score(production, er.affected, new_dv_id)
@@ -1126,6 +1137,7 @@ class Project:
                 **rec.detail,
                 "blobs_deleted": blobs_deleted,
                 "inputs_kept_shared": len(shared),
+                "spill_rows_deleted": spilled,
                 "counts_after": forget_rows.table_counts(s, pid),
                 "table_rows_after": forget_rows.totals(s),
                 "production_after": registry.get_alias(s, registry.PRODUCTION),
@@ -1248,6 +1260,20 @@ class Project:
             with self.db.session() as s:
                 s.add(AuditRecord(action="retention", subject=None, detail=detail))
         return detail
+
+    def _scrub_spill(self, pseudonym: str) -> int:
+        """Drop the user's rows from ``spill/*.jsonl`` (prediction log rows the database
+        refused at a shutdown, kept for replay): a forget covers them too."""
+        removed = 0
+        for path in sorted((self.settings.project_dir / "spill").glob("*.jsonl")):
+            lines = path.read_text().splitlines(keepends=True)
+            kept = [ln for ln in lines if pseudonym not in ln]
+            if len(kept) != len(lines):
+                removed += len(lines) - len(kept)
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(kept))
+                os.replace(tmp, path)
+        return removed
 
     def _fallback(self, s: Session, affected: set[int]) -> int | None:
         """The newest version production held that is not affected (and has weights)."""
@@ -2073,6 +2099,10 @@ class Project:
             png_hash=png,
         )
         with self.db.session() as s:
+            if s.get(Prediction, prediction_id) is None:  # forgotten while we computed
+                if png is not None:
+                    self.blobs.delete(png)
+                raise NotFoundError("prediction", prediction_id)
             existing = s.scalar(
                 select(ExplanationRow).where(
                     ExplanationRow.input_hash == input_hash,

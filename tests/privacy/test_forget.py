@@ -99,3 +99,55 @@ def test_forget_without_rows_in_production_does_not_retrain(project: Project) ->
     out = project.forget("drive-by")
     assert out["versions_affected"] == [] and out["retrain"] is None
     assert out["production_after"] == 1 and out["erased"]["predictions"] == 1
+
+
+def test_forget_an_imported_speaker_takes_probes_label_issues_and_spill_too(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from flywheel.data import ListSource
+    from flywheel.store.schema import Prediction
+    from tests.factories import digits_subset
+
+    rows = [
+        replace(
+            ex,
+            user_id="theo" if i % 3 == 0 else "ann",
+            source_path=f"{i}_{'theo' if i % 3 == 0 else 'ann'}.png",
+        )
+        for i, ex in enumerate(digits_subset(120, 40))
+    ]
+    project = Project.init(
+        tmp_path / "sp", ListSource("speakers", rows), settings={"epochs": 2, "image_size": 8}
+    )
+    project.train()
+    theo = project.pseudonym("theo")
+    assert theo is not None
+    with project.db.session() as s:
+        his = set(s.scalars(select(Example.input_hash).where(Example.user_id == theo)))
+        dv = s.get(DatasetVersion, 1)
+        assert dv is not None
+        # A label-issue report that names one of his rows (as `flywheel data issues` does).
+        dv.stats = {**dv.stats, "label_issues": {"issues": [
+            {"input_hash": sorted(his)[0], "source_path": "0_theo.png", "label": "0"}
+        ]}}  # fmt: skip
+    # The review queue turns known examples into golden probes (predictions, no user).
+    for i in range(40):
+        project.predict(digit_png(1500 + i))
+    for _ in range(6):
+        project.review_queue(limit=20)
+    with project.db.session() as s:
+        probes = s.scalars(select(Prediction).where(Prediction.input_hash.in_(his))).all()
+    assert probes  # some probe shows one of his inputs
+    spill = project.settings.project_dir / "spill"
+    spill.mkdir()
+    (spill / "0001.jsonl").write_text(f'{{"user_id": "{theo}"}}\n{{"user_id": null}}\n')
+
+    out = project.forget("theo")
+    assert search_store(project.db.engine, {theo, "theo"}) == []
+    assert search_store(project.db.engine, his) == []
+    assert not any(project.blobs.exists(h) for h in his)
+    assert out["spill_rows_deleted"] == 1
+    assert (spill / "0001.jsonl").read_text() == '{"user_id": null}\n'
+    project.close()

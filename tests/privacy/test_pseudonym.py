@@ -111,3 +111,20 @@ def test_raw_ids_from_before_keyed_hashing_are_hashed_on_first_open(tmp_path: Pa
     hashed = reopened.pseudonym("legacy-user")
     with reopened.db.session() as s:
         assert s.scalars(select(User.id)).all() == [hashed]
+
+
+def test_rotation_rekeys_the_summaries_that_name_users(project: Project) -> None:
+    from flywheel.store.schema import DatasetVersion
+
+    project.predict(digit_png(300), user_id="alice")
+    old = project.pseudonym("alice")
+    with project.db.session() as s:
+        dv = s.get(DatasetVersion, 1)
+        assert dv is not None
+        dv.stats = {**dv.stats, "contribution": {"top_user": old, "capped": {old: 3}}}
+    project.rotate_user_key()
+    new = project.pseudonym("alice")
+    with project.db.session() as s:
+        dv = s.get(DatasetVersion, 1)
+        assert dv is not None
+        assert dv.stats["contribution"] == {"top_user": new, "capped": {new: 3}}

@@ -53,8 +53,17 @@ def test_actions_need_admin_and_the_sessions_csrf_token(
     p = project.predict(digit_png(300))
     reader, _ = project.create_key(["feedback"], name="reader")
     csrf = _sign_in(client, reader)
-    for path in ("/", "/ui/review", "/ui/users", "/ui/jobs"):
-        assert client.get(path).status_code == 200  # any key reads
+    for path in ("/", "/ui/models", "/ui/review", "/ui/jobs"):
+        assert client.get(path).status_code == 200
+    # Every user's trust and ledger are for admins (as GET /v1/users is).
+    assert client.get("/ui/users").status_code == 403
+    # A predict key (the kind shipped inside clients) sees no one's inputs.
+    shipped, _ = project.create_key(["predict"], name="app")
+    _sign_in(client, shipped)
+    assert client.get("/ui/review").status_code == 403
+    assert client.get(f"/ui/input/{p.prediction_id}").status_code == 401
+    assert client.get("/").status_code == 200
+    csrf = _sign_in(client, reader)
     r = client.post("/ui/models/1/promote", data={"csrf": csrf}, follow_redirects=False)
     assert r.status_code == 403 and "needs an admin key" in r.text
     r = client.post(f"/ui/review/{p.prediction_id}", data={"label": "3", "csrf": csrf})

@@ -14,6 +14,7 @@ caller (``Project.forget``) takes affected versions out of service and retrains.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,8 @@ class Erasure:
     review_items: int = 0
     ledger_rows: int = 0
     input_hashes: set[str] = field(default_factory=set)
+    #: where their imported examples came from (file names can carry their name)
+    source_paths: set[str] = field(default_factory=set)
     #: blobs derived from their inputs (explanation overlays)
     derived: set[str] = field(default_factory=set)
     explanations: int = 0
@@ -139,12 +142,21 @@ def erase(s: Session, user: str) -> Erasure:
         )
     )
     exs = s.execute(
-        select(Example.id, Example.input_hash).where(
+        select(Example.id, Example.input_hash, Example.source_path).where(
             or_(Example.user_id == user, Example.feedback_id.in_(fb_ids))
         )
     ).all()
-    ex_ids = [e for e, _ in exs]
-    er.input_hashes |= {h for _, h in exs}
+    ex_ids = [e for e, _, _ in exs]
+    er.input_hashes |= {h for _, h, _ in exs}
+    er.source_paths = {p for _, _, p in exs if p}
+    # Golden probes the review queue made of their examples: predictions (no user) on
+    # their inputs, and anyone's answers to those.
+    probes = list(
+        s.scalars(select(ReviewItem.prediction_id).where(ReviewItem.golden_example_id.in_(ex_ids)))
+    )
+    if probes:
+        pred_ids += probes
+        fb_ids += list(s.scalars(select(Feedback.id).where(Feedback.prediction_id.in_(probes))))
     for dv_id, n in s.execute(
         select(DatasetVersionExample.dataset_version_id, func.count())
         .where(DatasetVersionExample.example_id.in_(ex_ids))
@@ -168,7 +180,7 @@ def erase(s: Session, user: str) -> Erasure:
     er.derived = {h for h in s.scalars(select(Explanation.png_hash).where(gone)) if h}
     er.explanations = _count_delete(s, Explanation, gone)
     _count_delete(s, User, User.id == user)
-    _redact_json(s, user)
+    _redact_json(s, {user, *er.source_paths}, er.input_hashes)
     now = utcnow()
     for dv_id, n in er.dataset_versions.items():
         dv = s.get(DatasetVersion, dv_id)
@@ -181,35 +193,45 @@ def erase(s: Session, user: str) -> Erasure:
 FORGOTTEN = "<forgotten user>"
 
 
-def _redact(value: Any, user: str) -> tuple[Any, bool]:
-    """``value`` with ``user`` replaced wherever it is a key or a string; (new, changed)."""
+def _hit(text: str, contains: set[str], exact: AbstractSet[str]) -> bool:
+    return text in exact or any(n in text for n in contains)
+
+
+def redact(
+    value: Any, contains: set[str], exact: AbstractSet[str] = frozenset()
+) -> tuple[Any, bool]:
+    """``value`` with every string or key that contains one of ``contains`` (or equals
+    one of ``exact``) replaced; (new value, changed)."""
     if isinstance(value, str):
-        return (FORGOTTEN, True) if user in value else (value, False)
+        return (FORGOTTEN, True) if _hit(value, contains, exact) else (value, False)
     if isinstance(value, dict):
         out, changed = {}, False
         for k, v in value.items():
-            nv, c = _redact(v, user)
-            nk = FORGOTTEN if user in str(k) else k
+            nv, c = redact(v, contains, exact)
+            nk = FORGOTTEN if _hit(str(k), contains, exact) else k
             changed |= c or nk != k
             out[nk] = nv
         return out, changed
     if isinstance(value, list):
-        items = [_redact(v, user) for v in value]
+        items = [redact(v, contains, exact) for v in value]
         return [v for v, _ in items], any(c for _, c in items)
     return value, False
 
 
-def _redact_json(s: Session, user: str) -> None:
-    """Summaries that name users (a retrain's top contributor, per-user caps, a job's
-    result) keep their numbers and lose the id."""
-    for table, cols in (
-        (DatasetVersion, ("stats",)),
-        (ModelVersion, ("metrics", "gate")),
-        (Job, ("params", "result")),
-    ):
+#: JSON columns that summarise rows (top contributors, per-user caps, label issues,
+#: cleaning reports with file names, job results): they keep their numbers, lose ids
+JSON_SUMMARIES: tuple[tuple[Any, tuple[str, ...]], ...] = (
+    (DatasetVersion, ("stats",)),
+    (ModelVersion, ("metrics", "gate")),
+    (Job, ("params", "result")),
+)
+
+
+def _redact_json(s: Session, contains: set[str], exact: set[str]) -> None:
+    for table, cols in JSON_SUMMARIES:
         for row in s.scalars(select(table)):
             for col in cols:
-                new, changed = _redact(getattr(row, col), user)
+                new, changed = redact(getattr(row, col), contains, exact)
                 if changed:
                     setattr(row, col, new)
 

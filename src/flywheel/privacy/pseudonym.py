@@ -48,6 +48,7 @@ from flywheel.store.schema import (
 __all__ = ["PSEUDONYM", "Pseudonymizer", "fingerprint", "rekey_users", "seed_user_key"]
 
 PSEUDONYM = re.compile(r"^u_[0-9a-f]{32}$")
+PSEUDONYM_ANYWHERE = re.compile(r"u_[0-9a-f]{32}")
 _META_KEY = "user_key_fingerprint"
 
 
@@ -130,11 +131,41 @@ def rekey_users(s: Session, mapping: Callable[[str], str]) -> int:
         for table in (Example, Prediction, Feedback, PrivacyCharge):
             s.execute(update(table).where(table.user_id == old).values(user_id=new))
     s.flush()
+    # Summaries that name users (top contributors, per-user caps, who was left out of a
+    # private run): the same ids, re-keyed, so a later forget finds them.
+    from flywheel.privacy.forget import JSON_SUMMARIES
+
+    for table, cols in JSON_SUMMARIES:
+        for row in s.scalars(select(table)):
+            for col in cols:
+                new_value, changed = _rename_in(getattr(row, col), renames)
+                if changed:
+                    setattr(row, col, new_value)
+    s.flush()
     for u in users:
         if u.id in renames:
             s.delete(u)
     s.flush()
     return len(renames)
+
+
+def _rename_in(value: Any, renames: dict[str, str]) -> tuple[Any, bool]:
+    """``value`` with every pseudonym in ``renames`` replaced, in strings and keys."""
+    if isinstance(value, str):
+        out = PSEUDONYM_ANYWHERE.sub(lambda m: renames.get(m.group(0), m.group(0)), value)
+        return out, out != value
+    if isinstance(value, dict):
+        d, changed = {}, False
+        for k, v in value.items():
+            nk, ck = _rename_in(k, renames) if isinstance(k, str) else (k, False)
+            nv, cv = _rename_in(v, renames)
+            d[nk] = nv
+            changed |= ck or cv
+        return d, changed
+    if isinstance(value, list):
+        items = [_rename_in(v, renames) for v in value]
+        return [v for v, _ in items], any(c for _, c in items)
+    return value, False
 
 
 class Pseudonymizer:

@@ -1,7 +1,11 @@
 """Dashboard routes: overview, models, review, users, jobs; sign-in with an API key.
 
-Access: every page needs a signed-in key of any scope; every action (promote, rollback,
-label, quarantine, forget) needs an admin key and the session's CSRF token. The cookie
+Access: the overview, models and jobs need a signed-in key of any scope; the review
+page and the stored inputs it shows need a feedback (or admin) key; the users page,
+which lists every user's trust and privacy ledger, needs an admin key, as
+``GET /v1/users`` does. Every action (promote, rollback, label, quarantine, forget)
+needs an admin key and the session's CSRF token. The session is checked before a page
+does any work. The cookie
 holds a random token (HttpOnly, SameSite=Strict; Secure over HTTPS); the server keeps
 only its hash, mapped to the API key, which is checked live on each request — revoking
 the key ends its sessions. Stored inputs are served with their own media type, never
@@ -38,7 +42,8 @@ SAFE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; sandbox",
     "Content-Disposition": "inline",
-    "Cache-Control": "private, max-age=3600",
+    # not kept by browsers: a forgotten user's input must not outlive the forget there
+    "Cache-Control": "no-store",
 }
 
 router = APIRouter(include_in_schema=False)
@@ -64,6 +69,20 @@ def _session(request: Request) -> dict[str, Any] | None:
 def _login_redirect(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
+
+
+def _gate(request: Request, scope: str | None = None) -> Response | None:
+    """None when the signed-in key may see the page, else the redirect or refusal."""
+    sess = _session(request)
+    if sess is None:
+        return _login_redirect(request)
+    if scope is not None and scope not in sess["scopes"] and "admin" not in sess["scopes"]:
+        return HTMLResponse(
+            f"this page needs a key with the {scope!r} scope; signed in with "
+            f"{sess['key']!r} ({', '.join(sess['scopes'])})",
+            403,
+        )
+    return None
 
 
 def _page(request: Request, name: str, **ctx: Any) -> Response:
@@ -158,8 +177,8 @@ def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
 
 @router.get("/")
 def overview(request: Request, minutes: int = 24 * 60) -> Response:
-    if _session(request) is None:
-        return _login_redirect(request)
+    if (refused := _gate(request)) is not None:
+        return refused
     project = _project(request)
     stats = project.stats(minutes=max(1, min(minutes, 60 * 24 * 31)))
     prod = project.production_version()
@@ -229,6 +248,8 @@ def overview(request: Request, minutes: int = 24 * 60) -> Response:
 
 @router.get("/ui/models")
 def models_page(request: Request, msg: str = "") -> Response:
+    if (refused := _gate(request)) is not None:
+        return refused
     project = _project(request)
     from flywheel.store.schema import DatasetVersion
 
@@ -272,6 +293,8 @@ def rollback(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
 
 @router.get("/ui/review")
 def review_page(request: Request, msg: str = "", limit: int = 12) -> Response:
+    if (refused := _gate(request, "feedback")) is not None:
+        return refused  # (the queue writes golden probes: nothing before the check)
     project = _project(request)
     try:
         items = project.review_queue(limit=max(1, min(limit, 60)))
@@ -309,6 +332,8 @@ def review_answer(
 
 @router.get("/ui/users")
 def users_page(request: Request, msg: str = "") -> Response:
+    if (refused := _gate(request, "admin")) is not None:
+        return refused
     project = _project(request)
     ledger = {r["user_id"]: r for r in project.privacy_ledger()}
     return _page(
@@ -342,9 +367,9 @@ def user_action(
             if out["needs_retrain"]:
                 job = request.app.state.runner.submit_forget_retrain(out["audit_id"])
             request.app.state.predictor.refresh()
-            return _back(
+            return _back(  # the message names no one: it ends up in access logs
                 "/ui/users",
-                f"forgot {user_id} (audit #{out['audit_id']}); versions withdrawn: "
+                f"forgot the user (audit #{out['audit_id']}); versions withdrawn: "
                 f"{out['versions_affected'] or 'none'}"
                 + (f"; retraining as job {job}" if job else ""),
             )
@@ -355,6 +380,8 @@ def user_action(
 
 @router.get("/ui/jobs")
 def jobs_page(request: Request) -> Response:
+    if (refused := _gate(request)) is not None:
+        return refused
     return _page(request, "jobs.html", jobs=_project(request).jobs())
 
 
@@ -395,7 +422,7 @@ def _stored_input(project: Project, prediction_id: str) -> tuple[bytes, str]:
 
 @router.get("/ui/input/{prediction_id}")
 async def stored_input(request: Request, prediction_id: str) -> Response:
-    if await run_in_threadpool(_session, request) is None:
+    if await run_in_threadpool(_gate, request, "feedback") is not None:
         return Response(status_code=401)
     try:
         content, media = await run_in_threadpool(_stored_input, _project(request), prediction_id)
@@ -406,7 +433,7 @@ async def stored_input(request: Request, prediction_id: str) -> Response:
 
 @router.get("/ui/explain/{prediction_id}.png")
 async def explanation_overlay(request: Request, prediction_id: str) -> Response:
-    if await run_in_threadpool(_session, request) is None:
+    if await run_in_threadpool(_gate, request, "feedback") is not None:
         return Response(status_code=401)
     try:
         png = await run_in_threadpool(_project(request).explanation_png, prediction_id)
