@@ -978,12 +978,17 @@ class Project:
 
     @staticmethod
     def _units(weighted: Sequence[tuple[Any, ...]]) -> np.ndarray:
-        """The sampling unit of each row: its user, or a unit of its own without one."""
-        ids: dict[str, int] = {}
+        """The sampling unit of each row: its user, or (no user) a unit of its own.
+
+        A unit's number is a hash of the user's pseudonym (of the row's content when it
+        has no user), not a position: leaving a user out moves no one else's rows to
+        another unit, or across a private run's validation split.
+        """
         out = np.empty(len(weighted), np.int64)
         for i, row in enumerate(weighted):
             user = row[-1]
-            out[i] = ids.setdefault(user, len(ids)) if user is not None else -(i + 1)
+            key = f"user:{user}" if user is not None else f"row:{row[0]}:{row[1]}:{row[2]}"
+            out[i] = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
         return out
 
     def _privacy_admission(

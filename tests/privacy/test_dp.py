@@ -81,7 +81,8 @@ def test_clipping_bounds_one_users_pull_however_many_rows_they_have() -> None:
     train, _ = _arrays(120, 0)
     # One user owns 90 of the rows; with C small, their many rows count as one clipped
     # gradient, so the update's norm is at most C·(users in the step)/(q·U).
-    users = np.concatenate([np.zeros(90, np.int64), np.arange(1, 31)])
+    # (Units numbered below 1,000 of 10,000 fall in the validation split: three here.)
+    users = np.concatenate([np.full(90, 5000), np.arange(5001, 5028), np.arange(1, 4)])
     c = 1e-3
     model = _new_model(2)
     before = [p.detach().clone() for p in model.parameters()]
@@ -103,8 +104,8 @@ def test_clipping_bounds_one_users_pull_however_many_rows_they_have() -> None:
     finally:
         torch.optim.Adam.step = orig_step  # type: ignore[method-assign]
     assert result.privacy is not None
-    # 120 rows minus 12 for validation; the 90-row user is one unit among ≤ 31.
-    assert result.privacy.users <= 31 and result.privacy.rows == 108
+    # 120 rows minus the three validation users'; the 90-row user is one unit of 28.
+    assert result.privacy.users == 28 and result.privacy.rows == 117
     assert seen and max(seen) <= c * 1.0001  # every unit clipped to c, averaged over units
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
@@ -169,3 +170,16 @@ def test_the_noise_cannot_be_replayed_from_the_recorded_seed() -> None:
         not torch.equal(x, y)
         for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
+
+
+def test_leaving_a_user_out_moves_no_one_else_across_the_split() -> None:
+    from flywheel.training.fit import _split_units
+
+    rng = np.random.default_rng(0)
+    units = rng.integers(0, 2**40, size=60).repeat(3)  # 60 users, 3 rows each
+    _, val = _split_units(units, 0.15)
+    val_users = set(units[val].tolist())
+    for gone in units[::3][:10]:
+        rest = units[units != gone]
+        _, v = _split_units(rest, 0.15)
+        assert set(rest[v].tolist()) == val_users - {int(gone)}

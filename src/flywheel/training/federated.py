@@ -140,7 +140,9 @@ def fit_federated(
             return FitRes(
                 status=Status(code=Code.OK, message=""),
                 parameters=ndarrays_to_parameters(_get(local)),
-                num_examples=len(rows),
+                # Under DP every client weighs the same: weighting by rows would let a
+                # big client's clipped update outweigh the noise calibrated per client.
+                num_examples=1 if config.private else len(rows),
                 metrics={},
             )
 
@@ -193,16 +195,19 @@ def fit_federated(
                     accountant=ACCOUNTANT,
                 )
             )
+        # Removing a user changes their client's update (the client stays): a
+        # replacement, sensitivity 2C on the sum, so Flower gets twice the σ the
+        # add/remove accountant was calibrated for.
         strategy = DifferentialPrivacyServerSideFixedClipping(
             strategy,
-            noise_multiplier=sigma,
+            noise_multiplier=2 * sigma,
             clipping_norm=config.dp_max_grad_norm,
             num_sampled_clients=n,
         )
         privacy = PrivacyRecord(
             epsilon=epsilon_for(sigma, 1.0, rounds, config.dp_delta),
             delta=config.dp_delta,
-            noise_multiplier=sigma,
+            noise_multiplier=2 * sigma,
             max_grad_norm=config.dp_max_grad_norm,
             sample_rate=1.0,
             steps=rounds,

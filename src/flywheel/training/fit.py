@@ -133,6 +133,16 @@ def split_validation(data: Arrays, fraction: float, seed: int) -> tuple[Arrays, 
     return _take(data, tr), _take(data, va)
 
 
+def _split_units(units: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of units whose number falls in the lowest ``fraction`` go to validation."""
+    val = (np.asarray(units, dtype=np.int64) % 10_000) < round(fraction * 10_000)
+    if val.all() or not val.any():  # too few units to split that way: one unit out
+        val = units == units[0]
+        if val.all():
+            raise ModelError("a private run needs rows of at least two users")
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
 def _take(data: Arrays, idx: np.ndarray) -> Arrays:
     w = None if data.weights is None else data.weights[idx]
     return Arrays(x=data.x[idx], y=data.y[idx], labels=data.labels, weights=w)
@@ -226,7 +236,12 @@ def fit(
     runs every epoch and keeps the last (see ``flywheel.privacy.dp``).
     """
     gen = seed_everything(config.seed)
-    tr_idx, va_idx = _split_indices(train, config.val_fraction, config.seed)
+    if config.private and users is not None:
+        # Whole users on one side, chosen by their own number alone: removing a user
+        # moves no one else's rows across the split (the user-level argument needs it).
+        tr_idx, va_idx = _split_units(users, config.val_fraction)
+    else:
+        tr_idx, va_idx = _split_indices(train, config.val_fraction, config.seed)
     train_part, val = _take(train, tr_idx), _take(train, va_idx)
     loss_fn = _loss_fn(model, regression)
 
