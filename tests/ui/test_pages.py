@@ -22,8 +22,18 @@ def client(project: Project) -> Iterator[TestClient]:
         yield c
 
 
+def _login_csrf(c: TestClient) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', c.get("/ui/login").text)
+    assert match
+    return match.group(1)
+
+
 def _sign_in(c: TestClient, key: str) -> str:
-    r = c.post("/ui/login", data={"key": key, "next": "/ui/models"}, follow_redirects=False)
+    r = c.post(
+        "/ui/login",
+        data={"key": key, "next": "/ui/models", "csrf": _login_csrf(c)},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and r.headers["location"] == "/ui/models"
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
@@ -37,14 +47,21 @@ def test_every_page_needs_a_key_and_a_bad_key_is_told(client: TestClient, projec
     for path in ("/", "/ui/models", "/ui/review", "/ui/users", "/ui/jobs"):
         r = client.get(path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].startswith("/ui/login?next=")
-    r = client.post("/ui/login", data={"key": "fw_nope"}, follow_redirects=True)
+    r = client.post(
+        "/ui/login", data={"key": "fw_nope", "csrf": _login_csrf(client)}, follow_redirects=True
+    )
     assert "unknown or revoked API key" in r.text
     # No open redirect: only paths on this server.
     key, _ = project.create_key(["predict"])
     r = client.post(
-        "/ui/login", data={"key": key, "next": "//evil.example/x"}, follow_redirects=False
+        "/ui/login",
+        data={"key": key, "next": "//evil.example/x", "csrf": _login_csrf(client)},
+        follow_redirects=False,
     )
     assert r.headers["location"] == "/"
+    # Login CSRF: a form posted from elsewhere (no token of this site's cookie) fails.
+    r = client.post("/ui/login", data={"key": key, "csrf": "forged"}, follow_redirects=False)
+    assert "expired" in r.headers["location"] and "set-cookie" not in r.headers
 
 
 def test_actions_need_admin_and_the_sessions_csrf_token(

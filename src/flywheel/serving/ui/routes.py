@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import io
 import re
+import secrets
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -37,6 +38,7 @@ __all__ = ["COOKIE", "router", "static_files"]
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=HERE / "templates")
 COOKIE = "flywheel_session"
+LOGIN_COOKIE = "flywheel_login"
 #: inputs are shown as what they are; nothing a user uploaded can run as a page
 SAFE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -129,17 +131,35 @@ def _back(path: str, message: str = "") -> RedirectResponse:
 
 @router.get("/ui/login")
 def login_form(request: Request, next: str = "/", error: str = "") -> Response:
-    return TEMPLATES.TemplateResponse(
-        request, "login.html", {"next": next, "error": error, "session": None}
+    # Login CSRF: the form carries a token that must match a cookie only this site set
+    # (double submit), so another site cannot sign a browser into its own key.
+    token = secrets.token_urlsafe(24)
+    resp = TEMPLATES.TemplateResponse(
+        request,
+        "login.html",
+        {"next": next, "error": error, "session": None, "login_csrf": token},
     )
+    resp.set_cookie(
+        LOGIN_COOKIE, token, httponly=True, samesite="strict", max_age=3600, path="/ui/login"
+    )
+    return resp
 
 
 @router.post("/ui/login")
 def login(
-    request: Request, key: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
+    request: Request,
+    key: Annotated[str, Form()],
+    next: Annotated[str, Form()] = "/",
+    csrf: Annotated[str, Form()] = "",
 ) -> Response:
     if not next.startswith("/") or next.startswith("//"):
         next = "/"  # only paths on this server: no open redirect
+    expected = request.cookies.get(LOGIN_COOKIE, "")
+    if not expected or not hmac.compare_digest(csrf, expected):
+        return RedirectResponse(
+            f"/ui/login?next={quote(next)}&error={quote('the sign-in form expired; try again')}",
+            status_code=303,
+        )
     try:
         with _project(request).db.session() as s:
             token, _csrf, _scopes = key_rows.open_session(s, key.strip())
