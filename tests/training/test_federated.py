@@ -160,3 +160,14 @@ def test_each_client_trains_the_local_epochs_not_the_global_ones(
     config = TrainConfig(epochs=30, seed=0, federated_clients=2, federated_rounds=2, local_epochs=2)
     spy(_new_model(0), train, config, users=np.arange(len(train)) % 4)
     assert local_epochs == [2, 2, 2, 2]  # two clients, two rounds, two epochs each
+
+
+def test_a_federated_run_repeats_to_the_bit() -> None:
+    train, _ = _arrays(240, 0)
+    config = TrainConfig(epochs=1, seed=0, federated_clients=3, federated_rounds=2)
+    runs = []
+    for _ in range(2):
+        model = _new_model(0)
+        fit(model, train, config, users=np.arange(len(train)) % 6)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))

@@ -169,8 +169,16 @@ def fit_federated(
             on_round(rnd, rounds, score)
         return 0.0, {"val_metric": score}
 
+    class OrderedFedAvg(FedAvg):
+        """FedAvg over the clients' results in client order, not in the order they
+        finished: the average's floating-point sums, hence the run, repeat."""
+
+        def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
+            ordered = sorted(results, key=lambda r: int(r[0].cid))
+            return super().aggregate_fit(server_round, ordered, failures)
+
     n = len(ids)
-    strategy: Any = FedAvg(
+    strategy: Any = OrderedFedAvg(
         fraction_fit=1.0,
         fraction_evaluate=0.0,
         min_fit_clients=n,

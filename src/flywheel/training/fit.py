@@ -236,7 +236,7 @@ def fit(
     runs every epoch and keeps the last (see ``flywheel.privacy.dp``).
     """
     gen = seed_everything(config.seed)
-    if config.private and users is not None:
+    if config.private and users is not None and not config.federated_clients:
         # Whole users on one side, chosen by their own number alone: removing a user
         # moves no one else's rows across the split (the user-level argument needs it).
         tr_idx, va_idx = _split_units(users, config.val_fraction)
