@@ -35,6 +35,21 @@ HELD_OUT_SPEAKER = "theo"
 SPLIT_SEED = 0
 
 
+def load_fsdd(
+    folder: Path,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, dict[str, Any]]:
+    """(log-mel features, label indices, labels, speaker per recording, decode params)."""
+    examples = list(AudioFolderSource(folder))
+    codec = AudioCodec()
+    params = codec.infer([codec.probe(ex.content) for ex in examples])
+    x = codec.decode_batch([ex.content for ex in examples], params)
+    labels = sorted({str(ex.label) for ex in examples}, key=lambda s: (len(s), s))
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.array([index[str(ex.label)] for ex in examples], dtype=np.int64)
+    speakers = np.array([str(ex.user_id) for ex in examples])
+    return x, y, labels, speakers, params
+
+
 def _baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -103,18 +118,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
 
-    source = AudioFolderSource(args.data)
-    examples = list(source)
-    codec = AudioCodec()
-    params = codec.infer([codec.probe(ex.content) for ex in examples])
-    x = codec.decode_batch([ex.content for ex in examples], params)
-    labels = sorted({str(ex.label) for ex in examples}, key=lambda s: (len(s), s))
-    index = {label: i for i, label in enumerate(labels)}
-    y = np.array([index[str(ex.label)] for ex in examples], dtype=np.int64)
-    users = np.array([str(ex.user_id) for ex in examples])
+    x, y, labels, users, params = load_fsdd(args.data)
     decode_seconds = time.perf_counter() - t0
     print(
-        f"{len(examples)} recordings, {len(set(users))} speakers, {len(labels)} classes; "
+        f"{len(y)} recordings, {len(set(users))} speakers, {len(labels)} classes; "
         f"features {x.shape[1:]} ({params['sample_rate']} Hz, {params['seconds']} s, "
         f"{params['n_mels']} mels, hop {params['hop_length']}); "
         f"read and decoded in {decode_seconds:.1f} s"

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from audio_fsdd import load_fsdd
 
 from flywheel.data import Arrays
-from flywheel.data.audio import AudioCodec, AudioFolderSource, audio_shape
+from flywheel.data.audio import audio_shape
 from flywheel.models import ModelSpec, create_model, default_hparams
 from flywheel.training import TrainConfig, fit, predict_proba
 
@@ -51,14 +52,7 @@ def main() -> None:
     if not args.data.is_dir():
         raise SystemExit(f"FSDD not found at {args.data}")
 
-    source = AudioFolderSource(args.data)
-    examples = list(source)
-    codec = AudioCodec()
-    params = codec.infer([codec.probe(ex.content) for ex in examples])
-    x = codec.decode_batch([ex.content for ex in examples], params)
-    labels = sorted({str(ex.label) for ex in examples}, key=lambda s: (len(s), s))
-    y = np.array([labels.index(str(ex.label)) for ex in examples], dtype=np.int64)
-    speakers = np.array([str(ex.user_id) for ex in examples])
+    x, y, labels, speakers, params = load_fsdd(args.data)
     names = sorted(set(speakers.tolist()))
     from sklearn.model_selection import train_test_split
 
