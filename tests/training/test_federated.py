@@ -171,3 +171,25 @@ def test_a_federated_run_repeats_to_the_bit() -> None:
         fit(model, train, config, users=np.arange(len(train)) % 6)
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_federated_dp_survives_a_client_that_returns_its_start() -> None:
+    pytest.importorskip("opacus")
+    import flywheel.training.federated as federated
+
+    train, _ = _arrays(120, 0)
+    model = _new_model(0)
+    config = TrainConfig(seed=0, federated_clients=2, dp_epsilon=8.0, dp_max_grad_norm=1.0)
+    # A client whose training kept its start: its update is exactly zero (Flower's
+    # clipping divides by the update's norm).
+    result = federated.fit_federated(
+        model,
+        train,
+        np.arange(len(train)) % 2,
+        config,
+        local_fit=lambda m, rows, cfg: None,
+        rounds=2,
+        local_epochs=1,
+    )
+    assert result.privacy is not None and result.rounds == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())

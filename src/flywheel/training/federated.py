@@ -206,7 +206,24 @@ def fit_federated(
         # Removing a user changes their client's update (the client stays): a
         # replacement, sensitivity 2C on the sum, so Flower gets twice the σ the
         # add/remove accountant was calibrated for.
-        strategy = DifferentialPrivacyServerSideFixedClipping(
+
+        class SafeClipping(DifferentialPrivacyServerSideFixedClipping):
+            """Flower divides each update by its norm to clip it: a client that returns
+            exactly the weights it was sent (its training kept its start) would divide by
+            zero. Such an update is zero; clipping leaves it zero — say so in numbers."""
+
+            def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
+                start = self.current_round_params
+                for _proxy, res in results:
+                    arrays = parameters_to_ndarrays(res.parameters)
+                    if all(np.array_equal(a, b) for a, b in zip(arrays, start, strict=True)):
+                        first = arrays[0].copy()  # one step to the next float: norm > 0
+                        first.flat[0] = np.nextafter(first.flat[0], np.inf)
+                        arrays[0] = first
+                        res.parameters = ndarrays_to_parameters(arrays)
+                return super().aggregate_fit(server_round, results, failures)
+
+        strategy = SafeClipping(
             strategy,
             noise_multiplier=2 * sigma,
             clipping_norm=config.dp_max_grad_norm,
