@@ -1126,7 +1126,7 @@ class Project:
         # Committed: now the bytes. Inputs another user also sent stay (their copy).
         with self.db.session() as s:
             shared = forget_rows.still_referenced(s, er.input_hashes)
-        blobs_deleted = sum(self.blobs.delete(h) for h in sorted(er.input_hashes - shared))
+        blobs_deleted = self._delete_unreferenced(er.input_hashes - shared)
         for h in sorted(er.derived):  # their explanation overlays
             self.blobs.delete(h)
         spilled = self._scrub_spill(pid)
@@ -1252,7 +1252,18 @@ class Project:
                 )
             )
         doomed = sorted(old - training - recent)
-        deleted = sum(self.blobs.delete(h) for h in doomed)
+
+        def needed(s: Session, hashes: set[str]) -> set[str]:
+            keep = set(s.scalars(select(Example.input_hash).where(Example.input_hash.in_(hashes))))
+            return keep | set(
+                s.scalars(
+                    select(Prediction.input_hash).where(
+                        Prediction.created_at >= cutoff, Prediction.input_hash.in_(hashes)
+                    )
+                )
+            )
+
+        deleted = self._delete_unreferenced(set(doomed), needed)
         detail = {
             "days": days,
             "cutoff": cutoff.isoformat(timespec="seconds"),
@@ -1265,6 +1276,28 @@ class Project:
             with self.db.session() as s:
                 s.add(AuditRecord(action="retention", subject=None, detail=detail))
         return detail
+
+    def _delete_unreferenced(
+        self,
+        digests: set[str],
+        needed: Callable[[Session, set[str]], set[str]] = forget_rows.still_referenced,
+    ) -> int:
+        """Delete blobs no row needs; one that a row came to need meanwhile (a request
+        with the same bytes, logged between the check and the delete) is put back from
+        the bytes read before deleting. Returns how many stay deleted."""
+        held: dict[str, bytes] = {}
+        for h in sorted(digests):
+            try:
+                held[h] = self.blobs.get(h)
+            except NotFoundError:
+                continue
+            self.blobs.delete(h)
+        self._settle_log()
+        with self.db.session() as s:
+            revived = needed(s, set(held))
+        for h in revived:
+            self.blobs.put(held[h])
+        return len(held) - len(revived)
 
     def _scrub_spill(self, pseudonym: str) -> int:
         """Drop the user's rows from ``spill/*.jsonl`` (prediction log rows the database
