@@ -151,3 +151,26 @@ def test_audio_and_text_explanations(tmp_path: Path) -> None:
     assert all(i["score"] > 0 for i in ex["items"])  # each word holds the answer up
     assert ex["overlay"] is False
     text.close()
+
+
+def test_explain_from_the_cli(trained: Project, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+
+    content, _ = _digit(1505, 24)
+    p = trained.predict(content)
+    root = str(trained.settings.project_dir)
+    out = tmp_path / "overlay.png"
+    r = CliRunner().invoke(
+        app, ["explain", p.prediction_id, "-p", root, "--png", str(out), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    body = json.loads(r.stdout)
+    assert body["prediction_id"] == p.prediction_id and body["shape"] == [16, 16]
+    with Image.open(out) as img:
+        assert img.size == (24, 24)
+    r = CliRunner().invoke(app, ["explain", "nope", "-p", root])
+    assert r.exit_code == 1 and "prediction 'nope' not found" in str(r.exception)

@@ -806,6 +806,47 @@ def privacy_audit(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> 
 
 
 @app.command()
+def explain(
+    prediction: Annotated[str, typer.Argument(help="A logged prediction's id.")],
+    target: Annotated[
+        str | None, typer.Option(help="A label to explain (default: the answer).")
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option(help="Write the overlay (images, audio) to this PNG file.")
+    ] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Why the model answered what it did (Captum): attributions, and the overlay."""
+    p = _open(project)
+    ex = p.explain(prediction, target)
+    if png is not None:
+        png.write_bytes(p.explanation_png(prediction, target))
+    if as_json:
+        _print_json(ex)
+        return
+    out.print(f"v{ex['model_version']} · {ex['method']} · target {ex['target']!r}")
+    if "map" in ex:
+        heat = ex["map"]
+        rows = len(heat)
+        cells = [v for row in heat for v in row]
+        top = sum(sorted(cells, reverse=True)[: max(1, len(cells) // 10)])
+        out.print(
+            f"map {rows}x{len(heat[0])}: the top 10% of cells hold "
+            f"{top / max(sum(cells), 1e-12):.0%} of the attribution"
+        )
+    if ex.get("items"):
+        t = Table(title="attribution")
+        t.add_column("token / feature")
+        t.add_column("score", justify="right")
+        for item in sorted(ex["items"], key=lambda i: -abs(i["score"]))[:20]:
+            t.add_row(item["name"], f"{item['score']:+.4f}")
+        out.print(t)
+    if png is not None:
+        out.print(f"overlay written to {png}")
+
+
+@app.command()
 def forget(
     user: Annotated[str, typer.Argument(help="The user (raw id or the listed pseudonym).")],
     retrain: Annotated[
