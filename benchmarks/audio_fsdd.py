@@ -50,6 +50,19 @@ def load_fsdd(
     return x, y, labels, speakers, params
 
 
+def lstm_spec(labels: list[str], params: dict[str, Any], dropout: float) -> ModelSpec:
+    """``lstm_audio`` at its default size for these decode parameters."""
+    shape = audio_shape(params)
+    return ModelSpec(
+        arch="lstm_audio",
+        task="audio-classification",
+        input_shape=shape,
+        labels=tuple(labels),
+        hparams={**default_hparams("lstm_audio", shape), "dropout": dropout},
+        preprocessing=params,
+    )
+
+
 def _baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -70,15 +83,7 @@ def _lstm(
     config: TrainConfig,
     augment: bool,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    shape = audio_shape(params)
-    spec = ModelSpec(
-        arch="lstm_audio",
-        task="audio-classification",
-        input_shape=shape,
-        labels=tuple(labels),
-        hparams={**default_hparams("lstm_audio", shape), "dropout": config.dropout},
-        preprocessing=params,
-    )
+    spec = lstm_spec(labels, params, config.dropout)
     torch.manual_seed(config.seed)
     model = create_model(spec)
     start = time.perf_counter()

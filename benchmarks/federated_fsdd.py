@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from audio_fsdd import load_fsdd
+from audio_fsdd import load_fsdd, lstm_spec
 
 from flywheel.data import Arrays
-from flywheel.data.audio import audio_shape
-from flywheel.models import ModelSpec, create_model, default_hparams
+from flywheel.models import create_model
 from flywheel.training import TrainConfig, fit, predict_proba
 
 FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "fsdd" / "recordings"
@@ -61,15 +60,7 @@ def main() -> None:
     tr, te = np.sort(tr), np.sort(te)
     train = Arrays(x[tr], y[tr], labels)
     units = np.array([names.index(s) for s in speakers[tr]])
-    shape = audio_shape(params)
-    spec = ModelSpec(
-        arch="lstm_audio",
-        task="audio-classification",
-        input_shape=shape,
-        labels=tuple(labels),
-        hparams={**default_hparams("lstm_audio", shape), "dropout": 0.25},
-        preprocessing=params,
-    )
+    spec = lstm_spec(labels, params, 0.25)
     base = TrainConfig(
         arch="lstm_audio",
         epochs=30,

@@ -2098,7 +2098,35 @@ class Project:
     def explain(self, prediction_id: str, target: str | None = None) -> dict[str, Any]:
         """Why the model answered what it did (Captum), cached per input, model version
         and target class; the PNG overlay (images, audio) goes to the blob folder."""
+        version, detail, png = self._explanation(prediction_id, target)
+        return {
+            "prediction_id": prediction_id,
+            "model_version": version,
+            **detail,
+            "overlay": png is not None,
+        }
+
+    def explanation_png(self, prediction_id: str, target: str | None = None) -> bytes:
+        """The PNG overlay of ``explain`` (computed if not cached)."""
+        _, _, png = self._explanation(prediction_id, target)
+        if png is None:
+            raise NotFoundError("overlay (this task's explanations have none) for", prediction_id)
+        return self.blobs.get(png)
+
+    def _explanation(
+        self, prediction_id: str, target: str | None
+    ) -> tuple[int, dict[str, Any], str | None]:
+        """(model version, the explanation's JSON, its overlay's blob) — cached or made."""
         from flywheel.explain import explain, overlay_png
+
+        def cached(s: Session) -> ExplanationRow | None:
+            return s.scalar(
+                select(ExplanationRow).where(
+                    ExplanationRow.input_hash == input_hash,
+                    ExplanationRow.model_version == version,
+                    ExplanationRow.target == key,
+                )
+            )
 
         if self.prediction_log is not None:
             self.prediction_log.wait_written(prediction_id)
@@ -2108,15 +2136,8 @@ class Project:
                 raise NotFoundError("prediction", prediction_id)
             input_hash, version, label = pred.input_hash, pred.model_version, pred.label
             key = target if target is not None else (label or "")
-            cached = s.scalar(
-                select(ExplanationRow).where(
-                    ExplanationRow.input_hash == input_hash,
-                    ExplanationRow.model_version == version,
-                    ExplanationRow.target == key,
-                )
-            )
-            if cached is not None:
-                return self._explanation_json(prediction_id, version, cached)
+            if (hit := cached(s)) is not None:
+                return version, dict(hit.detail), hit.png_hash
         if not self.blobs.exists(input_hash):
             raise NotFoundError("stored input of prediction", prediction_id)
         loaded = self._loaded if self._loaded and self._loaded.version == version else None
@@ -2129,57 +2150,23 @@ class Project:
         png = None
         if ex.map is not None:
             png = self.blobs.put(overlay_png(ex, content, self.task.modality))
-        row = ExplanationRow(
-            input_hash=input_hash,
-            model_version=version,
-            target=key,
-            detail=ex.to_json(),
-            png_hash=png,
-        )
         with self.db.session() as s:
             if s.get(Prediction, prediction_id) is None:  # forgotten while we computed
                 if png is not None:
                     self.blobs.delete(png)
                 raise NotFoundError("prediction", prediction_id)
-            existing = s.scalar(
-                select(ExplanationRow).where(
-                    ExplanationRow.input_hash == input_hash,
-                    ExplanationRow.model_version == version,
-                    ExplanationRow.target == key,
+            if (hit := cached(s)) is not None:  # (two requests explained it at once)
+                return version, dict(hit.detail), hit.png_hash
+            s.add(
+                ExplanationRow(
+                    input_hash=input_hash,
+                    model_version=version,
+                    target=key,
+                    detail=ex.to_json(),
+                    png_hash=png,
                 )
             )
-            if existing is None:  # (two requests may explain the same input at once)
-                s.add(row)
-                s.flush()
-                return self._explanation_json(prediction_id, version, row)
-            return self._explanation_json(prediction_id, version, existing)
-
-    @staticmethod
-    def _explanation_json(pid: str, version: int, row: ExplanationRow) -> dict[str, Any]:
-        return {
-            "prediction_id": pid,
-            "model_version": version,
-            **row.detail,
-            "overlay": row.png_hash is not None,
-        }
-
-    def explanation_png(self, prediction_id: str, target: str | None = None) -> bytes:
-        """The PNG overlay of ``explain`` (computed if not cached)."""
-        self.explain(prediction_id, target)
-        with self.db.session() as s:
-            pred = s.get(Prediction, prediction_id)
-            assert pred is not None
-            key = target if target is not None else (pred.label or "")
-            png = s.scalar(
-                select(ExplanationRow.png_hash).where(
-                    ExplanationRow.input_hash == pred.input_hash,
-                    ExplanationRow.model_version == pred.model_version,
-                    ExplanationRow.target == key,
-                )
-            )
-        if png is None:
-            raise NotFoundError("overlay (this task's explanations have none) for", prediction_id)
-        return self.blobs.get(png)
+        return version, ex.to_json(), png
 
     def _load_version(self, version: int) -> LoadedModel:
         with self.db.session() as s:

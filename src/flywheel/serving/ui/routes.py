@@ -61,11 +61,17 @@ def _project(request: Request) -> Project:
 
 
 def _session(request: Request) -> dict[str, Any] | None:
+    """The request's live session (looked up once per request)."""
+    if "flywheel_session" in request.scope:
+        cached: dict[str, Any] | None = request.scope["flywheel_session"]
+        return cached
     token = request.cookies.get(COOKIE)
-    if not token:
-        return None
-    with _project(request).db.session() as s:
-        return key_rows.session_of(s, token)
+    sess = None
+    if token:
+        with _project(request).db.session() as s:
+            sess = key_rows.session_of(s, token)
+    request.scope["flywheel_session"] = sess
+    return sess
 
 
 def _login_redirect(request: Request) -> RedirectResponse:
