@@ -39,6 +39,7 @@ from flywheel.data import (
     load_arrays,
 )
 from flywheel.errors import (
+    ConfigError,
     DataError,
     FlywheelError,
     InputError,
@@ -712,7 +713,10 @@ class Project:
             dp_delta=st.dp_delta,
             dp_max_grad_norm=st.dp_max_grad_norm,
         )
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        try:
+            return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        except ValueError as exc:  # TrainConfig's own checks: an option out of range
+            raise ConfigError(f"invalid training option: {exc}") from exc
 
     def _spec(self, dv: DatasetVersion, config: TrainConfig) -> ModelSpec:
         arch = config.arch or self.task.default_arch

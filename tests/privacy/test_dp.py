@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,12 @@ def test_leaving_a_user_out_moves_no_one_else_across_the_split() -> None:
         rest = units[units != gone]
         _, v = _split_units(rest, 0.15)
         assert set(rest[v].tolist()) == val_users - {int(gone)}
+
+
+def test_a_bad_privacy_option_is_one_clear_error(tmp_path: Path) -> None:
+    from flywheel.errors import ConfigError
+    from tests.factories import make_project
+
+    project = make_project(tmp_path / "p", train=False)
+    with pytest.raises(ConfigError, match="invalid training option: dp_epsilon must be > 0"):
+        project.train_config(dp_epsilon=0.0)
