@@ -8,7 +8,7 @@ Arms per dataset, all in one run on the same tensors and the same model architec
   accuracy a non-private model reaches;
 - ``plain-same``: non-private at the DP arms' batch size, learning rate and epochs (no
   early stopping) — the same-run baseline for time per epoch;
-- ``dp-ε``: user-level DP-SGD (``flywheel.privacy.dp``: Poisson sampling, per-user
+- ``dp-ε``: user-level DP-SGD (``flywheel.training.dp``: Poisson sampling, per-user
   clipping at C, Gaussian noise, Opacus' RDP accountant) at each ε. On these data no
   row has a user, so each row is its own unit: this is record-level DP-SGD, the
   setting of Opacus' own figures (96.8% on MNIST at ε = 3 with a larger model and

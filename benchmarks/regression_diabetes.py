@@ -46,11 +46,7 @@ def main() -> None:
         # The same rows for both arms, decoded the way the model sees them.
         from flywheel.data import HOLDOUT, TRAIN
 
-        with project.db.session() as s:
-            dv = project._latest_dataset(s)
-            rows = {sp: project._rows(s, dv.id, sp) for sp in (TRAIN, HOLDOUT)}
-        spec = project._spec(dv, project.train_config())
-        train, test = (project._arrays(rows[sp], spec) for sp in (TRAIN, HOLDOUT))
+        train, test = (project.dataset_arrays(sp) for sp in (TRAIN, HOLDOUT))
 
         t = time.perf_counter()
         ridge = RidgeCV(alphas=np.logspace(-3, 3, 25)).fit(train.x, train.y)

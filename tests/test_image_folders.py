@@ -30,8 +30,7 @@ def test_init_train_serve_round_trip_on_cifar_folders(datasets_dir: Path, tmp_pa
     info = project.dataset()
     assert info.labels == list(CLASSES)
     assert info.n_train + info.n_holdout == 90
-    with project.db.session() as s:
-        dv_prep = project._latest_dataset(s).preprocessing
+    dv_prep = info.preprocessing
     assert (dv_prep["mode"], dv_prep["height"], dv_prep["width"]) == ("RGB", 32, 32)
     result = project.train()
     assert result.promoted

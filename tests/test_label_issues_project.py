@@ -42,9 +42,7 @@ def test_planted_label_errors_are_found(tmp_path: Path) -> None:
     assert hits / len(flipped) >= 0.6  # recall
     assert found["dataset_version"] == 1
     assert project.dataset().content_hash == before  # an analysis, not a new version
-    with project.db.session() as s:
-        stats = project._latest_dataset(s).stats
-    assert stats["label_issues"]["n_issues"] == len(flagged)
+    assert project.dataset().stats["label_issues"]["n_issues"] == len(flagged)
     project.close()
 
 
@@ -55,7 +53,7 @@ def test_training_leaves_flagged_rows_out(
     project, _ = noisy_project(tmp_path / "p", {"label_issue_mode": mode})
     found = project.find_label_issues(folds=3, config=project.train_config(epochs=5))
     seen: dict[str, Any] = {}
-    import flywheel.project as module
+    import flywheel.loop.train as module
 
     real_fit = module.fit
 

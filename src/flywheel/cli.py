@@ -12,9 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from flywheel.data import SourceOptions, resolve_source
+from flywheel.demo import DemoConfig, run_demo
 from flywheel.errors import FlywheelError
 from flywheel.export.onnx import QUANTIZE_MODES
-from flywheel.project import SCOPES, Project, TrainResult
+from flywheel.loop import TrainResult
+from flywheel.project import SCOPES, Project
+from flywheel.serving import serve as run_server
+from flywheel.settings import Settings
 from flywheel.training import EpochReport
 
 __all__ = ["app", "main"]
@@ -159,8 +164,6 @@ PatternOpt = Annotated[
 
 
 def _source(data: str, **options: Any) -> tuple[Any, str]:
-    from flywheel.data import SourceOptions, resolve_source
-
     return resolve_source(data, SourceOptions(**options))
 
 
@@ -538,9 +541,6 @@ def serve(
 ) -> None:
     """Serve the HTTP API and the dashboard (at /; OpenAPI docs at /docs). SIGTERM or
     Ctrl-C drains requests in flight and commits every logged prediction before exit."""
-    from flywheel.serving import serve as run_server
-    from flywheel.settings import Settings
-
     given = {"host": host, "port": port, "workers": workers, "serving_backend": backend}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings.load(project, **overrides)
@@ -900,8 +900,6 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """The whole loop on the built-in digits, over HTTP, with simulated users."""
-    from flywheel.demo import DemoConfig, run_demo
-
     table = Table(title="flywheel demo: digits")
     for col in (
         "cycle",

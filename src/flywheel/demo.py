@@ -130,7 +130,8 @@ def run_demo(
     )
     # The simulated users' pseudonyms come from a key fixed by the seed, so that a
     # rerun files them in the same order (a real project's key is random).
-    seed_user_key(project, hashlib.sha256(f"flywheel-demo-{cfg.seed}".encode()).digest())
+    key = hashlib.sha256(f"flywheel-demo-{cfg.seed}".encode()).digest()
+    seed_user_key(project.settings.user_keys, key)
     emit(
         "init",
         {

@@ -6,8 +6,12 @@ variables, ``<project_dir>/flywheel.toml``, defaults.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +23,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from flywheel.errors import ConfigError
+from flywheel.errors import ConfigError, ProjectError
+from flywheel.tasks import TASKS
 
-__all__ = ["CONFIG_FILE", "Settings", "is_loopback"]
+__all__ = ["CONFIG_FILE", "Settings", "config_text", "is_loopback", "new_project_folder"]
 
 CONFIG_FILE = "flywheel.toml"
 
@@ -233,8 +238,6 @@ class Settings(BaseSettings):
     @field_validator("task", mode="after")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        from flywheel.tasks import TASKS
-
         if v not in TASKS:
             raise ValueError(f"unknown task {v!r}; known: {', '.join(TASKS)}")
         return v
@@ -309,3 +312,57 @@ class Settings(BaseSettings):
             raise ConfigError(f"invalid settings ({problems})") from exc
         except ValueError as exc:  # a malformed flywheel.toml
             raise ConfigError(f"cannot read {CONFIG_FILE}: {exc}") from exc
+
+
+def config_text(source: str, values: dict[str, Any]) -> str:
+    """A new project's ``flywheel.toml``: ``values`` set, the common knobs commented."""
+    lines = [
+        "# flywheel project settings; FLYWHEEL_* environment variables override them.",
+        f"# Created from data source: {source}",
+        "",
+    ]
+    for key, value in values.items():
+        if value is None:
+            field = Settings.model_fields.get(key)
+            if field is None or field.default is None:
+                continue  # the default is "not set" already
+            lines.append(f'{key} = "off"')  # TOML has no null
+        elif isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, int | float):
+            lines.append(f"{key} = {value}")
+        else:
+            lines.append(f"{key} = {json.dumps(str(value))}")
+    lines += [
+        "",
+        '# host = "127.0.0.1"      # bound beyond loopback, every route needs a key',
+        "# port = 8000",
+        "# gate_margin = 0.0       # a challenger may trail the champion by at most this",
+        "# epochs = 30",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def new_project_folder(root: Path, config: str) -> Iterator[Path]:
+    """Create a project folder holding ``config`` as its ``flywheel.toml``; a failure
+    inside the block removes what it created, so nothing half-made is left behind."""
+    if (root / CONFIG_FILE).exists():
+        raise ProjectError(f"{str(root)!r} already holds a flywheel project", path=root)
+    created = not root.exists()
+    if root.exists() and not root.is_dir():
+        raise ProjectError(f"{str(root)!r} exists and is not a folder", path=root)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        (root / CONFIG_FILE).write_text(config)
+        yield root
+    except BaseException:
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            (root / CONFIG_FILE).unlink(missing_ok=True)
+            for name in ("flywheel.db", "flywheel.db-wal", "flywheel.db-shm"):
+                (root / name).unlink(missing_ok=True)
+            shutil.rmtree(root / "blobs", ignore_errors=True)
+        raise

@@ -16,7 +16,7 @@ from flywheel.data.audio import (
     audio_shape,
     pattern_regex,
 )
-from flywheel.data.codecs import create_codec
+from flywheel.data.modalities import create_codec
 from flywheel.errors import DataError, InputError
 
 DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"

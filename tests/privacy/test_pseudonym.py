@@ -12,7 +12,13 @@ from sqlalchemy import select
 
 from flywheel import Project
 from flywheel.errors import ConfigError
-from flywheel.privacy.pseudonym import PSEUDONYM, Pseudonymizer, _step, fingerprint, rekey_users
+from flywheel.privacy.pseudonym import (
+    PSEUDONYM,
+    Pseudonymizer,
+    fingerprint,
+    hash_step,
+    rekey_users,
+)
 from flywheel.store.schema import Feedback, Prediction, StoreMeta, User
 from tests.factories import digit_png
 
@@ -45,7 +51,7 @@ def test_rotation_rekeys_every_table_and_keeps_users_together(project: Project) 
         assert s.get(Prediction, p.prediction_id).user_id == after  # type: ignore[union-attr]
         assert s.scalars(select(Feedback.user_id)).all() == [after]
         meta = s.get(StoreMeta, "user_key_fingerprint")
-        assert meta is not None and meta.value == fingerprint(project.pseudonymizer.keys)
+        assert meta is not None and meta.value == fingerprint(project.services.identity.chain.keys)
     # Another process opening the project afterwards hashes with the new chain.
     assert Project.open(project.settings.project_dir).pseudonym("alice") == after
     # The returning user keeps their rows: a new answer lands on the same user.
@@ -83,10 +89,10 @@ def test_an_interrupted_rotation_is_finished_or_discarded_by_the_next_open(
     assert Project.open(project.settings.project_dir).pseudonym("alice") == old
     assert not nxt.exists()
     # Crash after the database committed, before the file was renamed: finished.
-    chain = [*project.pseudonymizer.keys, b"\x33" * 32]
+    chain = [*project.services.identity.chain.keys, b"\x33" * 32]
     new = Pseudonymizer(keys, chain)
     with project.db.session() as s:
-        rekey_users(s, lambda old: _step(chain[-1], old))
+        rekey_users(s, lambda old: hash_step(chain[-1], old))
         meta = s.get(StoreMeta, "user_key_fingerprint")
         assert meta is not None
         meta.value = fingerprint(chain)

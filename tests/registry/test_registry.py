@@ -9,15 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from flywheel.errors import NotFoundError, RegistryError
-from flywheel.registry import (
-    CANDIDATE,
-    PRODUCTION,
-    get_alias,
-    list_versions,
-    promote,
-    rollback,
-    set_alias,
-)
+from flywheel.registry import CANDIDATE, PRODUCTION
+from flywheel.registry.repo import get_alias, list_versions, promote, rollback, set_alias
 from flywheel.store import Database
 from flywheel.store.schema import AliasEvent, DatasetVersion, ModelVersion
 

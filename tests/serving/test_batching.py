@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flywheel.errors import InputError
-from flywheel.serving.backends import FakeBackend, load_backend
+from flywheel.registry import FakeBackend, load_backend
 from flywheel.serving.batching import BatchResult, MicroBatcher
 from flywheel.serving.writer import PredictionWriter
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flywheel.errors import ConfigError
 from flywheel.store import Database
-from flywheel.store.db import _alembic_config
+from flywheel.store.db import alembic_config
 from flywheel.store.schema import Base, Prediction, User
 
 TABLES = {
@@ -63,7 +63,7 @@ def test_migrate_is_idempotent_and_is_current_follows_it(database_url: str) -> N
         assert set(inspect(database.engine).get_table_names()) == TABLES | {"alembic_version"}
         with database.engine.connect() as conn:
             revisions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
-        head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
         assert revisions == [(head,)]
     finally:
         database.dispose()
@@ -173,7 +173,7 @@ def _database_at(url: str, revision: str) -> Database:
     from alembic import command
 
     database = Database(url)
-    cfg = _alembic_config()
+    cfg = alembic_config()
     with database.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)

@@ -82,7 +82,7 @@ def test_a_federated_run_learns_and_reports_its_clients() -> None:
 
 def test_federated_with_dp_reports_the_accountants_epsilon() -> None:
     pytest.importorskip("opacus")
-    from flywheel.privacy.dp import epsilon_for
+    from flywheel.training.dp import epsilon_for
 
     train, _ = _arrays(200, 0)
     config = TrainConfig(

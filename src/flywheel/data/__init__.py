@@ -1,16 +1,34 @@
-"""Data: sources, codecs (bytes → arrays per modality), cleaning, dataset versions."""
+"""Data: sources, codecs (bytes → arrays per modality), cleaning, splits and rows.
+
+Dataset versions in the store: ``flywheel.data.repo`` (in the caller's session) and
+``flywheel.data.service`` (imports, versions, rows as arrays).
+"""
 
 from flywheel.data.cleaning import Cleaned, clean
 from flywheel.data.codecs import (
     Codec,
     ImageCodec,
     TabularCodec,
-    create_codec,
     known_codecs,
     register_codec,
     tabular_bytes,
 )
-from flywheel.data.datasets import HOLDOUT, TRAIN, Arrays, assign_splits, content_hash, load_arrays
+from flywheel.data.datasets import (
+    HOLDOUT,
+    TRAIN,
+    Arrays,
+    DatasetInfo,
+    Row,
+    WeightedRow,
+    arrays_from_source,
+    assign_splits,
+    content_hash,
+    label_sort_key,
+    load_arrays,
+    split_by_group,
+    targets,
+    value_bins,
+)
 from flywheel.data.images import (
     ImagePreprocessing,
     average_hash,
@@ -28,12 +46,11 @@ from flywheel.data.sources import (
     ListSource,
     RawExample,
     Source,
-    SourceOptions,
     TabularCsvSource,
     digits_arrays,
     read_csv,
-    resolve_source,
 )
+from flywheel.data.modalities import SourceOptions, create_codec, resolve_source
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -44,6 +61,7 @@ __all__ = [
     "Cleaned",
     "Codec",
     "CsvManifestSource",
+    "DatasetInfo",
     "DiabetesSource",
     "DigitsSource",
     "ImageCodec",
@@ -51,10 +69,13 @@ __all__ = [
     "ImagePreprocessing",
     "ListSource",
     "RawExample",
+    "Row",
     "Source",
     "SourceOptions",
     "TabularCodec",
     "TabularCsvSource",
+    "WeightedRow",
+    "arrays_from_source",
     "assign_splits",
     "average_hash",
     "clean",
@@ -64,10 +85,14 @@ __all__ = [
     "digits_arrays",
     "encode_png",
     "known_codecs",
+    "label_sort_key",
     "load_arrays",
     "probe_image",
     "read_csv",
     "register_codec",
     "resolve_source",
+    "split_by_group",
     "tabular_bytes",
+    "targets",
+    "value_bins",
 ]

@@ -137,8 +137,6 @@ class AudioCodec(Codec):
 
     def warm_up(self, params: dict[str, Any]) -> None:
         """Decode a silent clip once: librosa's first call loads its dependencies (seconds)."""
-        import io
-
         sf = _module("soundfile")
         buf = io.BytesIO()
         rate = int(params["sample_rate"])

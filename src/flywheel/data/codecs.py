@@ -4,7 +4,8 @@ Every example is stored as bytes in the blob folder (an image file, a WAV file,
 UTF-8 text, or a JSON object of tabular features). A codec validates those bytes
 (``probe``), summarises a dataset's native form (``infer``), and turns bytes into
 a float or integer array with the parameters a model version recorded
-(``decode``). Codecs are chosen by name: ``create_codec("image")``.
+(``decode``). Codecs are registered by name (``register_codec``); ``flywheel.data.modalities``
+imports every modality and creates them: ``create_codec("image")``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import math
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -25,8 +27,8 @@ __all__ = [
     "Codec",
     "ImageCodec",
     "TabularCodec",
-    "create_codec",
     "known_codecs",
+    "lookup_codec",
     "register_codec",
     "tabular_bytes",
 ]
@@ -79,13 +81,9 @@ def known_codecs() -> list[str]:
     return sorted(_CODECS)
 
 
-def create_codec(name: str) -> Codec:
-    if name not in _CODECS:
-        # Optional modalities register themselves on import.
-        if name == "audio":
-            import flywheel.data.audio
-        elif name == "text":
-            import flywheel.data.text  # noqa: F401
+def lookup_codec(name: str) -> Codec:
+    """A fresh codec of a registered modality (``flywheel.data.modalities.create_codec``
+    registers every modality first)."""
     if name not in _CODECS:
         raise ValueError(f"unknown codec {name!r}; known: {', '.join(known_codecs())}")
     return _CODECS[name]()
@@ -101,8 +99,6 @@ class ImageCodec(Codec):
         return probe_image(content)
 
     def infer(self, probes: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        from collections import Counter
-
         modes = {p["mode"] for p in probes}
         (h, w), _ = Counter((p["height"], p["width"]) for p in probes).most_common(1)[0]
         return {"kind": "image", "mode": "L" if modes == {"L"} else "RGB", "height": h, "width": w}

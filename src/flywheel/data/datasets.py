@@ -4,18 +4,143 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from flywheel.data.codecs import Codec
-from flywheel.errors import DataError
+from flywheel.data.sources import RawExample, Source
+from flywheel.errors import DataError, InputError
 
-__all__ = ["HOLDOUT", "TRAIN", "Arrays", "assign_splits", "content_hash", "load_arrays"]
+__all__ = [
+    "HOLDOUT",
+    "TRAIN",
+    "Arrays",
+    "DatasetInfo",
+    "Row",
+    "WeightedRow",
+    "arrays_from_source",
+    "assign_splits",
+    "content_hash",
+    "label_sort_key",
+    "load_arrays",
+    "split_by_group",
+    "targets",
+    "value_bins",
+]
 
 TRAIN = "train"
 HOLDOUT = "holdout"
+
+#: a dataset row: (input hash, label, value)
+Row = tuple[str, str | None, float | None]
+#: a training row with its weight and its user: (input hash, label, value, weight, user)
+WeightedRow = tuple[str, str | None, float | None, float | None, str | None]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset version: its lineage, split sizes, labels and cleaning report."""
+
+    version: int
+    content_hash: str
+    parent: int | None
+    task: str
+    n_train: int
+    n_holdout: int
+    n_feedback: int
+    labels: list[str]
+    cleaning: dict[str, Any]
+    #: the dataset's native preprocessing (what the codec inferred at import)
+    preprocessing: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: everything recorded with the version (curation, contribution, label issues...)
+    stats: dict[str, Any] = field(default_factory=dict, compare=False)
+    created_at: datetime | None = field(default=None, compare=False)
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Inputs the import could not read (the first ones, with their reason)."""
+        items: list[dict[str, str]] = self.cleaning.get("unreadable", {}).get("items", [])
+        return items
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "content_hash": self.content_hash,
+            "parent": self.parent,
+            "task": self.task,
+            "n_train": self.n_train,
+            "n_holdout": self.n_holdout,
+            "n_feedback": self.n_feedback,
+            "labels": self.labels,
+            "skipped": self.skipped,
+            "cleaning": self.cleaning,
+        }
+
+
+def label_sort_key(label: str) -> tuple[int, int | str]:
+    """Digits in numeric order first, then other labels alphabetically."""
+    return (0, int(label)) if label.isdigit() else (1, label)
+
+
+def value_bins(values: Sequence[float], bins: int = 5) -> list[str]:
+    """Quantile bins of regression targets, so the held-out draw is stratified by value."""
+    arr = np.asarray(values, dtype=np.float64)
+    edges = np.quantile(arr, np.linspace(0, 1, bins + 1)[1:-1])
+    return [str(int(np.searchsorted(edges, v, side="right"))) for v in arr]
+
+
+def targets(
+    examples: Sequence[RawExample], *, regression: bool, source: str
+) -> tuple[list[str], list[str]]:
+    """(the labels, each example's stratum for the held-out draw) of imported examples.
+
+    Classification: the sorted labels (at least two) and each example's label;
+    regression: no labels, and each example's quantile bin of its value.
+    """
+    if regression:
+        if any(ex.value is None for ex in examples):
+            raise DataError("a regression source must give every example a numeric value")
+        return [], value_bins([float(ex.value or 0.0) for ex in examples])
+    if any(ex.label is None for ex in examples):
+        raise DataError("a classification source must give every example a label")
+    labels = sorted({str(ex.label) for ex in examples}, key=label_sort_key)
+    if len(labels) < 2:
+        raise DataError(f"source {source!r} has one class ({labels}); need at least 2")
+    return labels, [str(ex.label) for ex in examples]
+
+
+def split_by_group(
+    given: Sequence[str | None],
+    groups: Sequence[int],
+    strata: Sequence[str],
+    holdout_fraction: float,
+    seed: int,
+) -> tuple[list[str], str | None]:
+    """Each example's split: the one it came with, or one drawn (``assign_splits``) so
+    that near-duplicates (examples of one group) fall on the same side.
+
+    Returns the splits and a note: when there are too few distinct groups to hold some
+    out, examples are drawn one by one instead, and the note says so.
+    """
+    first_of_group: dict[int, int] = {}
+    for n, g in enumerate(groups):
+        first_of_group.setdefault(g, n)
+    heads = sorted(set(first_of_group.values()))
+    todo = [n for n in heads if given[n] is None]
+    try:
+        drawn = assign_splits([strata[n] for n in todo], holdout_fraction, seed) if todo else []
+        head_split = {n: sp for n in heads if (sp := given[n]) is not None}
+        head_split |= dict(zip(todo, drawn, strict=True))
+        return [given[n] or head_split[first_of_group[groups[n]]] for n in range(len(given))], None
+    except DataError:
+        note = "drawn per example: too few distinct groups"
+        todo = [n for n in range(len(given)) if given[n] is None]
+        drawn = assign_splits([strata[n] for n in todo], holdout_fraction, seed)
+        per_example = dict(zip(todo, drawn, strict=True))
+        return [given[n] or per_example[n] for n in range(len(given))], note
 
 
 def assign_splits(labels: Sequence[str], holdout_fraction: float, seed: int) -> list[str]:
@@ -112,3 +237,38 @@ def load_arrays(
     ]
     x = np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
     return Arrays(x=x, y=y, labels=list(labels) if labels is not None else [])
+
+
+def arrays_from_source(
+    source: Source,
+    codec: Codec,
+    params: dict[str, Any],
+    labels: Sequence[str] | None,
+    *,
+    version: int,
+) -> tuple[Arrays, list[dict[str, str]]]:
+    """Decode a source outside the project (``flywheel evaluate --data``) as model
+    ``version`` reads it (``params``, ``labels``; None: regression); unreadable inputs
+    are skipped and listed, labels the model does not know are refused."""
+    rows: list[tuple[bytes, str | None, float | None]] = []
+    skipped = list(getattr(source, "skipped", []))
+    for i, ex in enumerate(source):
+        try:
+            codec.probe(ex.content)
+        except InputError as exc:
+            skipped.append({"path": ex.source_path or f"#{i}", "reason": str(exc)})
+            continue
+        rows.append((ex.content, ex.label, ex.value))
+    if not rows:
+        raise DataError(f"{source.name!r} holds no readable input to evaluate on")
+    if labels is not None:
+        unknown = sorted({str(lab) for _, lab, _ in rows} - set(labels))
+        if unknown:
+            raise DataError(
+                f"{source.name!r} has labels the model does not know: {unknown}; "
+                f"model v{version} knows {list(labels)}"
+            )
+    by_digest = {hashlib.sha256(c).hexdigest(): c for c, _, _ in rows}
+    keyed: list[Row] = [(hashlib.sha256(c).hexdigest(), lab, v) for c, lab, v in rows]
+    arrays = load_arrays(keyed, by_digest.__getitem__, codec, params, labels)
+    return arrays, skipped

@@ -2,21 +2,30 @@
 
 Classification: accuracy on the same held-out rows, McNemar's exact test.
 Regression: mean squared error on the same held-out rows, Wilcoxon's signed-rank test.
+``judge`` runs the whole sequence of checks in order: the overall score, each class,
+the trusted reference (naive curation), who contributed the new rows, ONNX parity.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from flywheel.settings import Settings
+
 __all__ = [
     "GateDecision",
+    "GatePolicy",
+    "Reference",
     "class_check",
     "decide",
     "decide_regression",
+    "judge",
     "mcnemar",
+    "reference_check",
     "wilcoxon",
     "with_check",
 ]
@@ -248,3 +257,123 @@ def reference_check(
         **detail,
     }
     return not why, reason, detail
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What the gate requires, from the project's settings (see README "Configuration")."""
+
+    margin: float = 0.0
+    class_margin: float | None = 0.1
+    #: "auto": with naive curation, compare with a reference trained on trust-curated rows
+    reference: str = "auto"
+    reference_margin: float = 0.05
+    naive_curation: bool = False
+    max_new_user_share: float = 0.5
+    refuse_on_contribution: bool = False
+
+    @classmethod
+    def from_settings(cls, st: Settings) -> GatePolicy:
+        return cls(
+            margin=st.gate_margin,
+            class_margin=st.gate_class_margin,
+            reference=st.gate_reference,
+            reference_margin=st.gate_reference_margin,
+            naive_curation=st.curation == "naive",
+            max_new_user_share=st.max_new_user_share,
+            refuse_on_contribution=st.refuse_on_contribution,
+        )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference model's per-row correctness on the held-out rows, and what it was
+    trained on (rows, answers trust held back)."""
+
+    correct: np.ndarray
+    rows: int
+    held_back: int
+
+
+def judge(
+    challenger: np.ndarray,
+    champion: np.ndarray | None,
+    *,
+    y: np.ndarray,
+    labels: Sequence[str],
+    champion_version: int | None,
+    policy: GatePolicy,
+    contribution: dict[str, Any],
+    parity: dict[str, Any],
+    reference: Callable[[], Reference] | None = None,
+) -> GateDecision:
+    """The gate's decision on a challenger, its checks made in order.
+
+    ``challenger`` and ``champion`` are per-row scores on the same held-out rows ``y``
+    (right or wrong per row for classes, squared error for regression: no ``labels``);
+    ``contribution`` summarises who gave the dataset version's new rows (empty: none
+    came from feedback); ``parity`` is the challenger's ONNX parity record;
+    ``reference`` trains the trusted reference, and is called only when the policy
+    needs it.
+    """
+    regression = not labels
+    gate = decide_regression if regression else decide
+    decision = gate(
+        challenger, champion, margin=policy.margin, champion_version=champion_version
+    )
+    if champion is not None and not regression and policy.class_margin is not None:
+        passed, why, detail = class_check(
+            y, challenger, champion, list(labels), class_margin=policy.class_margin
+        )
+        decision = with_check(
+            decision, "per_class", passed=passed, refuse=True, reason=why, **detail
+        )
+    if (
+        policy.reference == "auto"
+        and policy.naive_curation
+        and not regression
+        and champion is not None
+        and contribution  # the version holds feedback rows
+        and reference is not None
+    ):
+        ref = reference()
+        passed, why, detail = reference_check(
+            y, challenger, ref.correct, list(labels), margin=policy.reference_margin
+        )
+        decision = with_check(
+            decision,
+            "trusted_reference",
+            passed=passed,
+            refuse=True,
+            reason=why,
+            reference_rows=ref.rows,
+            held_back_answers=ref.held_back,
+            **detail,
+        )
+    if contribution and champion_version is not None:
+        share = float(contribution.get("new_user_share", 0.0))
+        limit = policy.max_new_user_share
+        decision = with_check(
+            decision,
+            "contribution",
+            # The first feedback has no earlier users to compare with.
+            passed=bool(contribution.get("first_feedback")) or share <= limit,
+            refuse=policy.refuse_on_contribution,
+            reason=f"{share:.0%} of the new rows come from first-time users "
+            f"(limit {limit:.0%})",
+            **contribution,
+        )
+    if parity.get("passed") is False:
+        decision = with_check(
+            decision,
+            "onnx_parity",
+            passed=False,
+            refuse=True,
+            reason=(
+                f"its ONNX export does not match torch (max |diff| "
+                f"{parity['max_abs_diff']:.3g}, allowed {parity['atol']}; "
+                f"arg-max agreement {parity['argmax_agreement']:.4f})"
+            ),
+            **{k: v for k, v in parity.items() if k != "passed"},
+        )
+    return decision

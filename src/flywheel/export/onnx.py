@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -24,13 +25,16 @@ from torch import nn
 
 from flywheel.errors import ModelError
 from flywheel.export.runtime import MANIFEST, OnnxBundle
-from flywheel.models import ModelSpec
+from flywheel.models import ModelSpec, arch_info
 
 __all__ = [
     "CALIBRATION_ROWS",
     "OPSET",
     "PARITY_ATOL",
     "QUANTIZE_MODES",
+    "challenger_parity",
+    "check_quantize",
+    "compare",
     "export_onnx",
     "write_graph",
 ]
@@ -45,6 +49,25 @@ CALIBRATION_ROWS = 256
 #: rows per calibration batch fed to ONNX Runtime's calibrator
 CALIBRATION_BATCH = 64
 _MODEL_FILES = {"int8": "model.int8.onnx", "int8-static": "model.int8-static.onnx"}
+
+
+def check_quantize(quantize: str | None) -> None:
+    """Refuse a ``quantize`` value other than ``None`` (fp32) or one of `QUANTIZE_MODES`."""
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        allowed = ", ".join(repr(q) for q in QUANTIZE_MODES)
+        raise ModelError(f"quantize must be one of {allowed} or nothing; got {quantize!r}")
+
+
+def compare(want: np.ndarray, got: np.ndarray, atol: float = PARITY_ATOL) -> dict[str, Any]:
+    """How closely a graph's outputs ``got`` follow torch's ``want`` on the same rows.
+
+    ``max_abs_diff`` and ``argmax_agreement`` (1.0 for regression); ``match`` when the
+    difference is within ``atol`` and every row's arg-max agrees.
+    """
+    diff = float(np.abs(got - want).max()) if got.size else 0.0
+    classes = want.ndim == 2
+    agree = float((got.argmax(1) == want.argmax(1)).mean()) if classes and len(want) else 1.0
+    return {"max_abs_diff": diff, "argmax_agreement": agree, "match": diff <= atol and agree == 1.0}
 
 
 def _torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -157,9 +180,49 @@ def export_onnx(
     the int8 ranges. Calibrate on training rows, not on ``sample``, so that the scores
     on ``sample`` stay an honest measurement.
     """
-    if quantize is not None and quantize not in QUANTIZE_MODES:
-        allowed = ", ".join(repr(q) for q in QUANTIZE_MODES)
-        raise ModelError(f"quantize must be one of {allowed} or nothing; got {quantize!r}")
+    _check_export(quantize, sample, calibration)
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32 = folder / "model.onnx"
+    model.eval()
+    write_graph(model, sample[:1], fp32)
+    (folder / "spec.json").write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True))
+    target, calibrated = fp32, None
+    if quantize is not None:
+        target = folder / _MODEL_FILES[quantize]
+        calibrated = _quantize(fp32, target, quantize, calibration)
+    manifest = {
+        "format": "onnx",
+        "opset": OPSET,
+        "model": target.name,
+        "spec": "spec.json",
+        "quantized": quantize,
+        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+        "bytes": target.stat().st_size,
+        "fp32_bytes": fp32.stat().st_size,
+    }
+    if calibrated is not None:
+        manifest["calibration_rows"] = calibrated["rows"]
+        manifest["calibration"] = calibrated
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    parity = _parity(model, OnnxBundle.load(folder), sample, targets)
+    match = parity.pop("match")
+    parity["passed"] = bool(quantize is not None or match)
+    if quantize is None and not parity["passed"]:
+        manifest["parity_failed"] = True
+    manifest["parity"] = parity
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if quantize is not None:
+        fp32.unlink()  # the bundle carries the graph it runs
+        manifest["fp32_removed"] = True
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _check_export(
+    quantize: str | None, sample: np.ndarray, calibration: np.ndarray | None
+) -> None:
+    check_quantize(quantize)
     if quantize == "int8-static" and (calibration is None or not len(calibration)):
         raise ModelError(
             "quantize='int8-static' needs calibration rows (decoded inputs from the data set)"
@@ -178,77 +241,72 @@ def export_onnx(
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         raise ModelError("pip install 'flywheel-ml[onnx]' to export to ONNX") from exc
-    folder.mkdir(parents=True, exist_ok=True)
-    fp32 = folder / "model.onnx"
-    model.eval()
-    write_graph(model, sample[:1], fp32)
-    (folder / "spec.json").write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True))
-    target = fp32
-    calibrated: dict[str, Any] | None = None
-    if quantize is not None:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        target = folder / _MODEL_FILES[quantize]
-        # ONNX Runtime's recommended step before quantising: shape inference and graph
-        # optimisation, so that quantisation sees every tensor's shape.
-        prepared = folder / "model.prep.onnx"
-        try:
-            quant_pre_process(str(fp32), str(prepared))
-            if quantize == "int8-static":
-                assert calibration is not None  # checked above
-                calibrated = _quantize_static(prepared, target, calibration)
-            else:
-                quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
-        finally:
-            prepared.unlink(missing_ok=True)
-    manifest = {
-        "format": "onnx",
-        "opset": OPSET,
-        "model": target.name,
-        "spec": "spec.json",
-        "quantized": quantize,
-        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-        "bytes": target.stat().st_size,
-        "fp32_bytes": fp32.stat().st_size,
-    }
-    if calibrated is not None:
-        manifest["calibration_rows"] = calibrated["rows"]
-        manifest["calibration"] = calibrated
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
+def _quantize(
+    fp32: Path, target: Path, quantize: str, calibration: np.ndarray | None
+) -> dict[str, Any] | None:
+    """Quantise ``fp32`` into ``target``; the calibration settings of a static export."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # ONNX Runtime's recommended step before quantising: shape inference and graph
+    # optimisation, so that quantisation sees every tensor's shape.
+    prepared = fp32.with_name("model.prep.onnx")
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+        if quantize == "int8-static":
+            assert calibration is not None  # checked by _check_export
+            return _quantize_static(prepared, target, calibration)
+        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+        return None
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def _parity(
+    model: nn.Module, bundle: OnnxBundle, sample: np.ndarray, targets: np.ndarray | None
+) -> dict[str, Any]:
+    """The bundle's graph against torch on ``sample``: differences, timings, scores."""
     started = time.perf_counter()
     expected = _torch_outputs(model, sample)
     torch_s = time.perf_counter() - started
-    bundle = OnnxBundle.load(folder)
     started = time.perf_counter()
     got = bundle.run(sample)
     onnx_s = time.perf_counter() - started
-    diff = float(np.abs(got - expected).max()) if got.size else 0.0
-    classes = expected.ndim == 2
-    agree = float((got.argmax(1) == expected.argmax(1)).mean()) if classes else 1.0
-    parity = {
+    match = compare(expected, got)
+    parity: dict[str, Any] = {
         "n": len(sample),
-        "max_abs_diff": diff,
-        "argmax_agreement": agree,
+        "max_abs_diff": match["max_abs_diff"],
+        "argmax_agreement": match["argmax_agreement"],
         "atol": PARITY_ATOL,
         "onnx_ms_per_sample": onnx_s / max(len(sample), 1) * 1000,
         "torch_ms_per_sample": torch_s / max(len(sample), 1) * 1000,
     }
     if targets is not None and len(targets) == len(sample):
-        if classes:
+        if expected.ndim == 2:
             parity["accuracy_torch"] = float((expected.argmax(1) == targets).mean())
             parity["accuracy_onnx"] = float((got.argmax(1) == targets).mean())
         else:
             parity["mse_torch"] = float(np.mean((expected.reshape(-1) - targets) ** 2))
             parity["mse_onnx"] = float(np.mean((got.reshape(-1) - targets) ** 2))
-    parity["passed"] = bool(quantize is not None or (diff <= PARITY_ATOL and agree == 1.0))
-    if quantize is None and not parity["passed"]:
-        manifest["parity_failed"] = True
-    manifest["parity"] = parity
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if quantize is not None:
-        fp32.unlink()  # the bundle carries the graph it runs
-        manifest["fp32_removed"] = True
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return manifest
+    parity["match"] = match["match"]
+    return parity
+
+
+def challenger_parity(
+    model: nn.Module, spec: ModelSpec, x: np.ndarray, *, enabled: bool
+) -> dict[str, Any]:
+    """Export a challenger to ONNX in a scratch folder and compare it with torch on ``x``
+    (the gate refuses one whose graph does not match); skipped, and says why, when the
+    check is off, the architecture does not export per run, or onnxruntime is missing."""
+    if not enabled or not arch_info(spec.arch).onnx_check or not len(x):
+        return {"skipped": "onnx_check is off for this project or architecture"}
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed (pip install 'flywheel-ml[onnx]')"}
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = export_onnx(model, spec, Path(tmp) / "bundle", sample=x[:256])
+    record: dict[str, Any] = manifest["parity"]
+    return record

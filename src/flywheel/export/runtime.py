@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.data.codecs import Codec, create_codec
+from flywheel.data.codecs import Codec
+from flywheel.data.modalities import create_codec
 from flywheel.errors import ModelError
+from flywheel.outputs import read_output, softmax
 
 __all__ = ["MANIFEST", "OnnxBundle"]
 
@@ -64,14 +66,8 @@ class OnnxBundle:
         """Stored-form inputs (image/WAV bytes, UTF-8 text, features JSON) → predictions."""
         x = self.codec.decode_batch(list(contents), self.spec["preprocessing"])
         out = self.run(x)
-        if not self.labels:
+        labels = self.labels
+        if not labels:
             return [{"value": float(v)} for v in out.reshape(-1)]
-        e = np.exp(out - out.max(axis=1, keepdims=True))
-        probs = e / e.sum(axis=1, keepdims=True)
-        return [
-            {
-                "label": self.labels[int(p.argmax())],
-                "probabilities": {lab: float(q) for lab, q in zip(self.labels, p, strict=True)},
-            }
-            for p in probs
-        ]
+        answers = [read_output(labels, p) for p in softmax(out)]
+        return [{"label": label, "probabilities": probs} for label, probs, _ in answers]

@@ -30,6 +30,7 @@ __all__ = [
     "FitPredict",
     "LabelIssues",
     "find_label_issues",
+    "flag_weights",
     "label_issue_weights",
     "out_of_fold_probabilities",
     "torch_fit_predict",
@@ -267,15 +268,31 @@ def label_issue_weights(
 ) -> np.ndarray:
     """Per-row training weights [n] (float32): 1, and for flagged rows 0 (``"exclude"``)
     or ``down_weight`` (``"down-weight"``)."""
+    _check_mode(mode, down_weight)
+    if n != issues.n_rows:
+        raise ValueError(f"the issues were found on {issues.n_rows} rows, not {n}")
+    flagged = np.zeros(n, dtype=bool)
+    flagged[issues.indices] = True
+    return flag_weights(flagged, mode=mode, down_weight=down_weight)
+
+
+def flag_weights(
+    flagged: np.ndarray, *, mode: str = "exclude", down_weight: float = 0.2
+) -> np.ndarray:
+    """Per-row training weights (float32) for a mask of flagged rows: 1, and for flagged
+    rows 0 (``"exclude"``) or ``down_weight`` (``"down-weight"``). Training weighs the
+    rows of a later dataset version by the input hashes an analysis flagged."""
+    _check_mode(mode, down_weight)
+    weights = np.ones(len(flagged), dtype=np.float32)
+    weights[np.asarray(flagged, dtype=bool)] = 0.0 if mode == "exclude" else down_weight
+    return weights
+
+
+def _check_mode(mode: str, down_weight: float) -> None:
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
     if not 0.0 <= down_weight <= 1.0:  # also refuses NaN
         raise ValueError(f"down_weight must be in [0, 1]; got {down_weight}")
-    if n != issues.n_rows:
-        raise ValueError(f"the issues were found on {issues.n_rows} rows, not {n}")
-    weights = np.ones(n, dtype=np.float32)
-    weights[issues.indices] = 0.0 if mode == "exclude" else down_weight
-    return weights
 
 
 def torch_fit_predict(spec: ModelSpec, config: TrainConfig) -> FitPredict:

@@ -27,7 +27,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["UserTrust", "Vote", "answer_weight", "estimate_trust"]
+__all__ = ["PRIOR", "PRIOR_TRUST", "UserTrust", "Vote", "answer_weight", "estimate_trust"]
+
+#: Beta(α, β) prior of every user's accuracy: a user nobody could check yet is trusted
+#: at its mean, ``PRIOR_TRUST`` = α / (α + β) = 2/3.
+PRIOR = (2.0, 1.0)
+PRIOR_TRUST = PRIOR[0] / (PRIOR[0] + PRIOR[1])
 
 _NO_GOLDEN: Mapping[str, str] = MappingProxyType({})
 _NO_MODEL: Mapping[str, tuple[str, float]] = MappingProxyType({})
@@ -99,7 +104,7 @@ def estimate_trust(
     golden: Mapping[str, str] = _NO_GOLDEN,
     model: Mapping[str, tuple[str, float]] = _NO_MODEL,
     labels: Sequence[str],
-    prior: tuple[float, float] = (2.0, 1.0),
+    prior: tuple[float, float] = PRIOR,
     model_confidence: float = 0.95,
     iterations: int = 20,
     label_pseudo_count: float = 2.0,

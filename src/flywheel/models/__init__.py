@@ -1,6 +1,7 @@
 """Models: architectures by name, rebuilt from a JSON ``ModelSpec``."""
 
-from flywheel.models import tabular, vision  # noqa: F401  (they register their architectures)
+# Each architecture module registers its architectures with the zoo on import.
+from flywheel.models import audio, tabular, text, vision  # noqa: F401
 from flywheel.models.spec import SPEC_FORMAT, ModelSpec
 from flywheel.models.tabular import MLPRegressor
 from flywheel.models.vision import CNN32, SeedCNN

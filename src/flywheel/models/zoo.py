@@ -44,8 +44,8 @@ class ArchInfo:
     onnx_check: bool = True
 
 
+#: filled by the architecture modules as ``flywheel.models`` imports them
 _ARCHS: dict[str, ArchInfo] = {}
-_OPTIONAL = {"lstm_audio": "flywheel.models.audio", "text_minilm": "flywheel.models.text"}
 
 
 def register_arch(info: ArchInfo) -> ArchInfo:
@@ -54,14 +54,10 @@ def register_arch(info: ArchInfo) -> ArchInfo:
 
 
 def known_archs() -> list[str]:
-    return sorted({*_ARCHS, *_OPTIONAL})
+    return sorted(_ARCHS)
 
 
 def arch_info(name: str) -> ArchInfo:
-    if name not in _ARCHS and name in _OPTIONAL:
-        import importlib
-
-        importlib.import_module(_OPTIONAL[name])  # registers itself
     if name not in _ARCHS:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(known_archs())}")
     return _ARCHS[name]

@@ -29,7 +29,7 @@ from flywheel.store.schema import (
     Example,
     Explanation,
     Feedback,
-    Job,
+    JSON_SUMMARIES,
     ModelVersion,
     Prediction,
     PrivacyCharge,
@@ -216,15 +216,6 @@ def redact(
         items = [redact(v, contains, exact) for v in value]
         return [v for v, _ in items], any(c for _, c in items)
     return value, False
-
-
-#: JSON columns that summarise rows (top contributors, per-user caps, label issues,
-#: cleaning reports with file names, job results): they keep their numbers, lose ids
-JSON_SUMMARIES: tuple[tuple[Any, tuple[str, ...]], ...] = (
-    (DatasetVersion, ("stats",)),
-    (ModelVersion, ("metrics", "gate")),
-    (Job, ("params", "result")),
-)
 
 
 def _redact_json(s: Session, contains: set[str], exact: set[str]) -> None:

@@ -1,4 +1,6 @@
-"""End-user ids stored only as keyed hashes, with a key that can be rotated.
+"""End-user ids stored only as keyed hashes, with a key that can be rotated: the chain,
+its key file, and re-keying the store in the caller's transaction (opening and
+rotating the chain, which commit, are ``flywheel.privacy.identity``'s).
 
 A pseudonym is ``u_`` + 32 hex digits of HMAC-SHA256 under a chain of keys::
 
@@ -26,17 +28,16 @@ import hmac
 import json
 import os
 import re
-import secrets
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from flywheel.errors import ConfigError
+from flywheel.errors import ConfigError, InputError, NotFoundError
 from flywheel.store.schema import (
+    JSON_SUMMARIES,
     Example,
     Feedback,
     Prediction,
@@ -45,14 +46,45 @@ from flywheel.store.schema import (
     User,
 )
 
-__all__ = ["PSEUDONYM", "Pseudonymizer", "fingerprint", "rekey_users", "seed_user_key"]
+__all__ = [
+    "FINGERPRINT_KEY",
+    "PSEUDONYM",
+    "USER_ID",
+    "Pseudonymizer",
+    "check_user_id",
+    "find_user",
+    "fingerprint",
+    "hash_step",
+    "key_file_lock",
+    "read_keys",
+    "rekey_users",
+    "seed_user_key",
+    "stored_fingerprint",
+    "write_keys",
+]
 
 PSEUDONYM = re.compile(r"^u_[0-9a-f]{32}$")
 PSEUDONYM_ANYWHERE = re.compile(r"u_[0-9a-f]{32}")
-_META_KEY = "user_key_fingerprint"
+#: what a client may send as a user id
+USER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+#: the ``store_meta`` row holding the chain's fingerprint
+FINGERPRINT_KEY = "user_key_fingerprint"
 
 
-def _step(key: bytes, value: str) -> str:
+def check_user_id(user_id: str | None) -> str | None:
+    """A raw end-user id, checked (None when absent or empty)."""
+    if user_id is None or user_id == "":
+        return None
+    if not USER_ID.match(user_id):
+        raise InputError(
+            "user id must be 1-128 characters of letters, digits and . _ : @ -; "
+            f"got {user_id[:40]!r}{'...' if len(user_id) > 40 else ''}"
+        )
+    return user_id
+
+
+def hash_step(key: bytes, value: str) -> str:
+    """One link of the chain: ``u_`` + 32 hex digits of HMAC-SHA256(key, value)."""
     return "u_" + hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
@@ -64,7 +96,7 @@ def fingerprint(keys: list[bytes]) -> str:
     return h.hexdigest()
 
 
-def _read(path: Path) -> list[bytes]:
+def read_keys(path: Path) -> list[bytes]:
     try:
         doc = json.loads(path.read_text())
         keys = [bytes.fromhex(k) for k in doc["keys"]]
@@ -75,7 +107,7 @@ def _read(path: Path) -> list[bytes]:
     return keys
 
 
-def _write(path: Path, keys: list[bytes]) -> None:
+def write_keys(path: Path, keys: list[bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -87,7 +119,7 @@ def _write(path: Path, keys: list[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def key_file_lock(path: Path) -> Iterator[None]:
     """One process at a time creates or rotates the chain (server workers start together)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -98,9 +130,21 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _stored_fingerprint(s: Session) -> str | None:
-    row = s.get(StoreMeta, _META_KEY)
+def stored_fingerprint(s: Session) -> str | None:
+    """The fingerprint of the chain the store's user ids were hashed with (None: none yet)."""
+    row = s.get(StoreMeta, FINGERPRINT_KEY)
     return None if row is None else row.value
+
+
+def find_user(s: Session, user_id: str, chain: Callable[[str], str]) -> User:
+    """A user named by raw id (hashed with ``chain``) or by the pseudonym
+    `flywheel users` lists; ``NotFoundError`` when there is none."""
+    if PSEUDONYM.match(user_id) and (row := s.get(User, user_id)) is not None:
+        return row
+    row = s.get(User, chain(check_user_id(user_id) or ""))
+    if row is None:
+        raise NotFoundError("user", user_id)
+    return row
 
 
 def rekey_users(s: Session, mapping: Callable[[str], str]) -> int:
@@ -133,8 +177,6 @@ def rekey_users(s: Session, mapping: Callable[[str], str]) -> int:
     s.flush()
     # Summaries that name users (top contributors, per-user caps, who was left out of a
     # private run): the same ids, re-keyed, so a later forget finds them.
-    from flywheel.privacy.forget import JSON_SUMMARIES
-
     for table, cols in JSON_SUMMARIES:
         for row in s.scalars(select(table)):
             for col in cols:
@@ -178,99 +220,20 @@ class Pseudonymizer:
     def __call__(self, raw: str) -> str:
         out = raw
         for k in self.keys:
-            out = _step(k, out)
+            out = hash_step(k, out)
         return out
 
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.keys)
 
-    @classmethod
-    def open(
-        cls, path: Path, session: Callable[[], AbstractContextManager[Session]]
-    ) -> Pseudonymizer:
-        """The chain in ``path``, checked against the store (created if neither has one).
 
-        A store whose users predate keyed hashing (raw ids) is re-keyed here, once.
-        """
-        nxt = path.with_name(path.name + ".next")
-        with _locked(path), session() as s:
-            stored = _stored_fingerprint(s)
-            if nxt.exists():  # an interrupted rotation: the database says which chain won
-                if stored is not None and fingerprint(_read(nxt)) == stored:
-                    os.replace(nxt, path)
-                else:
-                    nxt.unlink()
-            if path.exists():
-                keys = _read(path)
-                if stored is None:
-                    # Users stored before keyed hashing: hash their raw ids now.
-                    p = cls(path, keys)
-                    rekey_users(s, lambda old: old if PSEUDONYM.match(old) else p(old))
-                    s.add(StoreMeta(key=_META_KEY, value=p.fingerprint))
-                    s.commit()
-                    return p
-                if fingerprint(keys) != stored:
-                    raise ConfigError(
-                        f"the user-id key file {str(path)!r} does not belong to this store "
-                        "(its fingerprint differs from the one the database recorded); "
-                        "restore the project's own key file"
-                    )
-                return cls(path, keys)
-            if stored is not None:
-                raise ConfigError(
-                    f"the user-id key file {str(path)!r} is missing, and the store's user ids "
-                    "were hashed with it; restore it from a backup (without it, returning "
-                    "users cannot be recognised)"
-                )
-            keys = [secrets.token_bytes(32)]
-            p = cls(path, keys)
-            _write(nxt, keys)
-            rekey_users(s, lambda old: old if PSEUDONYM.match(old) else p(old))
-            s.add(StoreMeta(key=_META_KEY, value=p.fingerprint))
-            s.commit()
-            os.replace(nxt, path)
-            return p
-
-    def rotate(
-        self, session: Callable[[], AbstractContextManager[Session]]
-    ) -> tuple[Pseudonymizer, int]:
-        """Append a fresh key and re-key every stored user; (the new chain, users)."""
-        new_key = secrets.token_bytes(32)
-        keys = [*self.keys, new_key]
-        nxt = self.path.with_name(self.path.name + ".next")
-        with _locked(self.path):
-            return self._rotate(session, keys, new_key, nxt)
-
-    def _rotate(
-        self,
-        session: Callable[[], AbstractContextManager[Session]],
-        keys: list[bytes],
-        new_key: bytes,
-        nxt: Path,
-    ) -> tuple[Pseudonymizer, int]:
-        _write(nxt, keys)
-        try:
-            with session() as s:
-                meta = s.get(StoreMeta, _META_KEY)
-                if meta is None or meta.value != self.fingerprint:
-                    raise ConfigError("the store's user-id key changed under this process")
-                n = rekey_users(s, lambda old: _step(new_key, old))
-                meta.value = fingerprint(keys)
-                s.commit()
-        except BaseException:
-            nxt.unlink(missing_ok=True)
-            raise
-        os.replace(nxt, self.path)
-        return Pseudonymizer(self.path, keys), n
-
-
-def seed_user_key(project: Any, key: bytes) -> None:
-    """Give a new project (no key yet, no users) a chosen key: reproducible demos and
-    benchmarks. A real project's key is random."""
-    path = project.settings.user_keys
+def seed_user_key(path: Path, key: bytes) -> None:
+    """Give a new project (no key yet, no users) a chosen key at ``path`` (its
+    ``Settings.user_keys``): reproducible demos and benchmarks. A real project's key is
+    random."""
     if path.exists():
         raise ConfigError(f"{str(path)!r} exists: this project has its key already")
     if len(key) < 16:
         raise ConfigError("a user-id key needs at least 16 bytes")
-    _write(path, [key])
+    write_keys(path, [key])

@@ -1,34 +1,37 @@
-"""Registry: model versions, aliases (production, candidate), artifacts."""
+"""Registry: model versions and their aliases (production, candidate), verified
+artifacts, the model held in memory and the backends that run it.
+
+The functions over the database are in ``flywheel.registry.repo`` (they take the
+caller's session); ``flywheel.registry.service`` opens the transactions and holds
+the one model cache.
+"""
 
 from flywheel.registry.artifacts import SPEC, WEIGHTS, load_artifact, save_artifact
-from flywheel.registry.registry import (
-    CANDIDATE,
-    PRODUCTION,
-    VersionInfo,
-    aliases_of,
-    clear_alias,
-    get_alias,
-    get_version,
-    list_versions,
-    promote,
-    rollback,
-    set_alias,
+from flywheel.registry.backends import (
+    BACKENDS,
+    Backend,
+    FakeBackend,
+    OnnxBackend,
+    TorchBackend,
+    load_backend,
 )
+from flywheel.registry.loaded import LoadedModel, load_model
+from flywheel.registry.versions import CANDIDATE, PRODUCTION, VersionInfo
 
 __all__ = [
+    "BACKENDS",
     "CANDIDATE",
     "PRODUCTION",
     "SPEC",
     "WEIGHTS",
+    "Backend",
+    "FakeBackend",
+    "LoadedModel",
+    "OnnxBackend",
+    "TorchBackend",
     "VersionInfo",
-    "aliases_of",
-    "clear_alias",
-    "get_alias",
-    "get_version",
-    "list_versions",
     "load_artifact",
-    "promote",
-    "rollback",
+    "load_backend",
+    "load_model",
     "save_artifact",
-    "set_alias",
 ]

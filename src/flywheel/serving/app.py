@@ -23,7 +23,7 @@ from flywheel.errors import (
 )
 from flywheel.project import Project
 from flywheel.serving import ui
-from flywheel.serving.backends import Backend
+from flywheel.registry import Backend
 from flywheel.serving.jobs import JobRunner
 from flywheel.serving.limits import BodySizeLimit
 from flywheel.serving.metrics import Metrics, MetricsMiddleware

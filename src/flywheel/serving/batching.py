@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.errors import ModelError
-from flywheel.serving.backends import Backend
+from flywheel.registry import Backend
 
 __all__ = ["BatchResult", "GroupCommit", "MicroBatcher"]
 

@@ -52,6 +52,16 @@ class JobRunner:
         self.futures[job_id] = self._pool.submit(self.project.run_job, job_id, work)
         return job_id
 
+    def forget(self, user_id: str) -> dict[str, Any]:
+        """Forget a user now (answered once the erasure is committed; the served model
+        already swapped off a withdrawn version) and, when production used their rows,
+        retrain without them as a job (``retrain_job``; None when not needed)."""
+        out = self.project.forget(user_id, retrain=False)
+        out["retrain_job"] = (
+            self.submit_forget_retrain(out["audit_id"]) if out["needs_retrain"] else None
+        )
+        return out
+
     def _logger(self, job_id: str) -> Callable[[EpochReport], None]:
         def log(r: EpochReport) -> None:
             self.project.job_log(

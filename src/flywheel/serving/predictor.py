@@ -12,28 +12,20 @@ log.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from flywheel.errors import FlywheelError, ModelError
-from flywheel.project import (
-    FeedbackIn,
-    FeedbackResult,
-    PredictionResult,
-    Project,
-)
-from flywheel.serving.backends import Backend, load_backend
+from flywheel.errors import FlywheelError
+from flywheel.feedback.records import FeedbackIn, FeedbackResult, PredictionResult, answer
+from flywheel.project import Project
+from flywheel.registry import Backend
+from flywheel.registry.cache import Served
 from flywheel.serving.batching import BatchResult, GroupCommit, MicroBatcher
 from flywheel.serving.metrics import Metrics
 from flywheel.serving.writer import PredictionWriter
-from flywheel.store.schema import utcnow
 
 __all__ = ["Predictor"]
 
@@ -47,9 +39,7 @@ class Predictor:
         st = project.settings
         self.project = project
         self.metrics = metrics
-        self._fixed = backend is not None  # a test's backend: never swapped
-        self._backend: Backend | None = backend
-        self._swap = threading.Lock()
+        self._fixed = backend  # a test's backend: never swapped
         self.writer = PredictionWriter(
             self._write,
             max_queue=st.log_queue_size,
@@ -69,6 +59,10 @@ class Predictor:
         )
         # Feedback about a prediction still in the writer's queue waits for its commit.
         project.prediction_log = self.writer
+        if backend is None:  # the project's one model cache, with the configured backend
+            project.cache.serve_with(
+                st.serving_backend, threads=st.serving_threads, on_swap=self._swapped
+            )
         metrics.queue_depth.labels("batch").set_function(self.batcher.depth)
         metrics.queue_depth.labels("log").set_function(self.writer.depth)
         metrics.queue_depth.labels("feedback").set_function(self.feedback_commit.depth)
@@ -77,34 +71,18 @@ class Predictor:
 
     @property
     def backend(self) -> Backend:
-        backend = self._backend or self.refresh()
-        if backend is None:
-            raise ModelError("no production model yet; train one with `flywheel train`")
-        return backend
+        return self._fixed or self.project.cache.current().backend
 
     def refresh(self) -> Backend | None:
         """Serve the production version; a new one is loaded before it is swapped in."""
-        if self._fixed:
-            return self._backend
-        with self._swap:
-            loaded = self.project.refresh_model()
-            if loaded is None:  # no production (none yet, or it was withdrawn): serve none
-                self._backend = None
-                return None
-            current = self._backend
-            if current is not None and current.version == loaded.version:
-                return current
-            info = self.project.version_info(loaded.version)
-            fresh = load_backend(
-                loaded,
-                self.project.settings.serving_backend,
-                artifact_dir=Path(info.artifact_dir),
-                threads=self.project.settings.serving_threads,
-            )
-            self._backend = fresh  # one reference assignment: the swap
-            self.metrics.production_version.set(fresh.version)
-            log.info("serving v%d on %s", fresh.version, fresh.name)
-            return fresh
+        if self._fixed is not None:
+            return self._fixed
+        served = self.project.cache.refresh()
+        return None if served is None else served.backend
+
+    def _swapped(self, served: Served) -> None:
+        self.metrics.production_version.set(served.version)
+        log.info("serving v%d on %s", served.version, served.backend.name)
 
     # -- predictions ----------------------------------------------------------------------
 
@@ -127,27 +105,15 @@ class Predictor:
         content, user_id, started = context
         latency_ms = (time.perf_counter() - started) * 1000.0
         backend = r.backend
-        pid = str(uuid.uuid4())
-        if not backend.labels:
-            result = PredictionResult(pid, backend.version, latency_ms, value=float(r.output))
-        else:
-            out: np.ndarray = r.output
-            probabilities = {lab: float(p) for lab, p in zip(backend.labels, out, strict=True)}
-            label = backend.labels[int(out.argmax())]
-            result = PredictionResult(pid, backend.version, latency_ms, label, probabilities)
-        self.writer.put(
-            {
-                "id": pid,
-                "model_version": backend.version,
-                "user_id": user_id,
-                "content": content,
-                "label": result.label,
-                "value": result.value,
-                "probabilities": result.probabilities or {},
-                "latency_ms": latency_ms,
-                "created_at": utcnow(),
-            }
+        result, row = answer(
+            backend.version,
+            backend.labels,
+            r.output,
+            content=content,
+            user_id=user_id,
+            latency_ms=latency_ms,
         )
+        self.writer.put(row)
         return result
 
     def _write(self, rows: Sequence[dict[str, Any]]) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from flywheel.errors import ConfigError
 
-__all__ = ["Database", "make_engine", "retry_locked"]
+__all__ = ["Database", "alembic_config", "make_engine", "retry_locked"]
 
 T = TypeVar("T")
 
@@ -80,7 +80,8 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _alembic_config() -> Config:
+def alembic_config() -> Config:
+    """Alembic's configuration for flywheel's migrations (the connection is set per use)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return cfg
@@ -96,7 +97,7 @@ class Database:
 
     def migrate(self) -> None:
         """Apply every pending migration (idempotent)."""
-        cfg = _alembic_config()
+        cfg = alembic_config()
         try:
             with self.engine.connect() as conn:
                 sqlite = conn.dialect.name == "sqlite"
@@ -124,7 +125,7 @@ class Database:
             raise ConfigError(f"cannot reach the database at {self.safe_url}: {exc.orig}") from exc
 
     def is_current(self) -> bool:
-        head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
         try:
             with self.engine.connect() as conn:
                 return MigrationContext.configure(conn).get_current_revision() == head

@@ -31,6 +31,7 @@ __all__ = [
     "Example",
     "Explanation",
     "Feedback",
+    "JSON_SUMMARIES",
     "Job",
     "ModelAlias",
     "ModelVersion",
@@ -343,4 +344,14 @@ Index(
     Explanation.model_version,
     Explanation.target,
     unique=True,
+)
+
+
+#: JSON columns that summarise rows (top contributors, per-user caps, label issues,
+#: cleaning reports with file names, job results): they may name users, so a forget
+#: redacts them and a key rotation re-keys them.
+JSON_SUMMARIES: tuple[tuple[Any, tuple[str, ...]], ...] = (
+    (DatasetVersion, ("stats",)),
+    (ModelVersion, ("metrics", "gate")),
+    (Job, ("params", "result")),
 )

@@ -1,4 +1,5 @@
-"""Training: the fit loop, its frozen config, checkpoints and augmentation."""
+"""Training: the fit loop, its frozen config, checkpoints, augmentation, DP-SGD and
+federated rounds, and the set-up of a run (config from settings, the model's spec)."""
 
 from flywheel.training.augment import audio_augment, image_augment, make_augment
 from flywheel.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -12,6 +13,7 @@ from flywheel.training.fit import (
     seed_everything,
     split_validation,
 )
+from flywheel.training.setup import model_spec, sampling_units, train_config
 
 __all__ = [
     "Checkpoint",
@@ -23,9 +25,12 @@ __all__ = [
     "image_augment",
     "load_checkpoint",
     "make_augment",
+    "model_spec",
     "predict_outputs",
     "predict_proba",
+    "sampling_units",
     "save_checkpoint",
     "seed_everything",
     "split_validation",
+    "train_config",
 ]

@@ -16,6 +16,7 @@ client, so the guarantee covers each user.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -30,7 +31,7 @@ from torch import nn
 
 from flywheel.data.datasets import Arrays
 from flywheel.errors import ConfigError, ModelError
-from flywheel.privacy.dp import ACCOUNTANT, PrivacyRecord, epsilon_for
+from flywheel.training.dp import ACCOUNTANT, PrivacyRecord, epsilon_for
 
 __all__ = ["FederatedResult", "assign_clients", "fit_federated"]
 
@@ -265,6 +266,4 @@ def fit_federated(
 
 
 def _clone(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model)

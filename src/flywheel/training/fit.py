@@ -17,7 +17,8 @@ from torch import nn
 
 from flywheel.data.datasets import Arrays
 from flywheel.errors import ModelError
-from flywheel.privacy.dp import PrivacyRecord, fit_private
+from flywheel.training.dp import PrivacyRecord, fit_private
+from flywheel.training.federated import assign_clients, fit_federated
 from flywheel.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "predict_outputs",
     "predict_proba",
     "seed_everything",
+    "split_units",
     "split_validation",
 ]
 
@@ -52,7 +54,7 @@ class TrainConfig:
     augment: bool = False
     image_size: int | None = None  # images: side to resize to (None: the architecture's)
     finetune_layers: int = 0  # text: top encoder layers trained with the head
-    # Differential privacy (user-level DP-SGD, see flywheel.privacy.dp): on when an ε
+    # Differential privacy (user-level DP-SGD, see flywheel.training.dp): on when an ε
     # target or an explicit noise multiplier is given.
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
@@ -133,7 +135,7 @@ def split_validation(data: Arrays, fraction: float, seed: int) -> tuple[Arrays, 
     return _take(data, tr), _take(data, va)
 
 
-def _split_units(units: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def split_units(units: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Rows of units whose number falls in the lowest ``fraction`` go to validation."""
     val = (np.asarray(units, dtype=np.int64) % 10_000) < round(fraction * 10_000)
     if val.all() or not val.any():  # too few units to split that way: one unit out
@@ -233,13 +235,13 @@ def fit(
 
     A private config (``dp_epsilon`` or ``dp_noise_multiplier``) trains with user-level
     DP-SGD instead (``users[i]``: the user of row ``i``; default one user per row),
-    runs every epoch and keeps the last (see ``flywheel.privacy.dp``).
+    runs every epoch and keeps the last (see ``flywheel.training.dp``).
     """
     gen = seed_everything(config.seed)
     if config.private and users is not None and not config.federated_clients:
         # Whole users on one side, chosen by their own number alone: removing a user
         # moves no one else's rows across the split (the user-level argument needs it).
-        tr_idx, va_idx = _split_units(users, config.val_fraction)
+        tr_idx, va_idx = split_units(users, config.val_fraction)
     else:
         tr_idx, va_idx = _split_indices(train, config.val_fraction, config.seed)
     train_part, val = _take(train, tr_idx), _take(train, va_idx)
@@ -448,8 +450,6 @@ def _fit_federated(
 ) -> FitResult:
     """FedAvg with Flower over clients that each hold whole users (``federated.py``);
     the global model after the last round is kept, scored on the validation rows."""
-    from flywheel.training.federated import assign_clients, fit_federated
-
     xv, yv = torch.from_numpy(val.x), torch.from_numpy(val.y)
     wv = None if val.weights is None else torch.from_numpy(np.asarray(val.weights, np.float32))
     history: list[EpochReport] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from flywheel.project import FeedbackIn
+from flywheel.feedback.records import FeedbackIn
 from flywheel.serving.deps import MetricsDep, PredictorDep, require
 from flywheel.serving.routers.predict import UserHeader
 from flywheel.serving.schemas import FeedbackCreate, FeedbackPublic

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from flywheel.registry import VersionInfo
-from flywheel.serving.deps import PredictorDep, ProjectDep, RunnerDep, require
+from flywheel.serving.deps import ProjectDep, RunnerDep, require
 from flywheel.serving.schemas import JobAccepted, ModelPublic, RetrainRequest, RollbackPublic
 
 __all__ = ["router"]
@@ -38,10 +38,10 @@ def list_models(project: ProjectDep) -> list[ModelPublic]:
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "Unknown model version."}},
 )
-def promote_model(project: ProjectDep, predictor: PredictorDep, version: int) -> ModelPublic:
-    info = project.promote(version, reason="promoted through the API")
-    predictor.refresh()  # this worker serves it from the next request on
-    return _public(info)
+def promote_model(project: ProjectDep, version: int) -> ModelPublic:
+    # This worker serves it from the next request on (other workers: within
+    # reload_interval_s).
+    return _public(project.promote(version, reason="promoted through the API"))
 
 
 @router.post(
@@ -50,9 +50,8 @@ def promote_model(project: ProjectDep, predictor: PredictorDep, version: int) ->
     dependencies=[Depends(require("admin"))],
     responses={409: {"description": "Nothing to roll back to."}},
 )
-def rollback_model(project: ProjectDep, predictor: PredictorDep) -> RollbackPublic:
+def rollback_model(project: ProjectDep) -> RollbackPublic:
     old, new = project.rollback(reason="rolled back through the API")
-    predictor.refresh()
     return RollbackPublic(from_version=old, to_version=new)
 
 

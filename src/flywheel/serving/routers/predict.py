@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 
 from flywheel.data import tabular_bytes
 from flywheel.errors import InputError
-from flywheel.project import PredictionResult
+from flywheel.feedback.records import PredictionResult
 from flywheel.serving.deps import MetricsDep, PredictorDep, require
 from flywheel.serving.metrics import Metrics
 from flywheel.serving.schemas import FeaturesInput, PredictionPublic, TextInput

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from flywheel.serving.deps import PredictorDep, ProjectDep, RunnerDep, require
+from flywheel.serving.deps import ProjectDep, RunnerDep, require
 
 __all__ = ["router"]
 
@@ -68,17 +68,10 @@ def privacy_ledger(project: ProjectDep) -> list[dict[str, Any]]:
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "Unknown user."}},
 )
-def forget_user(
-    project: ProjectDep, predictor: PredictorDep, runner: RunnerDep, user_id: str
-) -> dict[str, Any]:
+def forget_user(runner: RunnerDep, user_id: str) -> dict[str, Any]:
     """Forget a user (right to erasure). Answered once the erasure is committed: their
     predictions, feedback, examples, inputs and ledger rows are gone, every model version
-    trained on their rows is out of service. Retraining production without them runs as
-    a job (``retrain_job``; null when production did not use their rows)."""
-    out = project.forget(user_id, retrain=False)
-    predictor.refresh()  # this process stops serving a withdrawn version now (others: within
-    # reload_interval_s, as for any promotion)
-    out["retrain_job"] = (
-        runner.submit_forget_retrain(out["audit_id"]) if out["needs_retrain"] else None
-    )
-    return out
+    trained on their rows is out of service (in this process at once; in others within
+    ``reload_interval_s``, as for any promotion). Retraining production without them
+    runs as a job (``retrain_job``; null when production did not use their rows)."""
+    return runner.forget(user_id)

@@ -26,12 +26,13 @@ from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from flywheel.errors import AuthError, FlywheelError
+from flywheel.keys import SESSION_HOURS
 from flywheel.project import Project
-from flywheel.store import keys as key_rows
+from flywheel.serving.jobs import JobRunner
 
 __all__ = ["COOKIE", "router", "static_files"]
 
@@ -66,10 +67,7 @@ def _session(request: Request) -> dict[str, Any] | None:
         cached: dict[str, Any] | None = request.scope["flywheel_session"]
         return cached
     token = request.cookies.get(COOKIE)
-    sess = None
-    if token:
-        with _project(request).db.session() as s:
-            sess = key_rows.session_of(s, token)
+    sess = _project(request).ui_session(token) if token else None
     request.scope["flywheel_session"] = sess
     return sess
 
@@ -167,8 +165,7 @@ def login(
             status_code=303,
         )
     try:
-        with _project(request).db.session() as s:
-            token, _csrf, _scopes = key_rows.open_session(s, key.strip())
+        token, _csrf, _scopes = _project(request).open_ui_session(key.strip())
     except AuthError as exc:
         return RedirectResponse(
             f"/ui/login?next={quote(next)}&error={quote(str(exc))}", status_code=303
@@ -180,7 +177,7 @@ def login(
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
-        max_age=key_rows.SESSION_HOURS * 3600,
+        max_age=SESSION_HOURS * 3600,
         path="/",
     )
     return resp
@@ -191,8 +188,7 @@ def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
     sess = _session(request)
     token = request.cookies.get(COOKIE)
     if sess is not None and token and hmac.compare_digest(csrf, sess["csrf"]):
-        with _project(request).db.session() as s:
-            key_rows.end_session(s, token)
+        _project(request).end_ui_session(token)
     resp = RedirectResponse("/ui/login", status_code=303)
     resp.delete_cookie(COOKIE, path="/")
     return resp
@@ -277,13 +273,7 @@ def models_page(request: Request, msg: str = "") -> Response:
     if (refused := _gate(request)) is not None:
         return refused
     project = _project(request)
-    from flywheel.store.schema import DatasetVersion
-
-    with project.db.session() as s:
-        feedback_rows = {
-            dv_id: int(stats.get("n_feedback", 0))
-            for dv_id, stats in s.execute(select(DatasetVersion.id, DatasetVersion.stats))
-        }
+    feedback_rows = {d.version: d.n_feedback for d in project.datasets()}
     return _page(
         request,
         "models.html",
@@ -388,11 +378,9 @@ def user_action(
             project.release(user_id)
             return _back("/ui/users", f"{user_id} released")
         if action == "forget":
-            out = project.forget(user_id, retrain=False)
-            job = None
-            if out["needs_retrain"]:
-                job = request.app.state.runner.submit_forget_retrain(out["audit_id"])
-            request.app.state.predictor.refresh()
+            runner: JobRunner = request.app.state.runner
+            out = runner.forget(user_id)
+            job = out["retrain_job"]
             return _back(  # the message names no one: it ends up in access logs
                 "/ui/users",
                 f"forgot the user (audit #{out['audit_id']}); versions withdrawn: "
@@ -422,19 +410,10 @@ def _input_text(project: Project, prediction_id: str) -> str:
 
 
 def _stored_input(project: Project, prediction_id: str) -> tuple[bytes, str]:
-    from flywheel.errors import NotFoundError
-    from flywheel.store.schema import Prediction
-
-    with project.db.session() as s:
-        pred = s.get(Prediction, prediction_id)
-        if pred is None:
-            raise NotFoundError("prediction", prediction_id)
-        digest = pred.input_hash
-    content = project.blobs.get(digest)
+    """A logged prediction's input and the media type it is served as (never HTML)."""
+    content = project.stored_input(prediction_id)
     modality = project.task.modality
     if modality == "image":
-        from PIL import Image
-
         fmt = (Image.open(io.BytesIO(content)).format or "png").lower()
         media = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}.get(
             fmt, "application/octet-stream"

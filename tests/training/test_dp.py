@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from flywheel.errors import ModelError
-from flywheel.privacy.dp import epsilon_for, plan
+from flywheel.training.dp import epsilon_for, plan
 from flywheel.training import TrainConfig, fit
 from tests.training.test_fit import _accuracy, _arrays, _new_model
 
@@ -174,15 +174,15 @@ def test_the_noise_cannot_be_replayed_from_the_recorded_seed() -> None:
 
 
 def test_leaving_a_user_out_moves_no_one_else_across_the_split() -> None:
-    from flywheel.training.fit import _split_units
+    from flywheel.training.fit import split_units
 
     rng = np.random.default_rng(0)
     units = rng.integers(0, 2**40, size=60).repeat(3)  # 60 users, 3 rows each
-    _, val = _split_units(units, 0.15)
+    _, val = split_units(units, 0.15)
     val_users = set(units[val].tolist())
     for gone in units[::3][:10]:
         rest = units[units != gone]
-        _, v = _split_units(rest, 0.15)
+        _, v = split_units(rest, 0.15)
         assert set(rest[v].tolist()) == val_users - {int(gone)}
 
 

@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 
 from flywheel.store.schema import Job, utcnow
 
-__all__ = ["create_job", "fail_interrupted", "finish_job", "job_json", "start_job"]
+__all__ = [
+    "append_log",
+    "create_job",
+    "fail_interrupted",
+    "finish_job",
+    "job_json",
+    "list_jobs",
+    "start_job",
+]
 
 
 def create_job(s: Session, kind: str, params: dict[str, Any]) -> str:
@@ -51,3 +59,13 @@ def fail_interrupted(s: Session) -> int:
     for job in jobs:
         finish_job(s, job, error="interrupted: the server stopped before the job finished")
     return len(jobs)
+
+
+def append_log(job: Job, line: str) -> None:
+    """Add a progress line to a job (shown while it runs)."""
+    job.log = (job.log or "") + line.rstrip("\n") + "\n"
+
+
+def list_jobs(s: Session, limit: int) -> list[Job]:
+    """The newest jobs first."""
+    return list(s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)))

@@ -1,8 +1,8 @@
-"""Model versions, aliases and their history: register, promote, rollback."""
+"""Model versions, aliases and their history in the caller's transaction: register,
+promote, roll back, withdraw (functions that take a ``Session`` and never open one)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -10,54 +10,21 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flywheel.errors import NotFoundError, RegistryError
+from flywheel.registry.versions import CANDIDATE, PRODUCTION, VersionInfo
 from flywheel.store.schema import AliasEvent, ModelAlias, ModelVersion, utcnow
 
 __all__ = [
-    "CANDIDATE",
-    "PRODUCTION",
-    "VersionInfo",
     "aliases_of",
     "clear_alias",
+    "fallback",
     "get_alias",
     "get_version",
     "list_versions",
     "promote",
     "rollback",
     "set_alias",
+    "withdraw",
 ]
-
-PRODUCTION = "production"
-CANDIDATE = "candidate"
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    version: int
-    arch: str
-    aliases: list[str]
-    metrics: dict[str, Any]
-    created_at: datetime
-    parent: int | None
-    dataset_version: int
-    training_config: dict[str, Any]
-    gate: dict[str, Any] | None
-    artifact_dir: str
-    withdrawn: str | None = None  # why it is out of service (its weights are gone)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "arch": self.arch,
-            "aliases": self.aliases,
-            "metrics": self.metrics,
-            "created_at": self.created_at.isoformat(),
-            "parent": self.parent,
-            "dataset_version": self.dataset_version,
-            "training_config": self.training_config,
-            "gate": self.gate,
-            "withdrawn": self.withdrawn,
-        }
-
 
 def aliases_of(s: Session) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
@@ -178,3 +145,49 @@ def rollback(s: Session, reason: str = "rollback") -> tuple[int, int]:
             break
     set_alias(s, PRODUCTION, target, action="rollback", reason=reason)
     return current, target
+
+
+
+def fallback(s: Session, affected: set[int]) -> int | None:
+    """The newest version production held that is not ``affected`` (and has weights)."""
+    events = s.scalars(
+        select(AliasEvent).where(AliasEvent.name == PRODUCTION).order_by(AliasEvent.id.desc())
+    )
+    for ev in events:
+        for v in (ev.version, ev.previous_version):
+            if v is None or v in affected:
+                continue
+            mv = s.get(ModelVersion, v)
+            if mv is not None and mv.withdrawn_at is None:
+                return v
+    return None
+
+
+def withdraw(s: Session, versions: list[int], *, reason: str, at: datetime) -> dict[str, Any]:
+    """Take ``versions`` out of service: marked withdrawn, and no alias left on one.
+
+    Production falls back to the newest unaffected version it held (or is cleared);
+    the candidate alias moves to production's version (or is cleared). Returns the
+    aliases that moved: ``{alias: {"from": v, "to": v or None}}``.
+    """
+    for v in versions:
+        mv = s.get(ModelVersion, v)
+        if mv is None:
+            raise NotFoundError("model version", v)
+        mv.withdrawn_at, mv.withdrawn_reason = at, reason
+    affected = set(versions)
+    back = fallback(s, affected)
+    moved: dict[str, Any] = {}
+    for alias in (PRODUCTION, CANDIDATE):
+        held = get_alias(s, alias)
+        if held not in affected:
+            continue
+        target = back if alias == PRODUCTION else None
+        target = target or get_alias(s, PRODUCTION)
+        if target is not None and target not in affected:
+            set_alias(s, alias, target, action="withdraw", reason=reason)
+        else:
+            target = None
+            clear_alias(s, alias, reason=reason)
+        moved[alias] = {"from": held, "to": target}
+    return moved

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from flywheel.data.text import MINILM, load_tokenizer
 from flywheel.errors import ConfigError, InputError, ModelError
+from flywheel.registry.loaded import LoadedModel
 
 __all__ = ["Explanation", "explain", "overlay_png"]
 
@@ -58,8 +60,8 @@ def _captum() -> Any:
     return captum.attr
 
 
-def explain(loaded: Any, content: bytes, *, target: str | None = None) -> Explanation:
-    """Attributions of ``loaded`` (a ``LoadedModel``) for one stored-form input."""
+def explain(loaded: LoadedModel, content: bytes, *, target: str | None = None) -> Explanation:
+    """Attributions of ``loaded`` for one stored-form input."""
     attr = _captum()
     model = loaded.model
     model.eval()
@@ -99,9 +101,7 @@ def _index(labels: list[str], target: str) -> int:
     return labels.index(target)
 
 
-def _text(loaded: Any, x: torch.Tensor, k: int, attr: Any) -> Explanation:
-    from flywheel.data.text import MINILM, load_tokenizer
-
+def _text(loaded: LoadedModel, x: torch.Tensor, k: int, attr: Any) -> Explanation:
     tokenizer = load_tokenizer(str(loaded.spec.preprocessing.get("tokenizer", MINILM))).tokenizer
     ids, mask = x[0, 0], x[0, 1]
     n = int(mask.sum())

@@ -1,4 +1,4 @@
-"""What runs a model version behind the server: one interface, three backends.
+"""What runs a model version: one interface, three backends.
 
 - ``OnnxBackend`` (the default): the version's graph in ONNX Runtime. The graph is
   exported once per version into its registry folder (``serving.onnx``) and checked
@@ -18,14 +18,15 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from flywheel.errors import ConfigError
-
-if TYPE_CHECKING:
-    from flywheel.project import LoadedModel
+from flywheel.export.onnx import compare, write_graph
+from flywheel.models import arch_info
+from flywheel.outputs import softmax
+from flywheel.registry.loaded import LoadedModel
 
 __all__ = [
     "BACKENDS",
@@ -34,22 +35,12 @@ __all__ = [
     "OnnxBackend",
     "TorchBackend",
     "load_backend",
-    "softmax",
 ]
 
 log = logging.getLogger("flywheel.serving")
 
 BACKENDS = ("onnx", "torch")
-#: the serving graph must match torch this closely on a random batch
-PARITY_ATOL = 1e-4
 GRAPH_FILE = "serving.onnx"
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return out
-
 
 class Backend(Protocol):
     """A model version ready to serve: decode inputs, run batches."""
@@ -146,8 +137,6 @@ def _onnx_session(path: Path, threads: int) -> Any:
 
 def _export_once(loaded: LoadedModel, folder: Path) -> Path:
     """The version's serving graph, exported on first use (atomic: workers may race)."""
-    from flywheel.export.onnx import write_graph
-
     path = folder / GRAPH_FILE
     if not path.exists():
         tmp = folder / f".{GRAPH_FILE}.{os.getpid()}.{threading.get_ident()}"
@@ -167,8 +156,6 @@ def load_backend(
         raise ConfigError(f"serving_backend must be one of {', '.join(BACKENDS)}; got {kind!r}")
     if kind == "torch":
         return TorchBackend(loaded)
-    from flywheel.models import arch_info
-
     why = ""
     if not arch_info(loaded.spec.arch).onnx_check:
         why = f"architecture {loaded.spec.arch!r} does not export to ONNX"
@@ -184,12 +171,11 @@ def load_backend(
             )
             x = np.random.default_rng(0).normal(size=(4, *loaded.spec.input_shape))
             x = x.astype(np.float32)
-            want, got = loaded.outputs(x), backend.run(x)
-            diff = float(np.abs(want - got).max()) if got.size else 0.0
-            same = want.ndim == 1 or bool((want.argmax(1) == got.argmax(1)).all())
-            if diff <= PARITY_ATOL and same:
+            # The same tolerance as an exported bundle's parity check.
+            match = compare(loaded.outputs(x), backend.run(x))
+            if match["match"]:
                 return backend
-            why = f"its ONNX graph differs from torch (max |diff| {diff:.3g})"
+            why = f"its ONNX graph differs from torch (max |diff| {match['max_abs_diff']:.3g})"
         except Exception as exc:  # an export or runtime failure: torch still serves
             why = f"ONNX export or load failed: {exc}"
     log.warning("v%d is served by torch: %s", loaded.version, why)

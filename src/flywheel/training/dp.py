@@ -17,7 +17,7 @@ accountant's (ε, δ) — RDP of the sampled Gaussian mechanism, ``q``, ``σ`` a
 number of steps, converted at δ — is a guarantee about users. Rows with no user id
 (imported data) each count as a user of one row, so on such data this is exactly
 Opacus' record-level DP-SGD. Opacus alone accounts per row and per run (user-level
-privacy is its open request #366); the ledger (``ledger.py``) composes across runs.
+privacy is its open request #366); the ledger (``flywheel.privacy.ledger``) composes across runs.
 
 The noise and the Poisson draws come from a generator seeded from the operating
 system's randomness for each run and never recorded: with the run's recorded seed

@@ -1,0 +1,61 @@
+"""What every stage service shares: the settings, the task and its codec, the database,
+the blob folder, and the hook of a server that logs predictions in the background.
+
+One small object below the services, handed to each of them, so that none has to
+reach up to the façade (or to another service) for these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from flywheel.data import Codec, create_codec
+from flywheel.settings import Settings
+from flywheel.store import BlobStore, Database
+from flywheel.tasks import Task, get_task
+
+__all__ = ["Context", "PendingLog"]
+
+
+class PendingLog(Protocol):
+    """Predictions logged in the background: readers wait for what was queued."""
+
+    def wait_written(self, prediction_id: str, timeout: float = 30.0) -> bool:
+        """Wait until this prediction's row is committed (True at once if not pending)."""
+        ...
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every prediction queued so far is committed."""
+        ...
+
+
+@dataclass
+class Context:
+    settings: Settings
+    task: Task
+    codec: Codec
+    db: Database
+    blobs: BlobStore
+    #: set by a server that logs predictions in the background (None: every write is
+    #: committed before it returns)
+    pending: PendingLog | None = None
+
+    @classmethod
+    def open(cls, settings: Settings) -> Context:
+        """Open a project's store (migrated to the newest schema) and its blob folder."""
+        task = get_task(settings.task)
+        codec = create_codec(task.modality)
+        db = Database(settings.db_url)
+        db.migrate()
+        return cls(settings, task, codec, db, BlobStore(settings.blobs))
+
+    def settle(self) -> None:
+        """Readers of predictions see every one answered so far (the server's log queue)."""
+        if self.pending is not None:
+            self.pending.flush()
+
+    def wait_written(self, prediction_id: str) -> None:
+        """A prediction still in the server's log queue: wait for its commit."""
+        if self.pending is not None:
+            self.pending.wait_written(prediction_id)

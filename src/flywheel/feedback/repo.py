@@ -1,0 +1,215 @@
+"""The prediction log, feedback, users and the review queue in the caller's transaction.
+
+Functions take the caller's ``Session`` and never open one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, func, insert, select
+from sqlalchemy.orm import Session
+
+from flywheel.store import ensure_user
+from flywheel.store.schema import Example, Feedback, Prediction, ReviewItem, User
+
+__all__ = [
+    "answer_rows",
+    "answered_inputs",
+    "first_seen",
+    "golden_labels",
+    "insert_feedback",
+    "insert_predictions",
+    "known_inputs",
+    "model_votes",
+    "predictions_by_id",
+    "probes_used",
+    "queued",
+    "recent_unanswered",
+    "user_counts",
+    "vote_rows",
+]
+
+
+def insert_predictions(s: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Log predictions: their users first, then one multi-row INSERT (Core, not the ORM's
+    unit of work: the log's cost)."""
+    for user_id in sorted({r["user_id"] for r in rows if r["user_id"]}):
+        ensure_user(s, user_id)
+    s.execute(insert(Prediction), list(rows))
+
+
+def insert_feedback(s: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Store answers: their users first, then one multi-row INSERT."""
+    for user_id in sorted({r["user_id"] for r in rows if r["user_id"]}):
+        ensure_user(s, user_id)
+    if rows:
+        s.execute(insert(Feedback), list(rows))
+
+
+def predictions_by_id(s: Session, ids: Iterable[str]) -> dict[str, Row[Any]]:
+    """The rows an answer is checked against: label, value, probabilities, version."""
+    q = select(
+        Prediction.id,
+        Prediction.label,
+        Prediction.value,
+        Prediction.probabilities,
+        Prediction.model_version,
+    ).where(Prediction.id.in_(set(ids)))
+    return {row.id: row for row in s.execute(q)}
+
+
+def queued(s: Session, ids: Iterable[str]) -> set[str]:
+    """Of ``ids``, the predictions the review queue handed out."""
+    return set(
+        s.scalars(select(ReviewItem.prediction_id).where(ReviewItem.prediction_id.in_(set(ids))))
+    )
+
+
+def answer_rows(
+    s: Session, *, include_used: bool = False, until: datetime | None = None
+) -> list[Row[Any]]:
+    """Feedback with what it is about and who gave it, oldest first: (feedback, input
+    hash, predicted label, predicted value, trust, trust detail, quarantined at).
+
+    Without ``include_used`` only feedback not yet turned into an example; with
+    ``until`` only what was given by then.
+    """
+    used = select(Example.feedback_id).where(Example.feedback_id.is_not(None))
+    q = (
+        select(
+            Feedback,
+            Prediction.input_hash,
+            Prediction.label,
+            Prediction.value,
+            User.trust,
+            User.trust_detail,
+            User.quarantined_at,
+        )
+        .join(Prediction, Prediction.id == Feedback.prediction_id)
+        .outerjoin(User, User.id == Feedback.user_id)
+        .order_by(Feedback.created_at, Feedback.id)
+    )
+    if not include_used:
+        q = q.where(Feedback.id.not_in(used))
+    if until is not None:
+        q = q.where(Feedback.created_at <= until)
+    return list(s.execute(q).all())
+
+
+def first_seen(s: Session, users: set[str]) -> dict[str, datetime]:
+    """When each of ``users`` was first seen."""
+    return dict(s.execute(select(User.id, User.created_at).where(User.id.in_(users))).all())
+
+
+def vote_rows(s: Session) -> list[Row[Any]]:
+    """(user, input hash, label given, correct, predicted label) of every named answer."""
+    return list(
+        s.execute(
+            select(
+                Feedback.user_id,
+                Prediction.input_hash,
+                Feedback.label,
+                Feedback.correct,
+                Prediction.label,
+            )
+            .join(Prediction, Prediction.id == Feedback.prediction_id)
+            .where(Feedback.user_id.is_not(None))
+            # By content, then time: the trust estimate must not follow how concurrent
+            # answers interleaved (its sums would differ in their last bits).
+            .order_by(Prediction.input_hash, Feedback.user_id, Feedback.created_at, Feedback.id)
+        ).all()
+    )
+
+
+def golden_labels(s: Session, items: set[str]) -> dict[str, str]:
+    """Input hash → known label, for the golden probes among ``items``."""
+    return {
+        h: str(lab)
+        for h, lab in s.execute(
+            select(Prediction.input_hash, Example.label)
+            .join(ReviewItem, ReviewItem.prediction_id == Prediction.id)
+            .join(Example, Example.id == ReviewItem.golden_example_id)
+        )
+        if h in items
+    }
+
+
+def model_votes(s: Session, items: set[str]) -> dict[str, tuple[int, float, str]]:
+    """One model vote per input: (version, confidence, label) of the newest version's
+    prediction, its most confident one if that version answered the input more than
+    once. Confidence is rounded: a micro-batch changes its last bits, and trust must
+    not follow them."""
+    out: dict[str, tuple[int, float, str]] = {}
+    for h, version, lab, probs in s.execute(
+        select(
+            Prediction.input_hash,
+            Prediction.model_version,
+            Prediction.label,
+            Prediction.probabilities,
+        ).where(Prediction.input_hash.in_(items), Prediction.label.is_not(None))
+    ):
+        vote = (int(version), round(max(probs.values()), 4) if probs else 0.0, str(lab))
+        if h not in out or vote > out[h]:
+            out[h] = vote
+    return out
+
+
+def user_counts(s: Session) -> tuple[dict[str, int], dict[str, int]]:
+    """(answers per user, training rows per user that came from their feedback)."""
+    answers = dict(
+        s.execute(select(Feedback.user_id, func.count()).group_by(Feedback.user_id)).all()
+    )
+    rows_used = dict(
+        s.execute(
+            select(Example.user_id, func.count())
+            .where(Example.origin == "feedback")
+            .group_by(Example.user_id)
+        ).all()
+    )
+    return answers, rows_used
+
+
+def recent_unanswered(s: Session, window: int) -> list[Row[Any]]:
+    """(id, probabilities, input hash) of the newest ``window`` classified predictions
+    nobody answered yet."""
+    answered = select(Feedback.prediction_id)
+    return list(
+        s.execute(
+            select(Prediction.id, Prediction.probabilities, Prediction.input_hash)
+            .where(Prediction.label.is_not(None), Prediction.id.not_in(answered))
+            .order_by(Prediction.created_at.desc())
+            .limit(window)
+        ).all()
+    )
+
+
+def known_inputs(s: Session, hashes: set[str]) -> set[str]:
+    """Of ``hashes``, the inputs whose label is known already: an example, or answered."""
+    return set(
+        s.scalars(select(Example.input_hash).where(Example.input_hash.in_(hashes)))
+    ) | answered_inputs(s, hashes)
+
+
+def answered_inputs(s: Session, hashes: set[str]) -> set[str]:
+    return set(
+        s.scalars(
+            select(Prediction.input_hash)
+            .join(Feedback, Feedback.prediction_id == Prediction.id)
+            .where(Prediction.input_hash.in_(hashes))
+        )
+    )
+
+
+def probes_used(s: Session) -> int:
+    """How many golden probes the review queue made so far."""
+    return int(
+        s.scalar(
+            select(func.count())
+            .select_from(ReviewItem)
+            .where(ReviewItem.golden_example_id.is_not(None))
+        )
+        or 0
+    )

@@ -1,0 +1,215 @@
+"""Feedback's service: storing answers (committed before they are acknowledged), reading
+them back weighted by trust, and curating them into a new dataset version."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from flywheel.context import Context
+from flywheel.data import HOLDOUT, TRAIN, DatasetInfo
+from flywheel.data import repo as data_repo
+from flywheel.errors import FlywheelError, InputError, ProjectError
+from flywheel.feedback import repo
+from flywheel.feedback.curation import Answer, curate
+from flywheel.feedback.records import FeedbackIn, FeedbackResult, check_feedback, contribution
+from flywheel.feedback.trust import PRIOR_TRUST, UserTrust, answer_weight
+from flywheel.privacy.identity import IdentityService
+from flywheel.store import retry_locked
+from flywheel.store.schema import Example, utcnow
+
+__all__ = ["FeedbackService"]
+
+
+class FeedbackService:
+    def __init__(self, ctx: Context, identity: IdentityService) -> None:
+        self.ctx = ctx
+        self.identity = identity
+
+    def record_many(self, items: Sequence[FeedbackIn]) -> list[FeedbackResult | FlywheelError]:
+        """Store many answers in one transaction (the server's group commit).
+
+        Each answer is checked on its own: a bad one gets its error and adds nothing,
+        the others are committed together, and none is reported stored before that
+        commit.
+        """
+        out: list[FeedbackResult | FlywheelError | None] = [None] * len(items)
+        checked: list[tuple[int, FeedbackIn]] = []
+        for i, it in enumerate(items):
+            try:
+                user_id = self.identity.pseudonym(it.user_id)
+                if it.label is None and it.correct is None and it.value is None:
+                    raise InputError("feedback needs a 'label', a 'value' or 'correct'")
+                checked.append((i, replace(it, user_id=user_id)))
+            except FlywheelError as exc:
+                out[i] = exc
+        # A prediction may still be in the server's log queue: wait for its commit.
+        for _, it in checked:
+            self.ctx.wait_written(it.prediction_id)
+
+        def write() -> dict[int, FeedbackResult | FlywheelError]:
+            done: dict[int, FeedbackResult | FlywheelError] = {}
+            ids = {it.prediction_id for _, it in checked}
+            with self.ctx.db.session() as s:
+                # One query per kind for the whole batch, one multi-row INSERT.
+                preds = repo.predictions_by_id(s, ids)
+                queued = repo.queued(s, ids)
+                rows: list[dict[str, Any]] = []
+                for i, it in checked:
+                    try:
+                        result = check_feedback(preds.get(it.prediction_id), it)
+                    except FlywheelError as exc:
+                        done[i] = exc
+                        continue
+                    done[i] = result
+                    rows.append(
+                        {
+                            "id": result.feedback_id,
+                            "prediction_id": it.prediction_id,
+                            "user_id": it.user_id,
+                            "label": it.label,
+                            "value": it.value,
+                            "correct": result.agreed,
+                            "via_queue": it.prediction_id in queued,
+                            "created_at": utcnow(),
+                        }
+                    )
+                repo.insert_feedback(s, rows)
+            return done
+
+        if checked:
+            for i, result in retry_locked(write).items():
+                out[i] = result
+        return [r for r in out if r is not None]
+
+    def answers(
+        self, *, naive: bool = False, include_used: bool = False, until: datetime | None = None
+    ) -> tuple[list[Answer], int]:
+        """Usable answers from feedback not yet turned into an example, weighted by trust
+        (``include_used``: every answer; ``until``: only those given by then).
+
+        Returns the answers and how many were held back because their user is quarantined.
+        """
+        with self.ctx.db.session() as s:
+            rows = repo.answer_rows(s, include_used=include_used, until=until)
+        return self._weigh(rows, naive)
+
+    def _weigh(self, rows: Sequence[Any], naive: bool) -> tuple[list[Answer], int]:
+        regression = self.ctx.task.is_regression
+        out: list[Answer] = []
+        held_back = 0
+        for fb, input_hash, predicted, predicted_value, trust, detail, quarantined in rows:
+            if not self.ctx.blobs.exists(input_hash):  # its input expired (retention)
+                continue
+            if quarantined is not None and not naive:
+                held_back += 1
+                continue
+            if regression:
+                value = (
+                    fb.value if fb.value is not None else (predicted_value if fb.correct else None)
+                )
+                weight = 1.0 if naive else PRIOR_TRUST if trust is None else float(trust)
+                if value is not None:
+                    out.append(
+                        Answer(
+                            fb.id, input_hash, None, fb.user_id, fb.created_at, float(value), weight
+                        )
+                    )
+                continue
+            label = fb.label if fb.label is not None else (predicted if fb.correct else None)
+            if label is None:
+                continue
+            if naive:
+                weight = 1.0
+            else:
+                # How far this user's word is to be trusted *for this label*: a targeted
+                # liar is right most of the time, but not when saying it.
+                known = None if trust is None else _stored_trust(float(trust), detail)
+                weight = float(answer_weight(known, label, PRIOR_TRUST))
+            out.append(Answer(fb.id, input_hash, label, fb.user_id, fb.created_at, weight=weight))
+        return out, held_back
+
+    def curate(self, *, naive: bool) -> tuple[DatasetInfo | None, dict[str, Any]]:
+        """Make a new dataset version from the feedback not yet used; None when there is
+        none. Quarantined users' answers are held back (and counted); conflicting
+        answers are settled by a trust-weighted vote; unless ``naive``, no user gives
+        more than ``max_user_share`` of the new rows; each row carries its user's trust
+        as its training weight. One transaction."""
+        regression = self.ctx.task.is_regression
+        with self.ctx.db.session() as s:
+            dv = data_repo.latest(s)
+            if dv is None:
+                raise ProjectError(
+                    "the project has no dataset version", path=self.ctx.settings.project_dir
+                )
+            labels = list(dv.stats["labels"])
+            answers, held_back = self._weigh(repo.answer_rows(s), naive)
+            answers = [a for a in answers if regression or a.label in labels]
+            holdout = {h for h, _, _ in data_repo.rows(s, dv.id, HOLDOUT)}
+            known = {h for h, _, _ in data_repo.rows(s, dv.id, TRAIN)}
+            cap = None if naive else self.ctx.settings.max_user_share
+            c = curate(answers, holdout, known, max_user_share=cap)
+            summary: dict[str, Any] = {
+                "answers": c.answers,
+                "rows": len(c.rows),
+                "dropped_holdout": c.dropped_holdout,
+                "dropped_known": c.dropped_known,
+                "merged_duplicates": c.merged_duplicates,
+                "quarantined": held_back,
+                "capped": c.capped,
+            }
+            if not c.rows:
+                return None, summary
+            users = [r.user_id for r in c.rows]
+            who = contribution(
+                users,
+                repo.first_seen(s, {u for u in users if u is not None}),
+                dv.created_at,
+                first_feedback=int(dv.stats.get("n_feedback", 0)) == 0,
+            )
+            new = [
+                Example(
+                    input_hash=r.input_hash,
+                    label=r.label,
+                    value=r.value,
+                    split=TRAIN,
+                    origin="feedback",
+                    feedback_id=r.feedback_id,
+                    user_id=r.user_id,
+                    weight=r.weight,
+                )
+                for r in c.rows
+            ]
+            s.add_all(new)
+            s.flush()
+            nv = data_repo.new_version(
+                s,
+                data_repo.examples(s, dv.id) + new,
+                task=self.ctx.task.name,
+                parent=dv.id,
+                source="feedback",
+                preprocessing=dict(dv.preprocessing),
+                labels=labels,
+                extra={"curation": summary, "contribution": who},
+            )
+            return data_repo.info(nv, self.ctx.task.name), summary
+
+
+def _stored_trust(trust: float, detail: dict[str, Any] | None) -> UserTrust:
+    """A user's stored trust (the column, six places) with the per-label trust of its
+    detail, as ``answer_weight`` reads it."""
+    label_trust = dict((detail or {}).get("label_trust", {}))
+    return UserTrust(
+        user_id="",
+        trust=trust,
+        votes=0,
+        golden_seen=0,
+        golden_correct=0,
+        agreed_with_others=0,
+        compared_with_others=0,
+        agreed_with_model=0,
+        compared_with_model=0,
+        label_trust=label_trust,
+    )

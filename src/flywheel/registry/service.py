@@ -1,0 +1,193 @@
+"""The registry's service: model versions and aliases, one transaction per method, and
+the one model cache that every promotion and rollback swaps at once."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from torch import nn
+
+from flywheel.context import Context
+from flywheel.errors import NotFoundError
+from flywheel.models import ModelSpec
+from flywheel.privacy import ledger
+from flywheel.registry import repo
+from flywheel.registry.artifacts import save_artifact
+from flywheel.registry.cache import ModelCache
+from flywheel.registry.loaded import LoadedModel
+from flywheel.registry.versions import CANDIDATE, PRODUCTION, VersionInfo
+from flywheel.store.schema import DatasetVersion, ModelVersion, utcnow
+
+__all__ = ["Champion", "Charge", "Registered", "RegistryService"]
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The production version a challenger is gated against."""
+
+    version: int
+    training_config: dict[str, Any]
+
+    @property
+    def private(self) -> bool:
+        """Trained with DP-SGD (an ε target or an explicit noise multiplier)."""
+        config = self.training_config
+        return bool(config.get("dp_epsilon")) or config.get("dp_noise_multiplier") is not None
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What a private run spends: its ε and δ, for every user with rows in it."""
+
+    users: Sequence[str | None]
+    epsilon: float
+    delta: float
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A trained version on record: served from now on, or (``withdrawn``) recorded only,
+    because a forget erased rows it trained on while it trained."""
+
+    info: VersionInfo
+    withdrawn: bool = False
+
+
+class RegistryService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.cache = ModelCache(ctx)
+
+    def models(self) -> list[VersionInfo]:
+        with self.ctx.db.session() as s:
+            return repo.list_versions(s)
+
+    def version(self, version: int) -> VersionInfo:
+        with self.ctx.db.session() as s:
+            return repo.get_version(s, version)
+
+    def production(self) -> int | None:
+        with self.ctx.db.session() as s:
+            return repo.get_alias(s, PRODUCTION)
+
+    def champion(self) -> Champion | None:
+        """The production version and its training config (None: no production yet)."""
+        with self.ctx.db.session() as s:
+            version = repo.get_alias(s, PRODUCTION)
+            row = None if version is None else s.get(ModelVersion, version)
+            if version is None or row is None:
+                return None
+            return Champion(version, dict(row.training_config))
+
+    def load(self, version: int) -> LoadedModel:
+        """A version loaded from its artifact (not the cached production)."""
+        return self.cache.load(version)
+
+    def promote(self, version: int, reason: str) -> VersionInfo:
+        """Point production at ``version``; the cache serves it at once."""
+        with self.ctx.db.session() as s:
+            repo.promote(s, version, reason)
+            info = repo.get_version(s, version)
+        self.cache.refresh()
+        return info
+
+    def rollback(self, reason: str) -> tuple[int, int]:
+        """Production back to the version it held before; the cache serves it at once."""
+        with self.ctx.db.session() as s:
+            moved = repo.rollback(s, reason)
+        self.cache.refresh()
+        return moved
+
+    def register(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        *,
+        config: dict[str, Any],
+        dataset_version: int,
+        erased_at_start: dict[str, Any] | None,
+        parent: int | None,
+        warm_started: bool,
+        metrics: dict[str, Any],
+        gate: dict[str, Any],
+        promote: str | None,
+        reason: str,
+        charge: Charge | None = None,
+    ) -> Registered:
+        """Record a trained version, save its weights, make it the candidate and, with
+        ``promote`` (the reason), production — in one transaction.
+
+        A forget that erased rows of ``dataset_version`` while the run trained (its
+        ``erased`` mark moved since ``erased_at_start``), or withdrew the version it
+        warm-started from, makes this a withdrawn record: kept for the audit trail,
+        without the summaries that could name the user, never served. ``charge``
+        (private runs) bills every user with rows in the run on the privacy ledger, in
+        the same transaction.
+        """
+        with self.ctx.db.session() as s:
+            mv = ModelVersion(
+                arch=spec.arch,
+                parent_version=parent,
+                dataset_version_id=dataset_version,
+                training_config=config,
+                spec=spec.to_json(),
+                metrics=metrics,
+                gate=gate,
+                artifact_dir="",
+                weights_sha256="",
+            )
+            s.add(mv)
+            s.flush()
+            erased_now = s.scalar(
+                select(DatasetVersion.erased).where(DatasetVersion.id == dataset_version)
+            )
+            parent_row = None if parent is None else s.get(ModelVersion, parent)
+            from_withdrawn = (
+                parent_row is not None and parent_row.withdrawn_at is not None and warm_started
+            )
+            if erased_now != erased_at_start or from_withdrawn:
+                mv.withdrawn_at = utcnow()
+                mv.withdrawn_reason = "trained on rows erased (forget) while it trained"
+                mv.gate = {"promote": False, "promoted": False, "reason": mv.withdrawn_reason}
+                mv.metrics = {k: v for k, v in metrics.items() if k not in ("privacy",)}
+                s.commit()
+                return Registered(repo.get_version(s, mv.version), withdrawn=True)
+            folder = self.ctx.settings.models_dir / f"v{mv.version}"
+            try:
+                mv.weights_sha256 = save_artifact(model, spec, folder)
+                mv.artifact_dir = str(folder)
+                s.flush()
+                if charge is not None:
+                    metrics["privacy"]["users_charged"] = ledger.charge(
+                        s, mv.version, list(charge.users), charge.epsilon, charge.delta
+                    )
+                    mv.metrics = dict(metrics)
+                repo.set_alias(s, CANDIDATE, mv.version, action="set", reason=reason)
+                if promote is not None:
+                    repo.promote(s, mv.version, promote)
+                s.commit()
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            info = repo.get_version(s, mv.version)
+        if promote is not None:
+            self.cache.refresh_if_held()
+        return Registered(info)
+
+    def add_metrics(self, version: int, metrics: dict[str, Any]) -> None:
+        """Keep more measurements of a version (an export's parity record) beside it."""
+        with self.ctx.db.session() as s:
+            mv = s.get(ModelVersion, version)
+            if mv is None:
+                raise NotFoundError("model version", version)
+            mv.metrics = {**mv.metrics, **metrics}
+
+    def delete_weights(self, versions: Sequence[int]) -> None:
+        """Remove the artifact folders of ``versions`` (withdrawn: never served again)."""
+        for v in versions:
+            shutil.rmtree(self.ctx.settings.models_dir / f"v{v}", ignore_errors=True)
+
