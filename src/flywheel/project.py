@@ -132,16 +132,22 @@ class Project:
     ) -> TrainResult:
         """Train a challenger on the newest dataset version, gate it, promote if it passes."""
         config = config or self.train_config()
-        return training.train(self.services, config, on_epoch=on_epoch, reason=reason, resume=resume)
+        return training.train(
+            self.services, config, on_epoch=on_epoch, reason=reason, resume=resume
+        )
 
     def has_interrupted_run(self) -> bool:
         return training.has_interrupted_run(self.services)
 
-    def evaluate(self, version: int | None = None, *, source: Source | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, version: int | None = None, *, source: Source | None = None
+    ) -> dict[str, Any]:
         """Score a version (default: production) on the held-out split, or on ``source``."""
         return evaluation.evaluate(self.services, version, source=source)
 
-    def find_label_issues(self, *, folds: int = 5, config: TrainConfig | None = None) -> dict[str, Any]:
+    def find_label_issues(
+        self, *, folds: int = 5, config: TrainConfig | None = None
+    ) -> dict[str, Any]:
         """Likely mislabelled training rows of the newest dataset version (confident learning)."""
         return evaluation.label_issues(self.services, config or self.train_config(), folds=folds)
 
@@ -149,11 +155,15 @@ class Project:
         """A new dataset version from the feedback not yet used (None when there is none)."""
         return retraining.curate(self.services)
 
-    def retrain(self, config: TrainConfig | None = None, *, on_epoch: ProgressFn | None = None) -> RetrainResult:
+    def retrain(
+        self, config: TrainConfig | None = None, *, on_epoch: ProgressFn | None = None
+    ) -> RetrainResult:
         """One turn of the loop: curate → train (warm start) → evaluate → gate → promote."""
         return retraining.retrain(self.services, config or self.train_config(), on_epoch=on_epoch)
 
-    def export(self, version: int, out_dir: str | Path, *, quantize: str | None = None) -> dict[str, Any]:
+    def export(
+        self, version: int, out_dir: str | Path, *, quantize: str | None = None
+    ) -> dict[str, Any]:
         """Write an ONNX bundle of ``version`` (runs with ONNX Runtime alone) and check it."""
         return self.services.export.export(version, out_dir, quantize=quantize)
 
@@ -197,12 +207,16 @@ class Project:
         user_id: str | None = None,
     ) -> FeedbackResult:
         """Store a user's answer; returns only after the row is committed."""
-        (out,) = self.record_feedback_many([FeedbackIn(prediction_id, label, correct, value, user_id)])
+        (out,) = self.record_feedback_many(
+            [FeedbackIn(prediction_id, label, correct, value, user_id)]
+        )
         if isinstance(out, FlywheelError):
             raise out
         return out
 
-    def record_feedback_many(self, items: Sequence[FeedbackIn]) -> list[FeedbackResult | FlywheelError]:
+    def record_feedback_many(
+        self, items: Sequence[FeedbackIn]
+    ) -> list[FeedbackResult | FlywheelError]:
         """Store many answers in one transaction; each bad one gets its error."""
         return self.services.feedback.record_many(items)
 
@@ -258,11 +272,15 @@ class Project:
 
     # -- privacy and user rights ----------------------------------------------------------
 
-    def forget(self, user_id: str, *, retrain: bool = True, on_epoch: ProgressFn | None = None) -> dict[str, Any]:
+    def forget(
+        self, user_id: str, *, retrain: bool = True, on_epoch: ProgressFn | None = None
+    ) -> dict[str, Any]:
         """Erase a user (right to erasure) and every model trained on their rows."""
         return forgetting.forget(self.services, user_id, retrain=retrain, on_epoch=on_epoch)
 
-    def retrain_after_forget(self, audit_id: int, *, on_epoch: ProgressFn | None = None) -> dict[str, Any]:
+    def retrain_after_forget(
+        self, audit_id: int, *, on_epoch: ProgressFn | None = None
+    ) -> dict[str, Any]:
         return forgetting.retrain_after_forget(self.services, audit_id, on_epoch=on_epoch)
 
     def privacy_ledger(self, user_id: str | None = None) -> list[dict[str, Any]]:

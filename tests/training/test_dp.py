@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from flywheel.errors import ModelError
-from flywheel.training.dp import epsilon_for, plan
 from flywheel.training import TrainConfig, fit
+from flywheel.training.dp import epsilon_for, plan
 from tests.training.test_fit import _accuracy, _arrays, _new_model
 
 pytest.importorskip("opacus")

@@ -36,6 +36,7 @@ from flywheel.data.images import (
     encode_png,
     probe_image,
 )
+from flywheel.data.modalities import SourceOptions, create_codec, resolve_source
 from flywheel.data.sources import (
     AUDIO_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -50,7 +51,6 @@ from flywheel.data.sources import (
     digits_arrays,
     read_csv,
 )
-from flywheel.data.modalities import SourceOptions, create_codec, resolve_source
 
 __all__ = [
     "AUDIO_SUFFIXES",

@@ -31,7 +31,7 @@ __all__ = [
     "weighted_rows",
 ]
 
-Q = TypeVar("Q", bound=Select[Any])
+Q = TypeVar("Q", bound=Select)
 
 
 def in_version(q: Q, version: int) -> Q:

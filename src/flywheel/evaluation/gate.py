@@ -318,9 +318,7 @@ def judge(
     """
     regression = not labels
     gate = decide_regression if regression else decide
-    decision = gate(
-        challenger, champion, margin=policy.margin, champion_version=champion_version
-    )
+    decision = gate(challenger, champion, margin=policy.margin, champion_version=champion_version)
     if champion is not None and not regression and policy.class_margin is not None:
         passed, why, detail = class_check(
             y, challenger, champion, list(labels), class_margin=policy.class_margin
@@ -359,8 +357,7 @@ def judge(
             # The first feedback has no earlier users to compare with.
             passed=bool(contribution.get("first_feedback")) or share <= limit,
             refuse=policy.refuse_on_contribution,
-            reason=f"{share:.0%} of the new rows come from first-time users "
-            f"(limit {limit:.0%})",
+            reason=f"{share:.0%} of the new rows come from first-time users (limit {limit:.0%})",
             **contribution,
         )
     if parity.get("passed") is False:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from flywheel.store.schema import Feedback, Prediction, ReviewItem
@@ -29,7 +29,7 @@ def calls_per_version(s: Session) -> dict[int, int]:
     )
 
 
-def calls_per_label(s: Session) -> dict[str, int]:
+def calls_per_label(s: Session) -> dict[str | None, int]:
     return dict(
         s.execute(
             select(Prediction.label, func.count())
@@ -50,7 +50,7 @@ def call_times(s: Session, since: datetime) -> list[datetime]:
     )
 
 
-def feedback_counts(s: Session) -> list[Row[Any]]:
+def feedback_counts(s: Session) -> list[Any]:
     """(model version, correct, answers) of the feedback on each version's predictions."""
     return list(
         s.execute(
@@ -61,7 +61,7 @@ def feedback_counts(s: Session) -> list[Row[Any]]:
     )
 
 
-def value_pairs(s: Session) -> list[Row[Any]]:
+def value_pairs(s: Session) -> list[Any]:
     """(model version, predicted value, true value) of answered regression predictions."""
     return list(
         s.execute(

@@ -219,9 +219,7 @@ def export_onnx(
     return manifest
 
 
-def _check_export(
-    quantize: str | None, sample: np.ndarray, calibration: np.ndarray | None
-) -> None:
+def _check_export(quantize: str | None, sample: np.ndarray, calibration: np.ndarray | None) -> None:
     check_quantize(quantize)
     if quantize == "int8-static" and (calibration is None or not len(calibration)):
         raise ModelError(

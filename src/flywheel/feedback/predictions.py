@@ -65,7 +65,11 @@ class PredictionLog:
         out = backend.run(backend.decode(content)[None])[0]
         latency_ms = (time.perf_counter() - started) * 1000.0
         result, row = answer(
-            backend.version, backend.labels, out, content=content, user_id=pseudonym,
+            backend.version,
+            backend.labels,
+            out,
+            content=content,
+            user_id=pseudonym,
             latency_ms=latency_ms,
         )
         self.log([row])

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from flywheel.store import ensure_user
@@ -49,7 +49,7 @@ def insert_feedback(s: Session, rows: Sequence[dict[str, Any]]) -> None:
         s.execute(insert(Feedback), list(rows))
 
 
-def predictions_by_id(s: Session, ids: Iterable[str]) -> dict[str, Row[Any]]:
+def predictions_by_id(s: Session, ids: Iterable[str]) -> dict[str, Any]:
     """The rows an answer is checked against: label, value, probabilities, version."""
     q = select(
         Prediction.id,
@@ -70,7 +70,7 @@ def queued(s: Session, ids: Iterable[str]) -> set[str]:
 
 def answer_rows(
     s: Session, *, include_used: bool = False, until: datetime | None = None
-) -> list[Row[Any]]:
+) -> list[Any]:
     """Feedback with what it is about and who gave it, oldest first: (feedback, input
     hash, predicted label, predicted value, trust, trust detail, quarantined at).
 
@@ -104,7 +104,7 @@ def first_seen(s: Session, users: set[str]) -> dict[str, datetime]:
     return dict(s.execute(select(User.id, User.created_at).where(User.id.in_(users))).all())
 
 
-def vote_rows(s: Session) -> list[Row[Any]]:
+def vote_rows(s: Session) -> list[Any]:
     """(user, input hash, label given, correct, predicted label) of every named answer."""
     return list(
         s.execute(
@@ -157,7 +157,7 @@ def model_votes(s: Session, items: set[str]) -> dict[str, tuple[int, float, str]
     return out
 
 
-def user_counts(s: Session) -> tuple[dict[str, int], dict[str, int]]:
+def user_counts(s: Session) -> tuple[dict[str | None, int], dict[str | None, int]]:
     """(answers per user, training rows per user that came from their feedback)."""
     answers = dict(
         s.execute(select(Feedback.user_id, func.count()).group_by(Feedback.user_id)).all()
@@ -172,7 +172,7 @@ def user_counts(s: Session) -> tuple[dict[str, int], dict[str, int]]:
     return answers, rows_used
 
 
-def recent_unanswered(s: Session, window: int) -> list[Row[Any]]:
+def recent_unanswered(s: Session, window: int) -> list[Any]:
     """(id, probabilities, input hash) of the newest ``window`` classified predictions
     nobody answered yet."""
     answered = select(Feedback.prediction_id)

@@ -28,6 +28,7 @@ __all__ = [
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
+
 def create_key(s: Session, scopes: list[str], name: str = "") -> tuple[str, dict[str, Any]]:
     bad = [sc for sc in scopes if sc not in SCOPES]
     if not scopes or bad:
@@ -44,6 +45,7 @@ def create_key(s: Session, scopes: list[str], name: str = "") -> tuple[str, dict
     s.flush()
     return key, {"id": row.id, "name": row.name, "prefix": prefix, "scopes": sorted(set(scopes))}
 
+
 def list_keys(s: Session) -> list[dict[str, Any]]:
     return [
         {
@@ -57,9 +59,11 @@ def list_keys(s: Session) -> list[dict[str, Any]]:
         for k in s.scalars(select(ApiKey).order_by(ApiKey.id))
     ]
 
+
 def has_keys(s: Session) -> bool:
     n = s.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None)))
     return bool(n)
+
 
 def authenticate(s: Session, key: str, scope: str | None) -> None:
     """Raise ``AuthError`` unless ``key`` is live and holds ``scope`` (admin holds all).
@@ -75,6 +79,7 @@ def authenticate(s: Session, key: str, scope: str | None) -> None:
             f"this key lacks the {scope!r} scope (it has: {', '.join(sorted(held))})",
             missing_scope=scope,
         )
+
 
 def open_session(s: Session, key: str) -> tuple[str, str, list[str]]:
     """Sign in with an API key: (cookie token, CSRF token, the key's scopes)."""
@@ -93,6 +98,7 @@ def open_session(s: Session, key: str) -> tuple[str, str, list[str]]:
     )
     return token, csrf, row.scopes.split(",")
 
+
 def session_of(s: Session, token: str) -> dict[str, Any] | None:
     """The live session of a cookie token: its key's name and scopes, and its CSRF token;
     None when unknown, expired, or its key was revoked since."""
@@ -103,6 +109,7 @@ def session_of(s: Session, token: str) -> dict[str, Any] | None:
     if key is None or key.revoked_at is not None:
         return None
     return {"key": key.name, "scopes": key.scopes.split(","), "csrf": sess.csrf}
+
 
 def end_session(s: Session, token: str) -> None:
     s.execute(delete(UiSession).where(UiSession.token_hash == _hash(token)))

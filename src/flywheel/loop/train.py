@@ -112,7 +112,12 @@ def train(
         lambda: None if champion is None else sv.registry.load(champion.version),
         warm=may_warm,
     )
-    if config.warm_start and not may_warm and champion_model is not None and champion_model.spec == spec:
+    if (
+        config.warm_start
+        and not may_warm
+        and champion_model is not None
+        and champion_model.spec == spec
+    ):
         privacy["cold_start"] = "production was trained without DP"
     parent = None if champion is None else champion.version
     checkpoint_dir = ctx.settings.project_dir / CHECKPOINT

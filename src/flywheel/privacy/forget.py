@@ -23,13 +23,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from flywheel.store.schema import (
+    JSON_SUMMARIES,
     AuditRecord,
     DatasetVersion,
     DatasetVersionExample,
     Example,
     Explanation,
     Feedback,
-    JSON_SUMMARIES,
     ModelVersion,
     Prediction,
     PrivacyCharge,

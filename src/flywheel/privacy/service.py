@@ -143,7 +143,9 @@ class PrivacyService:
                 **rec.detail,
             }
 
-    def add_to_audit(self, audit_id: int, update: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def add_to_audit(
+        self, audit_id: int, update: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
         """Replace an audit record's detail with ``update(detail)``, in one transaction
         (``update`` may read the store through the detail it is given)."""
         with self.ctx.db.session() as s:

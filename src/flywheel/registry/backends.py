@@ -42,6 +42,7 @@ log = logging.getLogger("flywheel.serving")
 BACKENDS = ("onnx", "torch")
 GRAPH_FILE = "serving.onnx"
 
+
 class Backend(Protocol):
     """A model version ready to serve: decode inputs, run batches."""
 

@@ -26,6 +26,7 @@ __all__ = [
     "withdraw",
 ]
 
+
 def aliases_of(s: Session) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for a in s.scalars(select(ModelAlias).order_by(ModelAlias.name)):
@@ -145,7 +146,6 @@ def rollback(s: Session, reason: str = "rollback") -> tuple[int, int]:
             break
     set_alias(s, PRODUCTION, target, action="rollback", reason=reason)
     return current, target
-
 
 
 def fallback(s: Session, affected: set[int]) -> int | None:

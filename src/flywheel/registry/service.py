@@ -190,4 +190,3 @@ class RegistryService:
         """Remove the artifact folders of ``versions`` (withdrawn: never served again)."""
         for v in versions:
             shutil.rmtree(self.ctx.settings.models_dir / f"v{v}", ignore_errors=True)
-

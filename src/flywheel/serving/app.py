@@ -22,8 +22,8 @@ from flywheel.errors import (
     RegistryError,
 )
 from flywheel.project import Project
-from flywheel.serving import ui
 from flywheel.registry import Backend
+from flywheel.serving import ui
 from flywheel.serving.jobs import JobRunner
 from flywheel.serving.limits import BodySizeLimit
 from flywheel.serving.metrics import Metrics, MetricsMiddleware

@@ -22,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "JSON_SUMMARIES",
     "AliasEvent",
     "ApiKey",
     "AuditRecord",
@@ -31,7 +32,6 @@ __all__ = [
     "Example",
     "Explanation",
     "Feedback",
-    "JSON_SUMMARIES",
     "Job",
     "ModelAlias",
     "ModelVersion",

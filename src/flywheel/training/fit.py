@@ -17,9 +17,9 @@ from torch import nn
 
 from flywheel.data.datasets import Arrays
 from flywheel.errors import ModelError
+from flywheel.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from flywheel.training.dp import PrivacyRecord, fit_private
 from flywheel.training.federated import assign_clients, fit_federated
-from flywheel.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = [
     "EpochReport",
