@@ -44,34 +44,3 @@ def test_errors_share_one_root() -> None:
         obj = getattr(flywheel, name)
         if isinstance(obj, type) and name.endswith("Error"):
             assert issubclass(obj, flywheel.FlywheelError)
-
-
-def test_lower_layers_do_not_import_upper_ones() -> None:
-    """Data flows one way: serving → project → registry/store; training never imports serving."""
-    import ast
-    from pathlib import Path
-
-    root = Path(flywheel.__file__).parent
-    forbidden = {
-        "data": ("flywheel.serving", "flywheel.project", "flywheel.training", "flywheel.registry"),
-        "models": ("flywheel.serving", "flywheel.project", "flywheel.training"),
-        "training": ("flywheel.serving", "flywheel.project", "flywheel.registry"),
-        "evaluation": ("flywheel.serving", "flywheel.project"),
-        "registry": ("flywheel.serving", "flywheel.project"),
-        "store": ("flywheel.serving", "flywheel.project", "flywheel.registry"),
-        "feedback": ("flywheel.serving", "flywheel.project"),
-    }
-    bad = []
-    for pkg, banned in forbidden.items():
-        for path in (root / pkg).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom) and node.module:
-                    names = [node.module]
-                elif isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                else:
-                    continue
-                bad += [
-                    f"{path.relative_to(root)} imports {n}" for n in names if n.startswith(banned)
-                ]
-    assert bad == []

@@ -22,7 +22,7 @@ import numpy as np
 
 from flywheel.data import HOLDOUT, TRAIN, ListSource, RawExample, digits_arrays, encode_png
 from flywheel.errors import FlywheelError
-from flywheel.privacy.pseudonym import seed_user_key
+from flywheel.privacy.keychain import seed_user_key
 from flywheel.project import Project
 from flywheel.serving import BackgroundServer
 
@@ -120,18 +120,7 @@ def run_demo(
     root = Path(project_dir) if project_dir else Path(tempfile.mkdtemp(prefix="flywheel-demo-"))
     if project_dir is None:
         root = root / "project"
-
-    base = [RawExample(encode_png(images[i]), str(labels[i]), split=HOLDOUT) for i in holdout]
-    base += [RawExample(encode_png(images[i]), str(labels[i]), split=TRAIN) for i in labelled]
-    project = Project.init(
-        root,
-        ListSource("digits (demo: held-out split + labelled slice)", base),
-        settings={"epochs": cfg.epochs, "seed": cfg.seed, "image_size": 8},
-    )
-    # The simulated users' pseudonyms come from a key fixed by the seed, so that a
-    # rerun files them in the same order (a real project's key is random).
-    key = hashlib.sha256(f"flywheel-demo-{cfg.seed}".encode()).digest()
-    seed_user_key(project.settings.user_keys, key)
+    project = _make_project(root, images, labels, holdout, labelled, cfg)
     emit(
         "init",
         {
@@ -163,8 +152,7 @@ def run_demo(
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(pool)
     per_cycle = cfg.requests_per_cycle or len(order) // max(cfg.cycles, 1)
-    user_ids = [f"user-{i:02d}" for i in range(cfg.users)]
-
+    users = _Users([f"user-{i:02d}" for i in range(cfg.users)], images, labels)
     with BackgroundServer(project) as server:
         headers = {"Authorization": f"Bearer {admin_key}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=60) as client:
@@ -172,47 +160,81 @@ def run_demo(
                 batch = order[(cycle - 1) * per_cycle : cycle * per_cycle]
                 who = rng.integers(0, cfg.users, size=len(batch))
                 answers = rng.random(len(batch)) < cfg.feedback_share
-
-                def ask(
-                    j: int,
-                    batch: np.ndarray = batch,
-                    who: np.ndarray = who,
-                    answers: np.ndarray = answers,
-                ) -> bool:
-                    i = int(batch[j])
-                    user = {"X-User-Id": user_ids[int(who[j])]}
-                    files = {"file": (f"digit-{i}.png", encode_png(images[i]), "image/png")}
-                    pred = client.post("/v1/predict", files=files, headers=user)
-                    pred.raise_for_status()
-                    if not answers[j]:
-                        return False
-                    body = {"prediction_id": pred.json()["prediction_id"], "label": str(labels[i])}
-                    client.post("/v1/feedback", json=body, headers=user).raise_for_status()
-                    return True
-
                 with ThreadPoolExecutor(cfg.concurrency) as pool_exec:
-                    sent = sum(pool_exec.map(ask, range(len(batch))))
+                    asks = (
+                        (client, int(i), int(u), bool(a))
+                        for i, u, a in zip(batch, who, answers, strict=True)
+                    )
+                    sent = sum(pool_exec.map(lambda args: users.ask(*args), asks))
                 emit("traffic", {"cycle": cycle, "predictions": len(batch), "feedback": sent})
-                job_id = client.post("/v1/retrain", json={}).raise_for_status().json()["job_id"]
-                job = _wait_for_job(client, job_id)
-                if job["status"] != "succeeded":
-                    raise FlywheelError(f"retrain job {job_id} failed: {job['error']}")
-                r = job["result"]
-                if r["skipped"]:
-                    raise FlywheelError(f"retrain of cycle {cycle} was skipped: {r['reason']}")
-                report = CycleReport(
-                    cycle,
-                    len(batch),
-                    sent,
-                    r["feedback_used"],
-                    r["dataset_version"],
-                    r["accuracy"],
-                    r["champion_accuracy"],
-                    r["promoted"],
-                    r["model_version"],
-                    r["reason"],
-                )
+                report = _retrain(client, cycle, len(batch), sent)
                 result.cycles.append(report)
                 emit("cycle", asdict(report))
     project.close()
     return result
+
+
+def _make_project(
+    root: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    holdout: np.ndarray,
+    labelled: np.ndarray,
+    cfg: DemoConfig,
+) -> Project:
+    """The demo's project: the held-out split and the small labelled slice."""
+    base = [RawExample(encode_png(images[i]), str(labels[i]), split=HOLDOUT) for i in holdout]
+    base += [RawExample(encode_png(images[i]), str(labels[i]), split=TRAIN) for i in labelled]
+    project = Project.init(
+        root,
+        ListSource("digits (demo: held-out split + labelled slice)", base),
+        settings={"epochs": cfg.epochs, "seed": cfg.seed, "image_size": 8},
+    )
+    # The simulated users' pseudonyms come from a key fixed by the seed, so that a
+    # rerun files them in the same order (a real project's key is random).
+    key = hashlib.sha256(f"flywheel-demo-{cfg.seed}".encode()).digest()
+    seed_user_key(project.settings.user_keys, key)
+    return project
+
+
+@dataclass(frozen=True)
+class _Users:
+    """The simulated users: each asks about a digit and, when it answers, says its label."""
+
+    ids: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+
+    def ask(self, client: httpx.Client, i: int, who: int, answers: bool) -> bool:
+        user = {"X-User-Id": self.ids[who]}
+        files = {"file": (f"digit-{i}.png", encode_png(self.images[i]), "image/png")}
+        pred = client.post("/v1/predict", files=files, headers=user)
+        pred.raise_for_status()
+        if not answers:
+            return False
+        body = {"prediction_id": pred.json()["prediction_id"], "label": str(self.labels[i])}
+        client.post("/v1/feedback", json=body, headers=user).raise_for_status()
+        return True
+
+
+def _retrain(client: httpx.Client, cycle: int, predictions: int, sent: int) -> CycleReport:
+    """A retrain through the API, awaited; its outcome as a cycle of the table."""
+    job_id = client.post("/v1/retrain", json={}).raise_for_status().json()["job_id"]
+    job = _wait_for_job(client, job_id)
+    if job["status"] != "succeeded":
+        raise FlywheelError(f"retrain job {job_id} failed: {job['error']}")
+    r = job["result"]
+    if r["skipped"]:
+        raise FlywheelError(f"retrain of cycle {cycle} was skipped: {r['reason']}")
+    return CycleReport(
+        cycle,
+        predictions,
+        sent,
+        r["feedback_used"],
+        r["dataset_version"],
+        r["accuracy"],
+        r["champion_accuracy"],
+        r["promoted"],
+        r["model_version"],
+        r["reason"],
+    )

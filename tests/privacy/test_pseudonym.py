@@ -12,13 +12,8 @@ from sqlalchemy import select
 
 from flywheel import Project
 from flywheel.errors import ConfigError
-from flywheel.privacy.pseudonym import (
-    PSEUDONYM,
-    Pseudonymizer,
-    fingerprint,
-    hash_step,
-    rekey_users,
-)
+from flywheel.privacy.keychain import PSEUDONYM, Pseudonymizer, fingerprint, hash_step
+from flywheel.privacy.pseudonym import rekey_users
 from flywheel.store.schema import Feedback, Prediction, StoreMeta, User
 from tests.factories import digit_png
 

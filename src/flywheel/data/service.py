@@ -29,7 +29,7 @@ from flywheel.errors import DataError, NotFoundError, ProjectError
 from flywheel.models import ModelSpec
 from flywheel.privacy.door import Door
 from flywheel.privacy.identity import IdentityService
-from flywheel.privacy.pseudonym import check_user_id
+from flywheel.privacy.keychain import check_user_id
 from flywheel.store import ensure_user
 from flywheel.store.schema import DatasetVersion, Example
 

@@ -153,90 +153,154 @@ def estimate_trust(
     if not label_pseudo_count > 0:
         raise ValueError(f"label_pseudo_count must be > 0, got {label_pseudo_count}")
     label_list = list(dict.fromkeys(labels))
-    n_labels = len(label_list)
-    if n_labels < 2:
+    if len(label_list) < 2:
         raise ValueError("trust needs at least two labels")
     column = {label: k for k, label in enumerate(label_list)}
-
-    def _label_index(label: str, where: str) -> int:
-        if label not in column:
-            raise ValueError(f"{where} has label {label!r}, which is not one of {label_list}")
-        return column[label]
-
     latest: dict[tuple[str, str], str] = {}
     for v in answers:
-        _label_index(v.label, f"vote by {v.user_id!r} on {v.item!r}")
+        _column(column, v.label, f"vote by {v.user_id!r} on {v.item!r}")
         latest[(v.user_id, v.item)] = v.label
     users = sorted({u for u, _ in latest})
-    items = sorted({i for _, i in latest})
     user_index = {u: n for n, u in enumerate(users)}
-    item_index = {i: n for n, i in enumerate(items)}
+    item_index = {i: n for n, i in enumerate(sorted({i for _, i in latest}))}
     pairs = sorted(latest)
-    vote_user = np.array([user_index[u] for u, _ in pairs], dtype=np.int64)
-    vote_item = np.array([item_index[i] for _, i in pairs], dtype=np.int64)
-    vote_label = np.array([column[latest[p]] for p in pairs], dtype=np.int64)
-    votes_per_user = np.bincount(vote_user, minlength=len(users)).astype(np.float64)
-
-    truth = {i: _label_index(g, f"golden item {i!r}") for i, g in golden.items() if i in item_index}
+    votes = _Votes(
+        user=np.array([user_index[u] for u, _ in pairs], dtype=np.int64),
+        item=np.array([item_index[i] for _, i in pairs], dtype=np.int64),
+        label=np.array([column[latest[p]] for p in pairs], dtype=np.int64),
+        n_users=len(users),
+        n_labels=len(label_list),
+    )
+    truth = {
+        i: _column(column, g, f"golden item {i!r}") for i, g in golden.items() if i in item_index
+    }
     confident = {
-        i: (_label_index(m, f"model prediction for {i!r}"), min(float(c), _MAX_MODEL_ACCURACY))
+        i: (_column(column, m, f"model prediction for {i!r}"), min(float(c), _MAX_MODEL_ACCURACY))
         for i, (m, c) in model.items()
         if i in item_index and c >= model_confidence
     }
+    posteriors = _Posteriors.of(votes, item_index, truth, confident)
+    accuracy = _one_coin(votes, posteriors, alpha, beta, iterations)
+    precision, used = _label_precision(votes, posteriors, accuracy, label_pseudo_count)
+    label_trust = {
+        u: {label: float(precision[n, k]) for k, label in enumerate(label_list) if used[n, k] > 0}
+        for n, u in enumerate(users)
+    }
+    counts = _counts(latest, users, golden, {i: model[i][0] for i in confident})
+    return {
+        u: _user_trust(u, float(accuracy[user_index[u]]), counts[u], label_trust[u]) for u in users
+    }
 
-    # The model's evidence never changes: add it once.
-    base = np.zeros((len(items), n_labels))
-    for i, (k, c) in confident.items():
-        base[item_index[i], :] += np.log((1.0 - c) / (n_labels - 1))
-        base[item_index[i], k] += np.log(c) - np.log((1.0 - c) / (n_labels - 1))
-    golden_rows = np.array([item_index[i] for i in truth], dtype=np.int64)
-    golden_cols = np.array(list(truth.values()), dtype=np.int64)
 
-    def _posteriors(vote_accuracy: np.ndarray) -> np.ndarray:
-        """E-step: each item's posterior over labels, given each vote's accuracy."""
+@dataclass(frozen=True)
+class _Votes:
+    """Each (user, item) pair's latest vote, as indices: its user, item and label."""
+
+    user: np.ndarray
+    item: np.ndarray
+    label: np.ndarray
+    n_users: int
+    n_labels: int
+
+
+def _column(column: dict[str, int], label: str, where: str) -> int:
+    if label not in column:
+        raise ValueError(f"{where} has label {label!r}, which is not one of {list(column)}")
+    return column[label]
+
+
+class _Posteriors:
+    """E-step: each item's posterior over labels, given each vote's accuracy (golden
+    items clamped to their known label; the model's evidence in ``base``)."""
+
+    @classmethod
+    def of(
+        cls,
+        votes: _Votes,
+        item_index: dict[str, int],
+        truth: dict[str, int],
+        confident: dict[str, tuple[int, float]],
+    ) -> _Posteriors:
+        n_labels = votes.n_labels
+        # The model's evidence never changes: add it once.
+        base = np.zeros((len(item_index), n_labels))
+        for i, (k, c) in confident.items():
+            base[item_index[i], :] += np.log((1.0 - c) / (n_labels - 1))
+            base[item_index[i], k] += np.log(c) - np.log((1.0 - c) / (n_labels - 1))
+        rows = np.array([item_index[i] for i in truth], dtype=np.int64)
+        return cls(votes, base, rows, np.array(list(truth.values()), dtype=np.int64))
+
+    def __init__(
+        self, votes: _Votes, base: np.ndarray, golden_rows: np.ndarray, golden_cols: np.ndarray
+    ) -> None:
+        self.votes = votes
+        self.base = base
+        self.golden_rows = golden_rows
+        self.golden_cols = golden_cols
+
+    def __call__(self, vote_accuracy: np.ndarray) -> np.ndarray:
+        v = self.votes
         right = np.log(vote_accuracy)
-        wrong = np.log((1.0 - vote_accuracy) / (n_labels - 1))
-        log_post = base.copy()
-        np.add.at(log_post, vote_item, wrong[:, None])
-        np.add.at(log_post, (vote_item, vote_label), right - wrong)
+        wrong = np.log((1.0 - vote_accuracy) / (v.n_labels - 1))
+        log_post = self.base.copy()
+        np.add.at(log_post, v.item, wrong[:, None])
+        np.add.at(log_post, (v.item, v.label), right - wrong)
         log_post -= log_post.max(axis=1, keepdims=True)
         post = np.exp(log_post)
         post /= post.sum(axis=1, keepdims=True)
-        post[golden_rows] = 0.0
-        post[golden_rows, golden_cols] = 1.0
+        post[self.golden_rows] = 0.0
+        post[self.golden_rows, self.golden_cols] = 1.0
         return post
 
-    accuracy = np.full(len(users), alpha / (alpha + beta))
+
+def _one_coin(
+    votes: _Votes, posteriors: _Posteriors, alpha: float, beta: float, iterations: int
+) -> np.ndarray:
+    """Each user's one accuracy: EM from the prior mean until no accuracy moves."""
+    votes_per_user = np.bincount(votes.user, minlength=votes.n_users).astype(np.float64)
+    accuracy = np.full(votes.n_users, alpha / (alpha + beta))
     for _ in range(iterations):
-        post = _posteriors(accuracy[vote_user])
+        post = posteriors(accuracy[votes.user])
         # M-step: expected share of correct votes, Beta-smoothed.
-        correct = np.bincount(vote_user, weights=post[vote_item, vote_label], minlength=len(users))
+        correct = np.bincount(
+            votes.user, weights=post[votes.item, votes.label], minlength=votes.n_users
+        )
         updated = (correct + alpha) / (votes_per_user + alpha + beta)
         moved = float(np.max(np.abs(updated - accuracy), initial=0.0))
         accuracy = updated
         if moved < _TOLERANCE:
             break
+    return accuracy
 
-    # Per-label trust: the expected precision of each (user, label) from the
-    # posteriors of the settled accuracies, shrunk toward the user's trust;
-    # then _LABEL_ROUNDS more rounds whose posteriors weigh each vote by the
-    # precision of its (user, label) instead of the user's one accuracy.
-    cell = vote_user * n_labels + vote_label
-    size = len(users) * n_labels
-    used = np.bincount(cell, minlength=size).reshape(len(users), n_labels)
-    vote_accuracy = accuracy[vote_user]
+
+def _label_precision(
+    votes: _Votes, posteriors: _Posteriors, accuracy: np.ndarray, pseudo_count: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(precision [users, labels], votes per cell): the expected precision of each (user,
+    label) from the posteriors of the settled accuracies, shrunk toward the user's
+    trust; then _LABEL_ROUNDS more rounds whose posteriors weigh each vote by the
+    precision of its (user, label) instead of the user's one accuracy."""
+    cell = votes.user * votes.n_labels + votes.label
+    size = votes.n_users * votes.n_labels
+    used = np.bincount(cell, minlength=size).reshape(votes.n_users, votes.n_labels)
+    vote_accuracy = accuracy[votes.user]
     for _ in range(1 + _LABEL_ROUNDS):
-        post = _posteriors(vote_accuracy)
-        right_k = np.bincount(cell, weights=post[vote_item, vote_label], minlength=size)
-        right_k = right_k.reshape(len(users), n_labels)
-        precision = (right_k + label_pseudo_count * accuracy[:, None]) / (used + label_pseudo_count)
-        vote_accuracy = precision[vote_user, vote_label]
-    label_trust = {
-        u: {label: float(precision[n, k]) for k, label in enumerate(label_list) if used[n, k] > 0}
-        for n, u in enumerate(users)
-    }
+        post = posteriors(vote_accuracy)
+        right_k = np.bincount(cell, weights=post[votes.item, votes.label], minlength=size)
+        right_k = right_k.reshape(votes.n_users, votes.n_labels)
+        precision = (right_k + pseudo_count * accuracy[:, None]) / (used + pseudo_count)
+        vote_accuracy = precision[votes.user, votes.label]
+    return precision, used
 
-    # The counts that explain the score.
+
+def _counts(
+    latest: dict[tuple[str, str], str],
+    users: list[str],
+    golden: Mapping[str, str],
+    confident: dict[str, str],
+) -> dict[str, list[int]]:
+    """The counts that explain each user's score: votes, golden seen/right, pairs with
+    other users' votes (agreeing/compared), confident model predictions (agreeing/seen)."""
     by_item: dict[str, dict[str, str]] = defaultdict(dict)
     for (u, i), label in latest.items():
         by_item[i][u] = label
@@ -251,11 +315,9 @@ def estimate_trust(
         tally[3] += sum(other == label for other in others)
         tally[4] += len(others)
         if i in confident:
-            tally[5] += label == model[i][0]
+            tally[5] += label == confident[i]
             tally[6] += 1
-    return {
-        u: _user_trust(u, float(accuracy[user_index[u]]), counts[u], label_trust[u]) for u in users
-    }
+    return counts
 
 
 def _user_trust(

@@ -30,7 +30,7 @@ from flywheel.feedback.label_issues import flag_weights
 from flywheel.loop.services import Services
 from flywheel.models import ModelSpec, create_model
 from flywheel.registry import LoadedModel, VersionInfo
-from flywheel.registry.service import Charge
+from flywheel.registry.service import Champion, Charge
 from flywheel.training import (
     EpochReport,
     FitResult,
@@ -103,22 +103,7 @@ def train(
         rows.weights = weights
     holdout = sv.data.arrays(ds.holdout, spec)
 
-    # A private run starts only from a private parent: a non-private champion trained
-    # on the same users would carry their data past the accountant.
-    may_warm = config.warm_start and (not config.private or bool(champion and champion.private))
-    model, champion_model = start_model(
-        spec,
-        config.seed,
-        lambda: None if champion is None else sv.registry.load(champion.version),
-        warm=may_warm,
-    )
-    if (
-        config.warm_start
-        and not may_warm
-        and champion_model is not None
-        and champion_model.spec == spec
-    ):
-        privacy["cold_start"] = "production was trained without DP"
+    model, champion_model = _set_up(sv, spec, config, champion, privacy)
     parent = None if champion is None else champion.version
     checkpoint_dir = ctx.settings.project_dir / CHECKPOINT
     started = time.perf_counter()
@@ -184,6 +169,28 @@ def train(
             "it is recorded as withdrawn; train again"
         )
     return TrainResult(registered.info, decision, promoted)
+
+
+def _set_up(
+    sv: Services,
+    spec: ModelSpec,
+    config: TrainConfig,
+    champion: Champion | None,
+    privacy: dict[str, Any],
+) -> tuple[nn.Module, LoadedModel | None]:
+    """The challenger, warm-started from production where it may be, and production."""
+    # A private run starts only from a private parent: a non-private champion trained
+    # on the same users would carry their data past the accountant.
+    may_warm = config.warm_start and (not config.private or bool(champion and champion.private))
+    model, champion_model = start_model(
+        spec,
+        config.seed,
+        lambda: None if champion is None else sv.registry.load(champion.version),
+        warm=may_warm,
+    )
+    if config.warm_start and not may_warm and champion_model and champion_model.spec == spec:
+        privacy["cold_start"] = "production was trained without DP"
+    return model, champion_model
 
 
 def start_model(

@@ -1,6 +1,15 @@
 """Identity: the key chain that turns raw user ids into stored pseudonyms, opened
 against the store once per process, rotated, and reloaded after another process
-rotated it. Each public method runs in one transaction."""
+rotated it. Each public method runs in one transaction.
+
+Rotating appends a key and maps every stored pseudonym ``p`` to ``HMAC(new, p)``, so
+the store is re-keyed without ever knowing a raw id, and a leaked older key alone no
+longer links a raw id to its rows. A rotation is crash-safe: the new chain is written
+beside the old one (``.next``), the database is re-keyed in one transaction that also
+records the new fingerprint, and only then does the new file replace the old; an
+interrupted rotation is finished or discarded by the next open, whichever the
+database says.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +21,17 @@ from typing import Any
 
 from flywheel.context import Context
 from flywheel.errors import ConfigError
-from flywheel.privacy.pseudonym import (
-    FINGERPRINT_KEY,
+from flywheel.privacy.keychain import (
     PSEUDONYM,
     Pseudonymizer,
     check_user_id,
-    find_user,
     fingerprint,
     hash_step,
     key_file_lock,
     read_keys,
-    rekey_users,
-    stored_fingerprint,
     write_keys,
 )
+from flywheel.privacy.pseudonym import FINGERPRINT_KEY, find_user, rekey_users, stored_fingerprint
 from flywheel.store import Database
 from flywheel.store.schema import AuditRecord, StoreMeta
 

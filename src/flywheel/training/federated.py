@@ -103,47 +103,93 @@ def fit_federated(
     loop with ``epochs = local_epochs``); ``evaluate(model)`` scores the global model
     after each round (the server-side evaluation, e.g. validation accuracy).
     """
-    flwr = _flwr()
-    from flwr.common import (
-        Code,
-        FitRes,
-        Status,
-        ndarrays_to_parameters,
-        parameters_to_ndarrays,
-    )
+    _flwr()
+    from flwr.common import parameters_to_ndarrays
     from flwr.server import Server, SimpleClientManager
-    from flwr.server.client_proxy import ClientProxy
-    from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
     if rounds < 1 or local_epochs < 1:
         raise ConfigError("federated training needs rounds >= 1 and local epochs >= 1")
     ids = sorted(set(clients.tolist()))
     shards = {c: np.flatnonzero(clients == c) for c in ids}
-    template = _get(model)
     local_config = dataclasses.replace(config, epochs=local_epochs, patience=local_epochs)
     history: list[dict[str, float]] = []
+
+    def train_client(cid: int, weights: list[np.ndarray], rnd: int) -> tuple[list[Any], int]:
+        """One client's round: a copy of the global model trained on its rows; (its
+        weights, how much it counts in the average)."""
+        rows = shards[cid]
+        local = _clone(model)
+        _set(local, weights)
+        part = Arrays(
+            x=train.x[rows],
+            y=train.y[rows],
+            labels=train.labels,
+            weights=None if train.weights is None else train.weights[rows],
+        )
+        seed = config.seed + 1000 * rnd + cid
+        local_fit(local, part, dataclasses.replace(local_config, seed=seed))
+        # Under DP every client weighs the same: weighting by rows would let a big
+        # client's clipped update outweigh the noise calibrated per client.
+        return _get(local), 1 if config.private else len(rows)
+
+    def server_eval(rnd: int, arrays: list[np.ndarray], _cfg: dict[str, Any]) -> Any:
+        if evaluate is None or rnd == 0:
+            return None
+        glob = _clone(model)
+        _set(glob, arrays)
+        score = float(evaluate(glob))
+        history.append({"round": rnd, "val_metric": score})
+        if on_round is not None:
+            on_round(rnd, rounds, score)
+        return 0.0, {"val_metric": score}
+
+    strategy = _fedavg(len(ids), _get(model), server_eval)
+    privacy = None
+    if config.private:
+        strategy, privacy = _private(strategy, config, rounds, len(ids), len(clients))
+    manager = SimpleClientManager()
+    client = _client_type()
+    for c in ids:
+        manager.register(client(str(c), train_client))
+    server = Server(client_manager=manager, strategy=strategy)
+    server.set_max_workers(1)  # clients train one after another: repeatable, no contention
+    server.fit(num_rounds=rounds, timeout=None)
+    _set(model, parameters_to_ndarrays(server.parameters))
+    model.eval()
+    return FederatedResult(
+        rounds=rounds,
+        clients=len(ids),
+        rows_per_client=[len(shards[c]) for c in ids],
+        history=history,
+        privacy=privacy,
+    )
+
+
+TrainClient = Callable[[int, list[np.ndarray], int], tuple[list[Any], int]]
+
+
+def _client_type() -> Any:
+    """Flower's client proxy for a client in this process (``train_client`` runs its
+    round)."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.client_proxy import ClientProxy
 
     class Client(ClientProxy):
         """One client in this process: trains a copy of the global model on its rows."""
 
+        def __init__(self, cid: str, train_client: TrainClient) -> None:
+            super().__init__(cid)
+            self.train_client = train_client
+
         def fit(self, ins: Any, timeout: float | None, group_id: int | None) -> Any:
-            rows = shards[int(self.cid)]
-            local = _clone(model)
-            _set(local, parameters_to_ndarrays(ins.parameters))
-            part = Arrays(
-                x=train.x[rows],
-                y=train.y[rows],
-                labels=train.labels,
-                weights=None if train.weights is None else train.weights[rows],
+            rnd = int(ins.config.get("round", 0))
+            weights, n = self.train_client(
+                int(self.cid), parameters_to_ndarrays(ins.parameters), rnd
             )
-            seed = config.seed + 1000 * int(ins.config.get("round", 0)) + int(self.cid)
-            local_fit(local, part, dataclasses.replace(local_config, seed=seed))
             return FitRes(
                 status=Status(code=Code.OK, message=""),
-                parameters=ndarrays_to_parameters(_get(local)),
-                # Under DP every client weighs the same: weighting by rows would let a
-                # big client's clipped update outweigh the noise calibrated per client.
-                num_examples=1 if config.private else len(rows),
+                parameters=ndarrays_to_parameters(weights),
+                num_examples=n,
                 metrics={},
             )
 
@@ -159,16 +205,13 @@ def fit_federated(
         def reconnect(self, *a: Any, **k: Any) -> Any:  # pragma: no cover - unused
             raise NotImplementedError
 
-    def server_eval(rnd: int, arrays: list[np.ndarray], _cfg: dict[str, Any]) -> Any:
-        if evaluate is None or rnd == 0:
-            return None
-        glob = _clone(model)
-        _set(glob, arrays)
-        score = float(evaluate(glob))
-        history.append({"round": rnd, "val_metric": score})
-        if on_round is not None:
-            on_round(rnd, rounds, score)
-        return 0.0, {"val_metric": score}
+    return Client
+
+
+def _fedavg(n: int, initial: list[np.ndarray], server_eval: Callable[..., Any]) -> Any:
+    """FedAvg over all ``n`` clients every round, evaluated on the server."""
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server.strategy import FedAvg
 
     class OrderedFedAvg(FedAvg):
         """FedAvg over the clients' results in client order, not in the order they
@@ -178,91 +221,82 @@ def fit_federated(
             ordered = sorted(results, key=lambda r: int(r[0].cid))
             return super().aggregate_fit(server_round, ordered, failures)
 
-    n = len(ids)
-    strategy: Any = OrderedFedAvg(
+    return OrderedFedAvg(
         fraction_fit=1.0,
         fraction_evaluate=0.0,
         min_fit_clients=n,
         min_available_clients=n,
-        initial_parameters=ndarrays_to_parameters(template),
+        initial_parameters=ndarrays_to_parameters(initial),
         evaluate_fn=server_eval,
         on_fit_config_fn=lambda rnd: {"round": rnd},
         fit_metrics_aggregation_fn=lambda _m: {},
     )
-    privacy = None
-    if config.private:
-        sigma = config.dp_noise_multiplier
-        if sigma is None:
-            from opacus.accountants.utils import get_noise_multiplier
 
-            sigma = float(
-                get_noise_multiplier(
-                    target_epsilon=config.dp_epsilon,
-                    target_delta=config.dp_delta,
-                    sample_rate=1.0,
-                    steps=rounds,
-                    accountant=ACCOUNTANT,
-                )
+
+def _private(
+    strategy: Any, config: Any, rounds: int, n: int, rows: int
+) -> tuple[Any, PrivacyRecord]:
+    """``strategy`` with Flower's server-side fixed clipping and noise, and its ε."""
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    sigma = config.dp_noise_multiplier
+    if sigma is None:
+        from opacus.accountants.utils import get_noise_multiplier
+
+        sigma = float(
+            get_noise_multiplier(
+                target_epsilon=config.dp_epsilon,
+                target_delta=config.dp_delta,
+                sample_rate=1.0,
+                steps=rounds,
+                accountant=ACCOUNTANT,
             )
-        # Removing a user changes their client's update (the client stays): a
-        # replacement, sensitivity 2C on the sum, so Flower gets twice the σ the
-        # add/remove accountant was calibrated for.
-
-        class SafeClipping(DifferentialPrivacyServerSideFixedClipping):
-            """Flower divides each update by its norm to clip it: a client that returns
-            exactly the weights it was sent (its training kept its start) would divide by
-            zero. Such an update is zero; clipping leaves it zero — say so in numbers."""
-
-            def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
-                start = self.current_round_params
-                for _proxy, res in results:
-                    arrays = parameters_to_ndarrays(res.parameters)
-                    if all(np.array_equal(a, b) for a, b in zip(arrays, start, strict=True)):
-                        first = arrays[0].copy()  # one step to the next float: norm > 0
-                        first.flat[0] = np.nextafter(first.flat[0], np.inf)
-                        arrays[0] = first
-                        res.parameters = ndarrays_to_parameters(arrays)
-                return super().aggregate_fit(server_round, results, failures)
-
-        strategy = SafeClipping(
-            strategy,
-            noise_multiplier=2 * sigma,
-            clipping_norm=config.dp_max_grad_norm,
-            num_sampled_clients=n,
         )
-        privacy = PrivacyRecord(
-            epsilon=epsilon_for(sigma, 1.0, rounds, config.dp_delta),
-            delta=config.dp_delta,
-            noise_multiplier=2 * sigma,
-            max_grad_norm=config.dp_max_grad_norm,
-            sample_rate=1.0,
-            steps=rounds,
-            epochs=rounds,
-            users=n,
-            rows=len(clients),
-            target_epsilon=config.dp_epsilon if config.dp_noise_multiplier is None else None,
-            sampling="all clients every round",
-            unit="client",
-        )
-        # Flower draws its noise from numpy's global generator: seed it from the operating
-        # system, never from the run's recorded seed (which would let anyone replay it).
-        np.random.seed(secrets.randbits(32))
-    manager = SimpleClientManager()
-    for c in ids:
-        manager.register(Client(str(c)))
-    server = Server(client_manager=manager, strategy=strategy)
-    server.set_max_workers(1)  # clients train one after another: repeatable, no contention
-    server.fit(num_rounds=rounds, timeout=None)
-    _set(model, parameters_to_ndarrays(server.parameters))
-    model.eval()
-    del flwr
-    return FederatedResult(
-        rounds=rounds,
-        clients=n,
-        rows_per_client=[len(shards[c]) for c in ids],
-        history=history,
-        privacy=privacy,
+    # Removing a user changes their client's update (the client stays): a replacement,
+    # sensitivity 2C on the sum, so Flower gets twice the σ the add/remove accountant
+    # was calibrated for.
+
+    class SafeClipping(DifferentialPrivacyServerSideFixedClipping):
+        """Flower divides each update by its norm to clip it: a client that returns
+        exactly the weights it was sent (its training kept its start) would divide by
+        zero. Such an update is zero; clipping leaves it zero — say so in numbers."""
+
+        def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
+            start = self.current_round_params
+            for _proxy, res in results:
+                arrays = parameters_to_ndarrays(res.parameters)
+                if all(np.array_equal(a, b) for a, b in zip(arrays, start, strict=True)):
+                    first = arrays[0].copy()  # one step to the next float: norm > 0
+                    first.flat[0] = np.nextafter(first.flat[0], np.inf)
+                    arrays[0] = first
+                    res.parameters = ndarrays_to_parameters(arrays)
+            return super().aggregate_fit(server_round, results, failures)
+
+    clipped = SafeClipping(
+        strategy,
+        noise_multiplier=2 * sigma,
+        clipping_norm=config.dp_max_grad_norm,
+        num_sampled_clients=n,
     )
+    privacy = PrivacyRecord(
+        epsilon=epsilon_for(sigma, 1.0, rounds, config.dp_delta),
+        delta=config.dp_delta,
+        noise_multiplier=2 * sigma,
+        max_grad_norm=config.dp_max_grad_norm,
+        sample_rate=1.0,
+        steps=rounds,
+        epochs=rounds,
+        users=n,
+        rows=rows,
+        target_epsilon=config.dp_epsilon if config.dp_noise_multiplier is None else None,
+        sampling="all clients every round",
+        unit="client",
+    )
+    # Flower draws its noise from numpy's global generator: seed it from the operating
+    # system, never from the run's recorded seed (which would let anyone replay it).
+    np.random.seed(secrets.randbits(32))
+    return clipped, privacy
 
 
 def _clone(model: nn.Module) -> nn.Module:

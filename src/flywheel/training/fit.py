@@ -288,98 +288,177 @@ def fit(
             model, trainable, x, y, w, (xv, yv, wv), opt, gen, loss_fn, config,
             regression=regression, augment=augment, on_epoch=on_epoch, units=units,
         )  # fmt: skip
-    sched = _scheduler(opt, config)
-    best_state = copy.deepcopy(model.state_dict())
-    best_loss, best_metric, best_epoch, since_best = math.inf, 0.0, 0, 0
-    history: list[EpochReport] = []
-    start, resumed_from = 1, None
+    return _fit_epochs(
+        model, trainable, (x, y, w), (xv, yv, wv), opt, gen, loss_fn, config,
+        regression=regression, augment=augment, on_epoch=on_epoch,
+        checkpoint_dir=checkpoint_dir, run_id=run_id, resume=resume,
+    )  # fmt: skip
 
+
+Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+@dataclass
+class _Best:
+    """The best epoch so far (lowest validation loss) and the epochs' history."""
+
+    state: dict[str, Any]
+    loss: float = math.inf
+    metric: float = 0.0
+    epoch: int = 0
+    since: int = 0  # epochs since it improved
+    history: list[EpochReport] = field(default_factory=list)
+
+
+def _fit_epochs(
+    model: nn.Module,
+    trainable: nn.Module,
+    rows: Rows,
+    val: Rows,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
+    config: TrainConfig,
+    *,
+    regression: bool,
+    augment: Augment | None,
+    on_epoch: Callable[[EpochReport], None] | None,
+    checkpoint_dir: Path | None,
+    run_id: str,
+    resume: bool,
+) -> FitResult:
+    """Epochs of mini-batch steps with early stopping on the validation loss; each epoch
+    checkpointed when ``checkpoint_dir`` is given; the best epoch's weights kept."""
+    sched = _scheduler(opt, config)
+    best = _Best(copy.deepcopy(model.state_dict()))
+    start, resumed_from = 1, None
     if resume:
-        if checkpoint_dir is None or not checkpoint_dir.exists():
-            raise ModelError("there is no interrupted run to resume")
-        ck = load_checkpoint(checkpoint_dir)
-        if ck.meta.get("run_id") != run_id:
-            raise ModelError(
-                "the checkpoint belongs to another run (different data or settings); "
-                "train without --resume to start afresh"
-            )
-        model.load_state_dict(ck.model)
-        best_state = ck.best_model
-        opt.load_state_dict(ck.optimizer)
-        if sched is not None and ck.scheduler is not None:
-            sched.load_state_dict(ck.scheduler)
-        gen.set_state(ck.rng)
-        torch.set_rng_state(ck.global_rng)
-        best_loss, best_metric = ck.meta["best_loss"], ck.meta["best_metric"]
-        best_epoch, since_best = ck.meta["best_epoch"], ck.meta["since_best"]
-        history = [EpochReport(**h) for h in ck.meta["history"]]
-        start = resumed_from = ck.epoch + 1
-        if since_best >= config.patience:
+        start = resumed_from = _resume(checkpoint_dir, run_id, model, opt, sched, gen, best)
+        if best.since >= config.patience:
             start = config.epochs + 1  # it had already stopped early
 
     epoch = start - 1
     for epoch in range(start, config.epochs + 1):
-        trainable.train()
-        order = torch.randperm(len(y), generator=gen)
-        running, seen = 0.0, 0
-        for i in range(0, len(order), config.batch_size):
-            idx = order[i : i + config.batch_size]
-            xb = x[idx]
-            if augment is not None:
-                xb = augment(xb, gen)
-            opt.zero_grad(set_to_none=True)
-            per_row = loss_fn(trainable(xb), y[idx])
-            if w is None:
-                loss = per_row.mean()
-            else:
-                wb = w[idx]
-                loss = (per_row * wb).sum() / wb.sum().clamp_min(1e-12)
-            loss.backward()
-            opt.step()
-            running += loss.item() * len(idx)
-            seen += len(idx)
-        val_loss, val_metric = _validate(trainable, xv, yv, wv, loss_fn, regression)
+        train_loss = _epoch(trainable, rows, opt, gen, loss_fn, augment, config.batch_size)
+        val_loss, val_metric = _validate(trainable, *val, loss_fn, regression)
         lr = opt.param_groups[0]["lr"]
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val_loss)
         elif sched is not None:
             sched.step()
-        report = EpochReport(epoch, config.epochs, running / max(seen, 1), val_loss, val_metric, lr)
-        history.append(report)
-        if val_loss < best_loss - 1e-7:
-            best_loss, best_metric, best_epoch, since_best = val_loss, val_metric, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        report = EpochReport(epoch, config.epochs, train_loss, val_loss, val_metric, lr)
+        best.history.append(report)
+        if val_loss < best.loss - 1e-7:
+            best.loss, best.metric, best.epoch, best.since = val_loss, val_metric, epoch, 0
+            best.state = copy.deepcopy(model.state_dict())
         else:
-            since_best += 1
+            best.since += 1
         if checkpoint_dir is not None:
-            save_checkpoint(
-                checkpoint_dir,
-                Checkpoint(
-                    epoch=epoch,
-                    model=model.state_dict(),
-                    best_model=best_state,
-                    optimizer=opt.state_dict(),
-                    scheduler=None if sched is None else sched.state_dict(),
-                    rng=gen.get_state(),
-                    global_rng=torch.get_rng_state(),
-                    meta={
-                        "run_id": run_id,
-                        "best_loss": best_loss,
-                        "best_metric": best_metric,
-                        "best_epoch": best_epoch,
-                        "since_best": since_best,
-                        "history": [asdict(h) for h in history],
-                    },
-                ),
-            )
+            _checkpoint(checkpoint_dir, epoch, model, opt, sched, gen, run_id, best)
         if on_epoch is not None:
             on_epoch(report)
         # Early stopping: the validation loss has not improved for `patience` epochs.
-        if since_best >= config.patience:
+        if best.since >= config.patience:
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(best.state)
     model.eval()
-    return FitResult(best_epoch, epoch, best_loss, best_metric, history, resumed_from)
+    return FitResult(best.epoch, epoch, best.loss, best.metric, best.history, resumed_from)
+
+
+def _epoch(
+    trainable: nn.Module,
+    rows: Rows,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
+    augment: Augment | None,
+    batch_size: int,
+) -> float:
+    """One pass over the training rows in shuffled mini-batches; the mean training loss."""
+    x, y, w = rows
+    trainable.train()
+    order = torch.randperm(len(y), generator=gen)
+    running, seen = 0.0, 0
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        xb = x[idx]
+        if augment is not None:
+            xb = augment(xb, gen)
+        opt.zero_grad(set_to_none=True)
+        per_row = loss_fn(trainable(xb), y[idx])
+        if w is None:
+            loss = per_row.mean()
+        else:
+            wb = w[idx]
+            loss = (per_row * wb).sum() / wb.sum().clamp_min(1e-12)
+        loss.backward()
+        opt.step()
+        running += loss.item() * len(idx)
+        seen += len(idx)
+    return running / max(seen, 1)
+
+
+def _resume(
+    checkpoint_dir: Path | None,
+    run_id: str,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: torch.Generator,
+    best: _Best,
+) -> int:
+    """Restore an interrupted run of the same ``run_id``; the epoch to continue from."""
+    if checkpoint_dir is None or not checkpoint_dir.exists():
+        raise ModelError("there is no interrupted run to resume")
+    ck = load_checkpoint(checkpoint_dir)
+    if ck.meta.get("run_id") != run_id:
+        raise ModelError(
+            "the checkpoint belongs to another run (different data or settings); "
+            "train without --resume to start afresh"
+        )
+    model.load_state_dict(ck.model)
+    best.state = ck.best_model
+    opt.load_state_dict(ck.optimizer)
+    if sched is not None and ck.scheduler is not None:
+        sched.load_state_dict(ck.scheduler)
+    gen.set_state(ck.rng)
+    torch.set_rng_state(ck.global_rng)
+    best.loss, best.metric = ck.meta["best_loss"], ck.meta["best_metric"]
+    best.epoch, best.since = ck.meta["best_epoch"], ck.meta["since_best"]
+    best.history = [EpochReport(**h) for h in ck.meta["history"]]
+    return ck.epoch + 1
+
+
+def _checkpoint(
+    folder: Path,
+    epoch: int,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: torch.Generator,
+    run_id: str,
+    best: _Best,
+) -> None:
+    save_checkpoint(
+        folder,
+        Checkpoint(
+            epoch=epoch,
+            model=model.state_dict(),
+            best_model=best.state,
+            optimizer=opt.state_dict(),
+            scheduler=None if sched is None else sched.state_dict(),
+            rng=gen.get_state(),
+            global_rng=torch.get_rng_state(),
+            meta={
+                "run_id": run_id,
+                "best_loss": best.loss,
+                "best_metric": best.metric,
+                "best_epoch": best.epoch,
+                "since_best": best.since,
+                "history": [asdict(h) for h in best.history],
+            },
+        ),
+    )
 
 
 def _fit_private(
