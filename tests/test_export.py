@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime")
 
 from flywheel.cli import app
 from flywheel.errors import ModelError
-from flywheel.export.onnx import export_onnx
+from flywheel.export.onnx import PARITY_ATOL, check_quantize, compare, export_onnx
 from flywheel.export.runtime import OnnxBundle
 from flywheel.models import create_model
 from flywheel.training import seed_everything
@@ -231,3 +231,21 @@ def test_the_check_can_be_turned_off(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", settings={"onnx_check": False})
     assert "skipped" in project.models()[0].metrics["export_onnx"]
     project.close()
+
+
+def test_one_parity_rule_for_exports_and_serving_graphs() -> None:
+    want = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
+    assert compare(want, want + 5e-5) == {
+        "max_abs_diff": pytest.approx(5e-5, rel=1e-3),  # float32 steps
+        "argmax_agreement": 1.0,
+        "match": True,
+    }
+    assert compare(want, want + 2e-4)["match"] is False  # beyond PARITY_ATOL
+    flipped = compare(want, want[:, ::-1].copy())
+    assert flipped["argmax_agreement"] == 0.0 and flipped["match"] is False
+    assert compare(np.ones(3), np.ones(3))["argmax_agreement"] == 1.0  # regression
+    assert PARITY_ATOL == 1e-4
+    check_quantize(None)
+    check_quantize("int8-static")
+    with pytest.raises(ModelError, match="'int8', 'int8-static' or nothing; got 'fp16'"):
+        check_quantize("fp16")

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from flywheel.data import SourceOptions, resolve_source
 from flywheel.demo import DemoConfig, run_demo
-from flywheel.errors import FlywheelError
-from flywheel.export.onnx import QUANTIZE_MODES
+from flywheel.errors import FlywheelError, ModelError
+from flywheel.export.onnx import check_quantize
 from flywheel.loop import TrainResult
 from flywheel.project import SCOPES, Project
 from flywheel.serving import serve as run_server
@@ -611,11 +611,10 @@ def export(
     """Export a version as a self-contained ONNX bundle (model, spec, labels, preprocessing)."""
     if fmt != "onnx":
         raise typer.BadParameter(f"format must be 'onnx'; got {fmt!r}", param_hint="--format")
-    if quantize is not None and quantize not in QUANTIZE_MODES:
-        allowed = ", ".join(repr(q) for q in QUANTIZE_MODES)
-        raise typer.BadParameter(
-            f"quantize must be one of {allowed}; got {quantize!r}", param_hint="--quantize"
-        )
+    try:
+        check_quantize(quantize)
+    except ModelError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--quantize") from None
     manifest = _open(project).export(version, out_dir, quantize=quantize)
     if as_json:
         _print_json(manifest)

@@ -8,7 +8,15 @@ from collections import Counter
 
 import pytest
 
-from flywheel.data import HOLDOUT, TRAIN, assign_splits, content_hash
+from flywheel.data import (
+    HOLDOUT,
+    TRAIN,
+    RawExample,
+    assign_splits,
+    content_hash,
+    split_by_group,
+    targets,
+)
 from flywheel.errors import DataError, FlywheelError
 
 #: 10 classes of unequal size (20..29 examples), interleaved.
@@ -89,3 +97,40 @@ def test_content_hash_changes_with_a_label_or_a_split() -> None:
     moved = [("h1", "cat", HOLDOUT), *ROWS[1:]]
     hashes = {content_hash(ROWS), content_hash(relabelled), content_hash(moved)}
     assert len(hashes) == 3
+
+
+def test_split_by_group_keeps_near_duplicates_on_one_side_and_the_given_splits() -> None:
+    # Ten groups of three near-duplicates each; one example arrives with its split set.
+    groups = [g for g in range(10) for _ in range(3)]
+    strata = [str(g % 2) for g in groups]
+    given: list[str | None] = [None] * 30
+    given[4] = HOLDOUT
+    splits, note = split_by_group(given, groups, strata, 0.3, seed=0)
+    assert note is None
+    assert splits[4] == HOLDOUT
+    for g in range(10):
+        members = {splits[n] for n in range(30) if groups[n] == g and n != 4}
+        assert len(members) == 1, f"group {g} straddles the split"
+    assert set(splits) == {TRAIN, HOLDOUT}
+
+
+def test_split_by_group_draws_one_by_one_when_groups_are_too_few() -> None:
+    groups = [0] * 6  # one group: nothing could be held out by group
+    splits, note = split_by_group([None] * 6, groups, ["a", "a", "a", "b", "b", "b"], 0.3, 0)
+    assert note == "drawn per example: too few distinct groups"
+    assert splits.count(HOLDOUT) == 2 and splits.count(TRAIN) == 4
+
+
+def test_targets_are_sorted_labels_or_value_bins_and_say_what_is_missing() -> None:
+    ex = [RawExample(b"x", lab) for lab in ("10", "2", "cat", "2")]
+    labels, strata = targets(ex, regression=False, source="s")
+    assert labels == ["2", "10", "cat"] and strata == ["10", "2", "cat", "2"]
+    with pytest.raises(DataError, match="one class"):
+        targets([RawExample(b"x", "a")] * 2, regression=False, source="s")
+    with pytest.raises(DataError, match="give every example a label"):
+        targets([RawExample(b"x", None)], regression=False, source="s")
+    values = [RawExample(b"x", None, value=float(v)) for v in range(10)]
+    labels, strata = targets(values, regression=True, source="s")
+    assert labels == [] and strata == [str(v // 2) for v in range(10)]
+    with pytest.raises(DataError, match="numeric value"):
+        targets([RawExample(b"x", None)], regression=True, source="s")

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from flywheel.evaluation import classification_report, decide, mcnemar, reference_check
+from flywheel.evaluation import (
+    GatePolicy,
+    Reference,
+    classification_report,
+    decide,
+    judge,
+    mcnemar,
+    reference_check,
+)
 
 
 def _correct(n_right: int, n: int) -> np.ndarray:
@@ -214,3 +222,75 @@ def test_reference_check_refuses_a_class_the_challenger_lost_and_tolerates_noise
     # A challenger better than the reference passes.
     passed, _, detail = reference_check(y, reference, poisoned, labels, margin=0.05)
     assert passed and detail["accuracy_drop"] == -0.1
+
+
+# ---------------------------------------------------------------- judge: the whole gate
+
+Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+LABELS = ["a", "b", "c"]
+
+
+def _never() -> Reference:
+    raise AssertionError("the gate asked for a reference it does not need")
+
+
+def test_judge_runs_its_checks_in_order_and_trains_a_reference_only_when_needed() -> None:
+    challenger = np.ones(12, dtype=bool)
+    champion = np.ones(12, dtype=bool)
+    contribution = {"first_feedback": False, "new_user_share": 0.9, "rows": 4}
+    parity = {"passed": True, "max_abs_diff": 0.0, "atol": 1e-4, "argmax_agreement": 1.0}
+    calls: list[int] = []
+
+    def reference() -> Reference:
+        calls.append(1)
+        return Reference(np.ones(12, dtype=bool), rows=40, held_back=2)
+
+    d = judge(
+        challenger,
+        champion,
+        y=Y,
+        labels=LABELS,
+        champion_version=1,
+        policy=GatePolicy(naive_curation=True),
+        contribution=contribution,
+        parity=parity,
+        reference=reference,
+    )
+    assert calls == [1]
+    assert list(d.checks) == ["per_class", "trusted_reference", "contribution"]
+    assert d.checks["trusted_reference"]["reference_rows"] == 40
+    assert d.checks["trusted_reference"]["held_back_answers"] == 2
+    # 90% of the rows from first-time users is flagged, and (by default) not refused.
+    assert d.checks["contribution"]["passed"] is False and d.promote is True
+    assert "90% of the new rows come from first-time users" in d.reason
+    # Trust curation (the default) needs no reference, nor does a version without feedback.
+    for policy, who in ((GatePolicy(), contribution), (GatePolicy(naive_curation=True), {})):
+        d = judge(
+            challenger, champion, y=Y, labels=LABELS, champion_version=1, policy=policy,
+            contribution=who, parity=parity, reference=_never,
+        )  # fmt: skip
+        assert "trusted_reference" not in d.checks
+
+
+def test_judge_refuses_a_challenger_whose_onnx_graph_differs_or_whose_class_collapses() -> None:
+    good = np.ones(12, dtype=bool)
+    parity = {"passed": False, "max_abs_diff": 0.5, "atol": 1e-4, "argmax_agreement": 0.75}
+    d = judge(
+        good, None, y=Y, labels=LABELS, champion_version=None, policy=GatePolicy(),
+        contribution={}, parity=parity,
+    )  # fmt: skip
+    assert d.promote is False and list(d.checks) == ["onnx_parity"]
+    assert d.reason.startswith("its ONNX export does not match torch (max |diff| 0.5")
+    collapsed = good.copy()
+    collapsed[8:] = False  # class "c" all wrong, 4 rows: beyond the 0.1 class margin
+    d = judge(
+        collapsed, good, y=Y, labels=LABELS, champion_version=1, policy=GatePolicy(margin=0.5),
+        contribution={}, parity={"skipped": "off"},
+    )  # fmt: skip
+    assert d.promote is False and d.checks["per_class"]["failed_classes"] == ["c"]
+    # Regression: no classes, no per-class check, MSE compared.
+    d = judge(
+        np.full(4, 1.0), np.full(4, 2.0), y=np.zeros(4), labels=[], champion_version=1,
+        policy=GatePolicy(), contribution={}, parity={},
+    )  # fmt: skip
+    assert d.metric == "mse" and d.promote is True and d.checks == {}

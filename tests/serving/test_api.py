@@ -402,6 +402,50 @@ def test_healthz_and_openapi(client: TestClient) -> None:
         assert path in paths
 
 
+@pytest.mark.parametrize("task", ["image", "regression"])
+def test_every_operation_documents_the_schema_of_its_answer(
+    tmp_path: Path, task: str, project: Project
+) -> None:
+    if task == "regression":
+        from flywheel.data import DiabetesSource
+
+        project = Project.init(
+            tmp_path / "r", DiabetesSource(), task="regression", settings={"epochs": 1}
+        )
+    spec = create_app(project.settings, project).openapi()
+    missing = []
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            ok = [r for code, r in op["responses"].items() if code.startswith("2")]
+            schemas = [m.get("schema") for r in ok for m in (r.get("content") or {}).values()]
+            if not ok or not all(schemas):
+                missing.append(f"{method.upper()} {path}")
+            # A typed answer, not a free-form object.
+            elif any(sc.get("additionalProperties") is True for sc in schemas):
+                missing.append(f"{method.upper()} {path} (untyped)")
+    assert missing == []
+    assert sum(len(ops) for ops in spec["paths"].values()) >= 20  # it looked at them all
+
+
+def test_the_review_queue_is_handed_out_by_post_and_get_is_deprecated(
+    client: TestClient,
+) -> None:
+    for i in range(400, 420):
+        predict(client, digit_png(i))
+    posted = client.post("/v1/review-queue", params={"limit": 5})
+    assert posted.status_code == 200
+    body = posted.json()
+    assert body["strategy"] == "margin" and len(body["items"]) == 5
+    item = body["items"][0]
+    assert set(item) == {"prediction_id", "score", "strategy", "top", "reason"}
+    assert all(len(t) == 2 for t in item["top"])
+    # The same answer for clients written before (items handed out are not asked again).
+    got = client.get("/v1/review-queue", params={"limit": 5})
+    assert got.status_code == 200 and len(got.json()["items"]) == 5
+    ops = client.get("/openapi.json").json()["paths"]["/v1/review-queue"]
+    assert ops["get"]["deprecated"] is True and not ops["post"].get("deprecated")
+
+
 # -- binding beyond loopback --------------------------------------------------------------
 
 

@@ -17,7 +17,6 @@ from flywheel.data.datasets import HOLDOUT, TRAIN, DatasetInfo, Row, WeightedRow
 from flywheel.store.schema import DatasetVersion, DatasetVersionExample, Example
 
 __all__ = [
-    "example_ids",
     "examples",
     "get",
     "in_version",
@@ -95,10 +94,6 @@ def rows(s: Session, version: int, split: str) -> list[Row]:
 
 def examples(s: Session, version: int) -> list[Example]:
     return list(s.scalars(in_version(select(Example), version)))
-
-
-def example_ids(s: Session, version: int) -> set[int]:
-    return set(s.scalars(in_version(select(Example.id), version)))
 
 
 def source_paths(s: Session, version: int) -> dict[str, str | None]:

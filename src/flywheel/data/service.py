@@ -135,10 +135,6 @@ class DatasetService:
         labels = list(spec.labels) if spec.labels else None
         return load_arrays(rows, self.ctx.blobs.get, self.ctx.codec, spec.preprocessing, labels)
 
-    def feedback_rows(self) -> dict[int, int]:
-        """Training rows from feedback, per dataset version."""
-        return {d.version: d.n_feedback for d in self.versions()}
-
     # -- writing ---------------------------------------------------------------------
 
     def add_label_issues(self, version: int, found: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from flywheel.privacy.keychain import (
     read_keys,
     write_keys,
 )
-from flywheel.privacy.pseudonym import FINGERPRINT_KEY, find_user, rekey_users, stored_fingerprint
+from flywheel.privacy.pseudonym import FINGERPRINT_KEY, rekey_users, stored_fingerprint
 from flywheel.store import Database
 from flywheel.store.schema import AuditRecord, StoreMeta
 
@@ -57,11 +57,6 @@ class IdentityService:
         """The stored form of a raw user id (checked; None when absent)."""
         user_id = check_user_id(user_id)
         return None if user_id is None else self.chain(user_id)
-
-    def resolve(self, user_id: str) -> str:
-        """The pseudonym of a stored user named by raw id or by its pseudonym."""
-        with self.ctx.db.session() as s:
-            return find_user(s, user_id, self.chain).id
 
     def reload(self) -> bool:
         """Pick up a key rotation made by another process; True when the chain changed."""

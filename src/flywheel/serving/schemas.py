@@ -7,17 +7,23 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "ExplanationPublic",
     "FeaturesInput",
     "FeedbackCreate",
     "FeedbackPublic",
+    "ForgetPublic",
     "Health",
     "JobAccepted",
     "JobPublic",
+    "LedgerPublic",
     "ModelPublic",
     "PredictionPublic",
     "RetrainRequest",
+    "ReviewQueuePublic",
     "RollbackPublic",
+    "StatsPublic",
     "TextInput",
+    "UserPublic",
 ]
 
 
@@ -109,3 +115,124 @@ class JobPublic(BaseModel):
 class Health(BaseModel):
     status: str
     production_version: int | None
+
+
+class QueueItemPublic(BaseModel):
+    prediction_id: str
+    score: float = Field(description="How much an answer is worth, on the strategy's scale.")
+    strategy: str
+    top: list[tuple[str, float]] = Field(description="The top guesses: [label, probability].")
+    reason: str = Field(description="Why it was picked, in one sentence.")
+
+
+class ReviewQueuePublic(BaseModel):
+    strategy: str
+    items: list[QueueItemPublic]
+
+
+class UserPublic(BaseModel):
+    user_id: str = Field(description="The pseudonym (a keyed hash of the id the client sent).")
+    trust: float | None = Field(description="Estimated reliability in (0, 1); null: not yet.")
+    trust_detail: dict[str, Any] | None = Field(description="The counts behind the estimate.")
+    answers: int
+    rows_used: int = Field(description="Training rows made from this user's answers.")
+    quarantined: bool
+    quarantine_reason: str | None
+    created_at: str
+
+
+class LedgerRun(BaseModel):
+    model_version: int
+    epsilon: float
+    delta: float
+    rows: int
+    at: str
+
+
+class LedgerPublic(BaseModel):
+    user_id: str
+    epsilon: float = Field(description="ε spent across private runs (basic composition).")
+    delta: float
+    runs: list[LedgerRun]
+    budget: float
+    remaining: float
+
+
+class ForgetPublic(BaseModel):
+    """The audit record of a forget: what was erased and which versions were withdrawn."""
+
+    audit_id: int
+    action: str
+    subject: str | None = Field(description="A digest of the pseudonym (never the pseudonym).")
+    created_at: str
+    counts_before: dict[str, int]
+    erased: dict[str, int]
+    inputs_digest: str
+    table_rows_before: dict[str, int]
+    dataset_versions_marked: list[int]
+    dataset_version_new: int | None
+    versions_affected: list[int]
+    aliases_moved: dict[str, Any]
+    production_before: int | None
+    blobs_deleted: int
+    inputs_kept_shared: int
+    spill_rows_deleted: int
+    counts_after: dict[str, int]
+    table_rows_after: dict[str, int]
+    production_after: int | None
+    needs_retrain: bool
+    withdrawn_production_score: dict[str, Any] | None
+    retrain: dict[str, Any] | None
+    seconds: float
+    retrain_job: str | None = Field(
+        description="The job retraining production without the user; null when not needed."
+    )
+
+
+class CallStats(BaseModel):
+    total: int
+    per_version: dict[str, int]
+    per_label: dict[str, int]
+    per_minute: dict[str, int] = Field(description="Calls per minute (UTC) in the window.")
+
+
+class FeedbackStats(BaseModel):
+    total: int
+    agreed: int
+    disagreed: int
+
+
+class VersionStats(BaseModel):
+    version: int
+    aliases: list[str]
+    holdout_accuracy: float | None
+    holdout_mse: float | None
+    calls: int
+    feedback: int
+    live_accuracy: float | None = Field(description="Share of judged answers that agreed.")
+    live_mse: float | None
+
+
+class StatsPublic(BaseModel):
+    task: str
+    calls: CallStats
+    feedback: FeedbackStats
+    versions: list[VersionStats]
+
+
+class ExplanationItem(BaseModel):
+    name: str
+    score: float
+
+
+class ExplanationPublic(BaseModel):
+    """A map (images, audio) or one score per token or feature (text, tables)."""
+
+    prediction_id: str
+    model_version: int
+    method: str
+    target: str | None
+    shape: list[int] | None = None
+    map: list[list[float]] | None = Field(default=None, description="Attribution in [0, 1].")
+    items: list[ExplanationItem] | None = None
+    overlay: bool = Field(description="Whether /v1/explain/{prediction_id}.png has a picture.")

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.serving.deps import ProjectDep, require
+from flywheel.serving.schemas import ExplanationPublic
 
 __all__ = ["router"]
 
@@ -24,6 +25,9 @@ class ExplainRequest(BaseModel):
 
 @router.post(
     "/v1/explain",
+    response_model=ExplanationPublic,
+    # absent parts stay absent (an image's explanation has no items, a text's no map)
+    response_model_exclude_unset=True,
     dependencies=[Depends(require("read"))],
     responses={
         404: {"description": "Unknown prediction, or its input expired."},
@@ -43,7 +47,13 @@ def create_explanation(project: ProjectDep, body: ExplainRequest) -> dict[str, A
     "/v1/explain/{prediction_id}.png",
     dependencies=[Depends(require("read"))],
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, 404: {"description": "No such overlay."}},
+    responses={
+        200: {
+            "description": "The overlay.",
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        404: {"description": "No such overlay."},
+    },
 )
 def explanation_png(
     project: ProjectDep, prediction_id: str, target: str | None = Query(None, max_length=256)

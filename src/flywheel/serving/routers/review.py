@@ -1,35 +1,68 @@
-"""GET /v1/review-queue: the predictions most worth a user's answer."""
+"""POST /v1/review-queue: hand out the predictions most worth a user's answer.
+
+Handing items out writes: each item is recorded (so that an answer to it counts as
+queue feedback) and golden probes are made among them. That is why the verb is POST;
+``GET`` answers the same for clients written before, and is marked deprecated.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
 from flywheel.serving.deps import ProjectDep, require
+from flywheel.serving.schemas import ReviewQueuePublic
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["review"])
 
+ROUTE: dict[str, Any] = {
+    "response_model": ReviewQueuePublic,
+    "dependencies": [Depends(require("feedback"))],
+    "summary": "Unanswered predictions ranked by how much an answer would teach the model",
+    "description": "Each item: prediction id, the model's top guesses, and why it was "
+    "picked. Every item handed out is recorded, and a share of them are golden probes "
+    "(inputs whose label is known, which measure answerers' trust). Answer an item with "
+    "`POST /v1/feedback`; it is recorded as queue feedback.",
+    "responses": {422: {"description": "Unknown strategy or a limit out of range."}},
+}
 
-@router.get(
-    "/v1/review-queue",
-    dependencies=[Depends(require("feedback"))],
-    summary="Unanswered predictions ranked by how much an answer would teach the model",
-    responses={422: {"description": "Unknown strategy or a limit out of range."}},
-)
-def read_review_queue(
-    project: ProjectDep,
+
+@dataclass(frozen=True)
+class QueueQuery:
+    limit: int
+    strategy: str | None
+    spread: bool
+
+
+def _query(
     limit: int = Query(20, ge=1, le=500),
     strategy: str | None = Query(
         None, description="margin (default), entropy, least_confidence or random"
     ),
     spread: bool = Query(False, description="Spread picks across classes and near-duplicates."),
-) -> dict[str, Any]:
-    """Each item: prediction id, the model's top guesses, and why it was picked.
+) -> QueueQuery:
+    return QueueQuery(limit, strategy, spread)
 
-    Answer an item with `POST /v1/feedback`; it is recorded as queue feedback.
-    """
-    items = project.review_queue(limit=limit, strategy=strategy, spread=spread)
-    return {"strategy": strategy or project.settings.review_strategy, "items": items}
+
+Params = Annotated[QueueQuery, Depends(_query)]
+
+
+def _hand_out(project: ProjectDep, q: QueueQuery) -> ReviewQueuePublic:
+    items = project.review_queue(limit=q.limit, strategy=q.strategy, spread=q.spread)
+    strategy = q.strategy or project.settings.review_strategy
+    return ReviewQueuePublic.model_validate({"strategy": strategy, "items": items})
+
+
+@router.post("/v1/review-queue", **ROUTE)
+def create_review_batch(project: ProjectDep, q: Params) -> ReviewQueuePublic:
+    return _hand_out(project, q)
+
+
+@router.get("/v1/review-queue", deprecated=True, **ROUTE)
+def read_review_queue(project: ProjectDep, q: Params) -> ReviewQueuePublic:
+    """Deprecated: the same as ``POST /v1/review-queue``, which it writes like."""
+    return _hand_out(project, q)

@@ -8,14 +8,14 @@ from fastapi import APIRouter, Depends, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flywheel.serving.deps import MetricsDep, ProjectDep, require
-from flywheel.serving.schemas import Health
+from flywheel.serving.schemas import Health, StatsPublic
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["stats"])
 
 
-@router.get("/v1/stats", dependencies=[Depends(require("read"))])
+@router.get("/v1/stats", response_model=StatsPublic, dependencies=[Depends(require("read"))])
 def read_stats(
     project: ProjectDep,
     minutes: int = Query(60, ge=1, le=7 * 24 * 60, description="Window of the per-minute counts."),
@@ -34,6 +34,12 @@ def read_health(project: ProjectDep) -> Health:
     dependencies=[Depends(require("read"))],
     response_class=Response,
     summary="Prometheus metrics",
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format.",
+            "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+        }
+    },
 )
 def read_metrics(metrics: MetricsDep) -> Response:
     """Requests and latency per route, predictions per version and label, feedback."""

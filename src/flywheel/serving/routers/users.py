@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.serving.deps import ProjectDep, RunnerDep, require
+from flywheel.serving.schemas import ForgetPublic, LedgerPublic, UserPublic
 
 __all__ = ["router"]
 
@@ -19,7 +20,9 @@ class QuarantineRequest(BaseModel):
     reason: str = Field(default="quarantined by an admin", min_length=1, max_length=500)
 
 
-@router.get("/v1/users", dependencies=[Depends(require("admin"))])
+@router.get(
+    "/v1/users", response_model=list[UserPublic], dependencies=[Depends(require("admin"))]
+)
 def list_users(project: ProjectDep) -> list[dict[str, Any]]:
     """Users with their trust, the counts behind it, contributions and quarantine."""
     return project.users()
@@ -27,6 +30,7 @@ def list_users(project: ProjectDep) -> list[dict[str, Any]]:
 
 @router.post(
     "/v1/users/{user_id}/quarantine",
+    response_model=UserPublic,
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "Unknown user."}},
 )
@@ -39,6 +43,7 @@ def quarantine_user(
 
 @router.delete(
     "/v1/users/{user_id}/quarantine",
+    response_model=UserPublic,
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "Unknown user."}},
 )
@@ -49,6 +54,7 @@ def release_user(project: ProjectDep, user_id: str) -> dict[str, Any]:
 
 @router.get(
     "/v1/users/{user_id}/privacy",
+    response_model=LedgerPublic,
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "Unknown user."}},
 )
@@ -57,7 +63,11 @@ def user_privacy(project: ProjectDep, user_id: str) -> dict[str, Any]:
     return project.privacy_ledger(user_id)[0]
 
 
-@router.get("/v1/privacy/ledger", dependencies=[Depends(require("admin"))])
+@router.get(
+    "/v1/privacy/ledger",
+    response_model=list[LedgerPublic],
+    dependencies=[Depends(require("admin"))],
+)
 def privacy_ledger(project: ProjectDep) -> list[dict[str, Any]]:
     """Every user on the privacy ledger."""
     return project.privacy_ledger()
@@ -65,6 +75,7 @@ def privacy_ledger(project: ProjectDep) -> list[dict[str, Any]]:
 
 @router.delete(
     "/v1/users/{user_id}",
+    response_model=ForgetPublic,
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "Unknown user."}},
 )

@@ -151,12 +151,3 @@ def test_forget_an_imported_speaker_takes_probes_label_issues_and_spill_too(
     assert out["spill_rows_deleted"] == 1
     assert (spill / "0001.jsonl").read_text() == '{"user_id": null}\n'
     project.close()
-
-
-def test_a_blob_a_row_came_to_need_during_the_delete_is_put_back(project: Project) -> None:
-    a, b = project.blobs.put(b"bytes of a"), project.blobs.put(b"bytes of b")
-    # As if a request with b's bytes was logged between the check and the delete.
-    deleted = project.services.privacy.delete_unreferenced({a, b}, lambda _s, hashes: {b} & hashes)
-    assert deleted == 1
-    assert not project.blobs.exists(a)
-    assert project.blobs.get(b) == b"bytes of b"
