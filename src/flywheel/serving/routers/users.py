@@ -20,9 +20,7 @@ class QuarantineRequest(BaseModel):
     reason: str = Field(default="quarantined by an admin", min_length=1, max_length=500)
 
 
-@router.get(
-    "/v1/users", response_model=list[UserPublic], dependencies=[Depends(require("admin"))]
-)
+@router.get("/v1/users", response_model=list[UserPublic], dependencies=[Depends(require("admin"))])
 def list_users(project: ProjectDep) -> list[dict[str, Any]]:
     """Users with their trust, the counts behind it, contributions and quarantine."""
     return project.users()
