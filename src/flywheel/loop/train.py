@@ -182,7 +182,7 @@ def _set_up(
     # A private run starts only from a private parent: a non-private champion trained
     # on the same users would carry their data past the accountant.
     may_warm = config.warm_start and (not config.private or bool(champion and champion.private))
-    model, champion_model = start_model(
+    model, champion_model = _start_model(
         spec,
         config.seed,
         lambda: None if champion is None else sv.registry.load(champion.version),
@@ -193,7 +193,7 @@ def _set_up(
     return model, champion_model
 
 
-def start_model(
+def _start_model(
     spec: ModelSpec, seed: int, parent: Callable[[], LoadedModel | None], *, warm: bool
 ) -> tuple[nn.Module, LoadedModel | None]:
     """Seed, build ``spec``, then load the parent and, with ``warm``, start from its
@@ -280,7 +280,7 @@ def _reference(
     )
     data = sv.data.arrays([(h, lab, val) for h, lab, val, _ in rows], spec)
     data.weights = _weights(rows, flagged, sv.ctx.settings.label_issue_mode)
-    reference, _ = start_model(spec, config.seed, lambda: champion, warm=config.warm_start)
+    reference, _ = _start_model(spec, config.seed, lambda: champion, warm=config.warm_start)
     augment = make_augment(sv.ctx.task.modality) if config.augment else None
     fit(reference, data, config, augment=augment)
     ref_correct = LoadedModel(0, reference, spec, sv.ctx.codec).score(holdout)[1]
