@@ -32,8 +32,8 @@ from sqlalchemy import select
 
 from flywheel import Project
 from flywheel.data.audio import AudioFolderSource
-from flywheel.privacy.forget import search_store
 from flywheel.store.schema import DatasetVersionExample, Example, ModelVersion, Prediction
+from flywheel.store.search import search_store
 
 FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "fsdd" / "recordings"
 FORGET = "theo"

@@ -182,7 +182,7 @@ def test_quantize_values_are_checked(tmp_path: Path) -> None:
     args = ["export", "1", "--out", str(tmp_path / "f"), "--project", root, "--quantize", "int4"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2
-    assert "'int8', 'int8-static'" in r.output
+    assert "'int8', 'int8-static'" in r.output and "nothing" not in r.output
     assert not (tmp_path / "f").exists()
 
 

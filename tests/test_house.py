@@ -22,10 +22,10 @@ TIERS = (
     "data",  # codecs, sources, cleaning, splits; what a model's output means
     "models",  # architectures
     "training",  # the fit loop, DP-SGD, federated rounds, a run's set-up
-    "cores",  # the other stages' pure cores: plain data in, plain data out
+    "cores",  # the other stages' cores: plain data in and out, no database
     "repos",  # functions that take the caller's Session and never open one
     "context",  # what every service shares
-    "services",  # one transaction per public method
+    "services",  # a stage's persistence: each public method commits in one transaction
     "workflows",  # the steps that cross services: train, retrain, evaluate, forget
     "facade",  # Project
     "shells",  # the CLI, the demo, the HTTP server and dashboard

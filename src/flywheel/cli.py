@@ -612,7 +612,7 @@ def export(
     if fmt != "onnx":
         raise typer.BadParameter(f"format must be 'onnx'; got {fmt!r}", param_hint="--format")
     try:
-        check_quantize(quantize)
+        check_quantize(quantize, option=True)
     except ModelError as exc:
         raise typer.BadParameter(str(exc), param_hint="--quantize") from None
     manifest = _open(project).export(version, out_dir, quantize=quantize)

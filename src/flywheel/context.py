@@ -2,7 +2,7 @@
 the blob folder, and the hook of a server that logs predictions in the background.
 
 One small object below the services, handed to each of them, so that none has to
-reach up to the façade (or to another service) for these.
+reach up to the façade for these.
 """
 
 from __future__ import annotations

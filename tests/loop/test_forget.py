@@ -10,8 +10,9 @@ from sqlalchemy import select
 
 from flywheel import Project
 from flywheel.errors import NotFoundError, RegistryError
-from flywheel.privacy.forget import search_store, subject_digest
+from flywheel.privacy.forget import subject_digest
 from flywheel.store.schema import DatasetVersion, Example, ModelVersion
+from flywheel.store.search import search_store
 from tests.factories import digit_png, digits_arrays
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flywheel import Project
 from flywheel.errors import ModelError
+from flywheel.registry import cache as cache_module
 from flywheel.registry.cache import Served
 from tests.factories import make_project
 
@@ -58,3 +61,55 @@ def test_no_production_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no production model yet"):
         project.cache.current()
     project.close()
+
+
+def test_a_refresh_that_read_the_alias_before_a_promote_cannot_swap_the_old_one_back(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v2 = _second(project)
+    project.promote(1)
+    cache = project.cache
+    assert cache.current().version == 1
+    read, go, committed = threading.Event(), threading.Event(), threading.Event()
+    real_alias = cache_module.repo.get_alias
+
+    def slow_alias(s: Any, name: str) -> int | None:
+        v = real_alias(s, name)
+        if threading.current_thread().name == "watcher":  # it read v1, then stalls
+            read.set()
+            assert go.wait(30)
+        return v
+
+    monkeypatch.setattr(cache_module.repo, "get_alias", slow_alias)
+    real_refresh = cache.refresh
+
+    def refresh_after_commit() -> Any:
+        if threading.current_thread().name == "promoter":
+            committed.set()  # the promote's alias is committed; now it refreshes
+        return real_refresh()
+
+    watcher = threading.Thread(target=real_refresh, name="watcher")
+    watcher.start()
+    assert read.wait(30)
+    monkeypatch.setattr(cache, "refresh", refresh_after_commit)
+    promoter = threading.Thread(target=project.promote, args=(v2,), name="promoter")
+    promoter.start()
+    assert committed.wait(30)
+    go.set()
+    watcher.join(30)
+    promoter.join(30)
+    assert project.production_version() == v2
+    assert cache.current().version == v2  # the watcher's stale read did not win
+
+
+def test_a_stopped_server_leaves_the_cache_as_in_process_use_finds_it(project: Project) -> None:
+    from fastapi.testclient import TestClient
+
+    from flywheel.serving import create_app
+
+    with TestClient(create_app(project.settings, project)):
+        assert project.cache.current().backend.name == "onnx"
+    v2 = _second(project)
+    project.promote(v2)  # after the server: torch again, and no server hook called
+    served = project.cache.current()
+    assert served.version == v2 and served.backend.name == "torch"

@@ -1,5 +1,6 @@
 """Data's service: importing a source as a project's first dataset version, the
-versions and their rows, and rows decoded into arrays. One transaction per method."""
+versions and their rows, and rows decoded into arrays. Each public method commits what
+it writes in one transaction."""
 
 from __future__ import annotations
 

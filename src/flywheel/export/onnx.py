@@ -44,18 +44,20 @@ OPSET = 17
 PARITY_ATOL = 1e-4
 #: the ``quantize`` values `export_onnx` takes (besides ``None``: fp32)
 QUANTIZE_MODES = ("int8", "int8-static")
-#: at most this many rows calibrate a static int8 export (`Project.export` samples them)
+#: at most this many rows calibrate a static int8 export (`ExportService` samples them)
 CALIBRATION_ROWS = 256
 #: rows per calibration batch fed to ONNX Runtime's calibrator
 CALIBRATION_BATCH = 64
 _MODEL_FILES = {"int8": "model.int8.onnx", "int8-static": "model.int8-static.onnx"}
 
 
-def check_quantize(quantize: str | None) -> None:
-    """Refuse a ``quantize`` value other than ``None`` (fp32) or one of `QUANTIZE_MODES`."""
+def check_quantize(quantize: str | None, *, option: bool = False) -> None:
+    """Refuse a ``quantize`` value other than ``None`` (fp32) or one of `QUANTIZE_MODES`
+    (``option``: as a command-line option's value, which fp32 leaves out)."""
     if quantize is not None and quantize not in QUANTIZE_MODES:
         allowed = ", ".join(repr(q) for q in QUANTIZE_MODES)
-        raise ModelError(f"quantize must be one of {allowed} or nothing; got {quantize!r}")
+        fp32 = "" if option else " or nothing"
+        raise ModelError(f"quantize must be one of {allowed}{fp32}; got {quantize!r}")
 
 
 def compare(want: np.ndarray, got: np.ndarray, atol: float = PARITY_ATOL) -> dict[str, Any]:

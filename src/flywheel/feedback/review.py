@@ -13,7 +13,7 @@ from flywheel.context import Context
 from flywheel.data import repo as data_repo
 from flywheel.errors import InputError, ProjectError
 from flywheel.feedback import repo
-from flywheel.feedback.queue import STRATEGIES, Candidate, QueueItem, rank
+from flywheel.feedback.queue import STRATEGIES, Candidate, rank
 from flywheel.outputs import read_output
 from flywheel.registry.cache import ModelCache
 from flywheel.store.schema import Prediction, ReviewItem
@@ -68,16 +68,12 @@ class ReviewService:
         # would give them away.
         n_golden = min(room, round(len(picked) * share / (1 - share))) if share < 1 else 0
         items = [i.to_json() for i in picked]
-        golden = self._golden_probes(n_golden, seed, strategy) if n_golden else []
-        self._hand_out(picked, strategy)
-        # Golden probes sit among the others, so a user cannot tell them apart.
-        rng = np.random.default_rng(seed + len(items))
-        for g in golden:
-            items.insert(int(rng.integers(0, len(items) + 1)), g)
-        return items
-
-    def _hand_out(self, picked: list[QueueItem], strategy: str) -> None:
-        with self.ctx.db.session() as s:
+        probes = self._golden_probes(n_golden, seed, strategy) if n_golden else []
+        with self.ctx.db.session() as s:  # one transaction: the probes and what is handed out
+            for prediction, item, _ in probes:
+                s.add(prediction)
+                s.flush()
+                s.add(item)
             for i in picked:
                 if s.get(ReviewItem, i.prediction_id) is None:
                     s.add(
@@ -88,8 +84,17 @@ class ReviewService:
                             reason=i.reason,
                         )
                     )
+        # Golden probes sit among the others, so a user cannot tell them apart.
+        rng = np.random.default_rng(seed + len(items))
+        for _, _, g in probes:
+            items.insert(int(rng.integers(0, len(items) + 1)), g)
+        return items
 
-    def _golden_probes(self, n: int, seed: int, strategy: str) -> list[dict[str, Any]]:
+    def _golden_probes(
+        self, n: int, seed: int, strategy: str
+    ) -> list[tuple[Prediction, ReviewItem, dict[str, Any]]]:
+        """``n`` training examples whose label is known, predicted afresh: the rows that
+        record them (for the caller's transaction) and their items."""
         loaded = self.cache.current().loaded
         with self.ctx.db.session() as s:
             dv = data_repo.latest(s)
@@ -102,7 +107,7 @@ class ReviewService:
         if not pool:
             return []
         rng = np.random.default_rng(seed * 7919 + used)
-        out = []
+        out: list[tuple[Prediction, ReviewItem, dict[str, Any]]] = []
         for k in rng.choice(len(pool), size=min(n, len(pool)), replace=False):
             example_id, digest = pool[int(k)]
             content = self.ctx.blobs.get(digest)
@@ -112,27 +117,21 @@ class ReviewService:
             assert probabilities is not None  # the queue is for classes
             # Scored and explained like any other item, so a user cannot tell it apart.
             (item,) = rank([Candidate(pid, probabilities, digest)], strategy=strategy, limit=1)
-            with self.ctx.db.session() as s:
-                s.add(
-                    Prediction(
-                        id=pid,
-                        model_version=loaded.version,
-                        user_id=None,
-                        input_hash=digest,
-                        label=label,
-                        probabilities=probabilities,
-                        latency_ms=0.0,
-                    )
-                )
-                s.flush()
-                s.add(
-                    ReviewItem(
-                        prediction_id=pid,
-                        strategy=strategy,
-                        score=item.score,
-                        reason=item.reason,
-                        golden_example_id=int(example_id),
-                    )
-                )
-            out.append(item.to_json())
+            prediction = Prediction(
+                id=pid,
+                model_version=loaded.version,
+                user_id=None,
+                input_hash=digest,
+                label=label,
+                probabilities=probabilities,
+                latency_ms=0.0,
+            )
+            review = ReviewItem(
+                prediction_id=pid,
+                strategy=strategy,
+                score=item.score,
+                reason=item.reason,
+                golden_example_id=int(example_id),
+            )
+            out.append((prediction, review, item.to_json()))
         return out

@@ -1,5 +1,6 @@
 """End users' service: trust re-estimated from what the system can check, the list of
-users with the counts behind it, and quarantine. One transaction per method."""
+users with the counts behind it, and quarantine. Each public method commits what it
+writes in one transaction."""
 
 from __future__ import annotations
 

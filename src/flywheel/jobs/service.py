@@ -1,5 +1,5 @@
 """The jobs' service: work run as a job, its status, progress log, result or error on
-record. One transaction per method (``run`` opens one to start and one to finish)."""
+record. Each method commits in one transaction (``run``: one to start, one to finish)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """The stage services of one project, built once over one context.
 
-Each service owns its stage's persistence (one transaction per public method); the
-workflows of this package order steps across them; the façade delegates to both.
+Each service owns its stage's persistence (each public method commits what it writes
+in one transaction; some read through another service, such as the model cache); the
+workflows of this package order the steps that cross services and transactions; the
+façade delegates to both.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ another user still refers to the same bytes.
 
 A model version is affected when its dataset version held one of the erased rows,
 or when it was warm-started from an affected version (it carries the weights). The
-caller (``Project.forget``) takes affected versions out of service and retrains.
+caller (``PrivacyService.erase``, in ``flywheel.loop.forget``) takes affected versions
+out of service and retrains.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import MetaData, delete, func, or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from flywheel.store.schema import (
@@ -43,7 +43,6 @@ __all__ = [
     "affected_versions",
     "audit",
     "erase",
-    "search_store",
     "still_referenced",
     "subject_digest",
     "table_counts",
@@ -248,21 +247,3 @@ def audit(s: Session, er: Erasure, detail: dict[str, Any]) -> AuditRecord:
     s.add(rec)
     s.flush()
     return rec
-
-
-def search_store(engine: Engine, needles: set[str]) -> list[tuple[str, str, int]]:
-    """(table, column, cells) wherever any cell of any table holds one of ``needles`` as
-    text — the brute-force proof that a forget left nothing (reads every row)."""
-    if not needles:
-        return []
-    meta = MetaData()
-    meta.reflect(engine)
-    hits: dict[tuple[str, str], int] = {}
-    with engine.connect() as conn:
-        for table in meta.sorted_tables:
-            for row in conn.execute(table.select()):
-                for col, value in row._mapping.items():
-                    if value is not None and any(n in str(value) for n in needles):
-                        key = (table.name, str(col))
-                        hits[key] = hits.get(key, 0) + 1
-    return [(t, c, n) for (t, c), n in sorted(hits.items())]

@@ -1,6 +1,7 @@
 """Identity: the key chain that turns raw user ids into stored pseudonyms, opened
 against the store once per process, rotated, and reloaded after another process
-rotated it. Each public method runs in one transaction.
+rotated it. Each public method commits in one transaction (a rotation with its audit
+record).
 
 Rotating appends a key and maps every stored pseudonym ``p`` to ``HMAC(new, p)``, so
 the store is re-keyed without ever knowing a raw id, and a leaked older key alone no
@@ -71,19 +72,12 @@ class IdentityService:
         return True
 
     def rotate(self) -> dict[str, Any]:
-        """Append a key to the chain and re-key every stored user (one transaction)."""
+        """Append a key to the chain and re-key every stored user; audited in the same
+        transaction."""
         self.ctx.settle()
-        old = self.chain.fingerprint
+        chain = self.chain
         with self._lock:
-            self._chain, n = rotate_chain(self.chain, self.ctx.db)
-        detail = {
-            "users": n,
-            "keys": len(self._chain.keys),
-            "fingerprint_before": old,
-            "fingerprint_after": self._chain.fingerprint,
-        }
-        with self.ctx.db.session() as s:
-            s.add(AuditRecord(action="rotate_key", subject=None, detail=detail))
+            self._chain, detail = rotate_chain(chain, self.ctx.db)
         return detail
 
 
@@ -132,8 +126,9 @@ def open_chain(path: Path, db: Database) -> Pseudonymizer:
         return p
 
 
-def rotate_chain(chain: Pseudonymizer, db: Database) -> tuple[Pseudonymizer, int]:
-    """Append a fresh key and re-key every stored user; (the new chain, users)."""
+def rotate_chain(chain: Pseudonymizer, db: Database) -> tuple[Pseudonymizer, dict[str, Any]]:
+    """Append a fresh key and re-key every stored user, with the audit record, in one
+    transaction; (the new chain, the record's detail)."""
     new_key = secrets.token_bytes(32)
     keys = [*chain.keys, new_key]
     nxt = chain.path.with_name(chain.path.name + ".next")
@@ -146,9 +141,16 @@ def rotate_chain(chain: Pseudonymizer, db: Database) -> tuple[Pseudonymizer, int
                     raise ConfigError("the store's user-id key changed under this process")
                 n = rekey_users(s, lambda old: hash_step(new_key, old))
                 meta.value = fingerprint(keys)
+                detail = {
+                    "users": n,
+                    "keys": len(keys),
+                    "fingerprint_before": chain.fingerprint,
+                    "fingerprint_after": meta.value,
+                }
+                s.add(AuditRecord(action="rotate_key", subject=None, detail=detail))
                 s.commit()
         except BaseException:
             nxt.unlink(missing_ok=True)
             raise
         os.replace(nxt, chain.path)
-    return Pseudonymizer(chain.path, keys), n
+    return Pseudonymizer(chain.path, keys), detail

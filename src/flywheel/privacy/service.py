@@ -1,5 +1,6 @@
 """Privacy's service: admission to a private run (the ledger), the erasure of a user,
-retention, the blobs they leave behind, and the audit log. One transaction per method.
+retention, the blobs they leave behind, and the audit log. Each public method commits
+what it writes to the store in one transaction (blobs and spill files after it).
 """
 
 from __future__ import annotations

@@ -46,33 +46,38 @@ class ModelCache:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._served: Served | None = None
+        # One refresh at a time, from reading the alias to the swap: two refreshes that
+        # interleaved could otherwise swap an older version back in.
         self._lock = threading.Lock()
         # In-process callers get torch; a server asks for its configured backend.
         self._kind = "torch"
         self._threads = 1
-        self._on_swap: list[Callable[[Served], None]] = []
+        self._on_swap: Callable[[Served], None] | None = None
 
     def serve_with(
         self, kind: str, *, threads: int = 1, on_swap: Callable[[Served], None] | None = None
     ) -> None:
         """Build each production version's backend as ``kind`` from the next refresh on
         (the server's ``serving_backend``), and call ``on_swap`` after every swap."""
-        self._kind, self._threads = kind, threads
-        if on_swap is not None:
-            self._on_swap.append(on_swap)
+        with self._lock:
+            self._kind, self._threads, self._on_swap = kind, threads, on_swap
+
+    def stop_serving(self) -> None:
+        """Back to in-process use (torch, nobody to tell of swaps): the server stopped."""
+        self.serve_with("torch")
 
     def refresh(self) -> Served | None:
         """Serve the production version; a new one is loaded before it is swapped in.
 
         None when there is no production version (none yet, or it was withdrawn).
         """
-        with self.ctx.db.session() as s:
-            current = repo.get_alias(s, PRODUCTION)
-            info = None if current is None else repo.get_version(s, current)
-        if info is None:
-            self._served = None
-            return None
         with self._lock:
+            with self.ctx.db.session() as s:
+                current = repo.get_alias(s, PRODUCTION)
+                info = None if current is None else repo.get_version(s, current)
+            if info is None:
+                self._served = None
+                return None
             served = self._served
             if served is not None and served.version == info.version:
                 if served.kind == self._kind:
@@ -85,9 +90,9 @@ class ModelCache:
             )
             fresh = Served(loaded, backend, self._kind)
             self._served = fresh  # one reference assignment: the swap
-        for hook in self._on_swap:
-            hook(fresh)
-        return fresh
+            if self._on_swap is not None:
+                self._on_swap(fresh)
+            return fresh
 
     def refresh_if_held(self) -> None:
         """Refresh when a version is held (a retrain promoted one: serve it now)."""

@@ -1,5 +1,6 @@
-"""The registry's service: model versions and aliases, one transaction per method, and
-the one model cache that every promotion and rollback swaps at once."""
+"""The registry's service: model versions and aliases (each public method commits what
+it writes in one transaction), and the one model cache that every promotion and
+rollback swaps at once."""
 
 from __future__ import annotations
 

@@ -131,3 +131,5 @@ class Predictor:
         self.feedback_commit.close()  # before the writer: feedback may wait on its rows
         self.writer.close()
         self.project.prediction_log = None
+        if self._fixed is None:
+            self.project.cache.stop_serving()

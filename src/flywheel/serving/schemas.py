@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
@@ -24,7 +26,14 @@ __all__ = [
     "StatsPublic",
     "TextInput",
     "UserPublic",
+    "json_body",
 ]
+
+
+def json_body(content: Any) -> JSONResponse:
+    """The answer as every route's body is written (``json.dumps``, non-finite numbers
+    refused); the route's ``response_model`` documents its schema in OpenAPI."""
+    return JSONResponse(jsonable_encoder(content))
 
 
 class PredictionPublic(BaseModel):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.serving.deps import ProjectDep, require
-from flywheel.serving.schemas import ExplanationPublic
+from flywheel.serving.schemas import ExplanationPublic, json_body
 
 __all__ = ["router"]
 
@@ -26,21 +25,19 @@ class ExplainRequest(BaseModel):
 @router.post(
     "/v1/explain",
     response_model=ExplanationPublic,
-    # absent parts stay absent (an image's explanation has no items, a text's no map)
-    response_model_exclude_unset=True,
     dependencies=[Depends(require("read"))],
     responses={
         404: {"description": "Unknown prediction, or its input expired."},
         422: {"description": "A target outside the model's labels."},
     },
 )
-def create_explanation(project: ProjectDep, body: ExplainRequest) -> dict[str, Any]:
+def create_explanation(project: ProjectDep, body: ExplainRequest) -> JSONResponse:
     """Attributions for a logged prediction, by the model version that made it: a map in
     [0, 1] at the model's input resolution (images: Integrated Gradients; audio: the same
     over log-mel frames), token scores (text: feature ablation) or feature scores
     (regression). Cached per input, model version and target; ``overlay`` says whether
     ``GET /v1/explain/{prediction_id}.png`` has a picture."""
-    return project.explain(body.prediction_id, body.target)
+    return json_body(project.explain(body.prediction_id, body.target))
 
 
 @router.get(

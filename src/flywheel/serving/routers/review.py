@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
 
 from flywheel.serving.deps import ProjectDep, require
-from flywheel.serving.schemas import ReviewQueuePublic
+from flywheel.serving.schemas import ReviewQueuePublic, json_body
 
 __all__ = ["router"]
 
@@ -51,18 +52,18 @@ def _query(
 Params = Annotated[QueueQuery, Depends(_query)]
 
 
-def _hand_out(project: ProjectDep, q: QueueQuery) -> ReviewQueuePublic:
+def _hand_out(project: ProjectDep, q: QueueQuery) -> JSONResponse:
     items = project.review_queue(limit=q.limit, strategy=q.strategy, spread=q.spread)
     strategy = q.strategy or project.settings.review_strategy
-    return ReviewQueuePublic.model_validate({"strategy": strategy, "items": items})
+    return json_body({"strategy": strategy, "items": items})
 
 
 @router.post("/v1/review-queue", **ROUTE)
-def create_review_batch(project: ProjectDep, q: Params) -> ReviewQueuePublic:
+def create_review_batch(project: ProjectDep, q: Params) -> JSONResponse:
     return _hand_out(project, q)
 
 
 @router.get("/v1/review-queue", deprecated=True, **ROUTE)
-def read_review_queue(project: ProjectDep, q: Params) -> ReviewQueuePublic:
+def read_review_queue(project: ProjectDep, q: Params) -> JSONResponse:
     """Deprecated: the same as ``POST /v1/review-queue``, which it writes like."""
     return _hand_out(project, q)

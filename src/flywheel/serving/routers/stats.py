@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flywheel.serving.deps import MetricsDep, ProjectDep, require
-from flywheel.serving.schemas import Health, StatsPublic
+from flywheel.serving.schemas import Health, StatsPublic, json_body
 
 __all__ = ["router"]
 
@@ -19,9 +18,9 @@ router = APIRouter(tags=["stats"])
 def read_stats(
     project: ProjectDep,
     minutes: int = Query(60, ge=1, le=7 * 24 * 60, description="Window of the per-minute counts."),
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Call frequency per model version, label and minute; feedback counts; accuracy per version."""
-    return project.stats(minutes=minutes)
+    return json_body(project.stats(minutes=minutes))
 
 
 @router.get("/healthz", response_model=Health)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.serving.deps import ProjectDep, RunnerDep, require
-from flywheel.serving.schemas import ForgetPublic, LedgerPublic, UserPublic
+from flywheel.serving.schemas import ForgetPublic, LedgerPublic, UserPublic, json_body
 
 __all__ = ["router"]
 
@@ -21,9 +20,9 @@ class QuarantineRequest(BaseModel):
 
 
 @router.get("/v1/users", response_model=list[UserPublic], dependencies=[Depends(require("admin"))])
-def list_users(project: ProjectDep) -> list[dict[str, Any]]:
+def list_users(project: ProjectDep) -> JSONResponse:
     """Users with their trust, the counts behind it, contributions and quarantine."""
-    return project.users()
+    return json_body(project.users())
 
 
 @router.post(
@@ -34,9 +33,9 @@ def list_users(project: ProjectDep) -> list[dict[str, Any]]:
 )
 def quarantine_user(
     project: ProjectDep, user_id: str, body: QuarantineRequest | None = None
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Hold the user's feedback back from training (kept, listed, reversible)."""
-    return project.quarantine(user_id, (body or QuarantineRequest()).reason)
+    return json_body(project.quarantine(user_id, (body or QuarantineRequest()).reason))
 
 
 @router.delete(
@@ -45,9 +44,9 @@ def quarantine_user(
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "Unknown user."}},
 )
-def release_user(project: ProjectDep, user_id: str) -> dict[str, Any]:
+def release_user(project: ProjectDep, user_id: str) -> JSONResponse:
     """Release the user; their held-back feedback is used by the next retrain."""
-    return project.release(user_id)
+    return json_body(project.release(user_id))
 
 
 @router.get(
@@ -56,9 +55,9 @@ def release_user(project: ProjectDep, user_id: str) -> dict[str, Any]:
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "Unknown user."}},
 )
-def user_privacy(project: ProjectDep, user_id: str) -> dict[str, Any]:
+def user_privacy(project: ProjectDep, user_id: str) -> JSONResponse:
     """The user's privacy ledger: ε and δ spent across private runs, the runs, the budget."""
-    return project.privacy_ledger(user_id)[0]
+    return json_body(project.privacy_ledger(user_id)[0])
 
 
 @router.get(
@@ -66,9 +65,9 @@ def user_privacy(project: ProjectDep, user_id: str) -> dict[str, Any]:
     response_model=list[LedgerPublic],
     dependencies=[Depends(require("admin"))],
 )
-def privacy_ledger(project: ProjectDep) -> list[dict[str, Any]]:
+def privacy_ledger(project: ProjectDep) -> JSONResponse:
     """Every user on the privacy ledger."""
-    return project.privacy_ledger()
+    return json_body(project.privacy_ledger())
 
 
 @router.delete(
@@ -77,10 +76,10 @@ def privacy_ledger(project: ProjectDep) -> list[dict[str, Any]]:
     dependencies=[Depends(require("admin"))],
     responses={404: {"description": "Unknown user."}},
 )
-def forget_user(runner: RunnerDep, user_id: str) -> dict[str, Any]:
+def forget_user(runner: RunnerDep, user_id: str) -> JSONResponse:
     """Forget a user (right to erasure). Answered once the erasure is committed: their
     predictions, feedback, examples, inputs and ledger rows are gone, every model version
     trained on their rows is out of service (in this process at once; in others within
     ``reload_interval_s``, as for any promotion). Retraining production without them
     runs as a job (``retrain_job``; null when production did not use their rows)."""
-    return runner.forget(user_id)
+    return json_body(runner.forget(user_id))
