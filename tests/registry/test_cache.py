@@ -70,7 +70,7 @@ def test_a_refresh_that_read_the_alias_before_a_promote_cannot_swap_the_old_one_
     project.promote(1)
     cache = project.cache
     assert cache.current().version == 1
-    read, go, committed = threading.Event(), threading.Event(), threading.Event()
+    read, go, promoting = threading.Event(), threading.Event(), threading.Event()
     real_alias = cache_module.repo.get_alias
 
     def slow_alias(s: Any, name: str) -> int | None:
@@ -81,20 +81,19 @@ def test_a_refresh_that_read_the_alias_before_a_promote_cannot_swap_the_old_one_
         return v
 
     monkeypatch.setattr(cache_module.repo, "get_alias", slow_alias)
-    real_refresh = cache.refresh
+    real_move = cache.move
 
-    def refresh_after_commit() -> Any:
-        if threading.current_thread().name == "promoter":
-            committed.set()  # the promote's alias is committed; now it refreshes
-        return real_refresh()
+    def move(version: int, commit: Any) -> Any:
+        promoting.set()  # the promotion has begun: it commits under the cache's lock
+        return real_move(version, commit)
 
-    watcher = threading.Thread(target=real_refresh, name="watcher")
+    watcher = threading.Thread(target=cache.refresh, name="watcher")
     watcher.start()
     assert read.wait(30)
-    monkeypatch.setattr(cache, "refresh", refresh_after_commit)
+    monkeypatch.setattr(cache, "move", move)
     promoter = threading.Thread(target=project.promote, args=(v2,), name="promoter")
     promoter.start()
-    assert committed.wait(30)
+    assert promoting.wait(30)
     go.set()
     watcher.join(30)
     promoter.join(30)

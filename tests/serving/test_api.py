@@ -385,7 +385,7 @@ def test_stats_counts_calls_and_feedback(client: TestClient) -> None:
 def test_healthz_and_openapi(client: TestClient) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "production_version": 1}
+    assert r.json() == {"status": "ok", "production_version": 1, "serving_version": 1}
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     for path in (

@@ -232,3 +232,46 @@ def test_upgrading_a_first_schema_project_with_data_keeps_every_row(database_url
         assert not [t for t in tables if t.startswith("_alembic_tmp_")]
     finally:
         database.dispose()
+
+
+def test_upgrading_keeps_versions_verifiable_and_makes_their_folders_relative(
+    database_url: str, tmp_path: Path
+) -> None:
+    """0007 → head: an absolute artifact folder under <project>/models becomes relative, and
+    the spec as it stands is hashed (so later edits are caught)."""
+    import hashlib
+
+    folder = tmp_path / "project" / "models" / "v1"
+    folder.mkdir(parents=True)
+    (folder / "spec.json").write_text('{"arch": "seed_cnn"}')
+    database = _database_at(database_url, "0007")
+    try:
+        with database.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO dataset_versions (id, content_hash, source, preprocessing, stats, "
+                    "created_at) VALUES (1, 'h', 's', '{}', '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+            for version, where in ((1, str(folder)), (2, "/somewhere/else")):
+                conn.execute(
+                    text(
+                        "INSERT INTO model_versions (version, arch, dataset_version_id, "
+                        "training_config, spec, metrics, artifact_dir, weights_sha256, "
+                        "created_at) VALUES (:v, 'seed_cnn', 1, '{}', '{}', '{}', :d, 'w', "
+                        "CURRENT_TIMESTAMP)"
+                    ),
+                    {"v": version, "d": where},
+                )
+        database.migrate()
+        with database.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT version, artifact_dir, spec_sha256, graph_sha256 FROM model_versions "
+                    "ORDER BY version"
+                )
+            ).all()
+        spec_hash = hashlib.sha256((folder / "spec.json").read_bytes()).hexdigest()
+        assert rows == [(1, "models/v1", spec_hash, None), (2, "/somewhere/else", None, None)]
+    finally:
+        database.dispose()

@@ -18,6 +18,7 @@ from flywheel.store.schema import DatasetVersion, DatasetVersionExample, Example
 
 __all__ = [
     "examples",
+    "first_input",
     "get",
     "in_version",
     "info",
@@ -94,6 +95,12 @@ def rows(s: Session, version: int, split: str) -> list[Row]:
 
 def examples(s: Session, version: int) -> list[Example]:
     return list(s.scalars(in_version(select(Example), version)))
+
+
+def first_input(s: Session, version: int, split: str) -> str | None:
+    """The input hash of one row of ``split`` (the first by content; None: none)."""
+    q = in_version(select(Example.input_hash), version).where(Example.split == split)
+    return s.scalar(q.order_by(Example.input_hash).limit(1))
 
 
 def source_paths(s: Session, version: int) -> dict[str, str | None]:

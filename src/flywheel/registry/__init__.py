@@ -6,7 +6,7 @@ caller's session); ``flywheel.registry.service`` opens the transactions and hold
 the one model cache.
 """
 
-from flywheel.registry.artifacts import SPEC, WEIGHTS, load_artifact, save_artifact
+from flywheel.registry.artifacts import SPEC, WEIGHTS, Hashes, load_artifact, save_artifact
 from flywheel.registry.backends import (
     BACKENDS,
     Backend,
@@ -26,6 +26,7 @@ __all__ = [
     "WEIGHTS",
     "Backend",
     "FakeBackend",
+    "Hashes",
     "LoadedModel",
     "OnnxBackend",
     "TorchBackend",

@@ -13,6 +13,7 @@ values (regression), so the batcher and the routes do not care which one runs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -81,9 +82,11 @@ class OnnxBackend(TorchBackend):
 
     name = "onnx"
 
-    def __init__(self, loaded: LoadedModel, session: Any) -> None:
+    def __init__(self, loaded: LoadedModel, session: Any, graph_sha256: str = "") -> None:
         super().__init__(loaded)
         self.session = session
+        #: the SHA-256 of the graph this session runs
+        self.graph_sha256 = graph_sha256
 
     def run(self, x: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.session.run(None, {"input": x})[0]
@@ -136,23 +139,44 @@ def _onnx_session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _export_once(loaded: LoadedModel, folder: Path) -> Path:
-    """The version's serving graph, exported on first use (atomic: workers may race)."""
+def _serving_graph(loaded: LoadedModel, folder: Path, sha256: str | None) -> tuple[Path, str]:
+    """The version's serving graph and its SHA-256: exported on first use (atomic:
+    workers may race), checked against ``sha256`` (the hash recorded when it was first
+    exported) afterwards. A graph that no longer matches is not used: it is exported
+    again from the version's weights (which were verified when they were loaded)."""
     path = folder / GRAPH_FILE
-    if not path.exists():
-        tmp = folder / f".{GRAPH_FILE}.{os.getpid()}.{threading.get_ident()}"
-        example = np.zeros((1, *loaded.spec.input_shape), np.float32)
-        write_graph(loaded.model, example, tmp)
-        os.replace(tmp, path)
-    return path
+    if path.exists():
+        found = hashlib.sha256(path.read_bytes()).hexdigest()
+        if sha256 is None or found == sha256:
+            return path, found
+        log.warning(
+            "v%d: %s does not match the SHA-256 recorded when it was exported "
+            "(expected %s…, found %s…); exporting it again from the verified weights",
+            loaded.version,
+            GRAPH_FILE,
+            sha256[:12],
+            found[:12],
+        )
+    tmp = folder / f".{GRAPH_FILE}.{os.getpid()}.{threading.get_ident()}"
+    example = np.zeros((1, *loaded.spec.input_shape), np.float32)
+    write_graph(loaded.model, example, tmp)
+    os.replace(tmp, path)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_backend(
-    loaded: LoadedModel, kind: str, *, artifact_dir: Path, threads: int = 1
+    loaded: LoadedModel,
+    kind: str,
+    *,
+    artifact_dir: Path,
+    threads: int = 1,
+    graph_sha256: str | None = None,
 ) -> TorchBackend | OnnxBackend:
     """The backend ``kind`` for a loaded version; ONNX falls back to torch (and says why)
     when onnxruntime is missing, the architecture does not export, or the graph does
-    not match torch on a random batch."""
+    not match torch on a random batch. ``graph_sha256``: what the version's serving
+    graph hashed to when it was first exported (the backend's ``graph_sha256`` is what
+    it runs)."""
     if kind not in BACKENDS:
         raise ConfigError(f"serving_backend must be one of {', '.join(BACKENDS)}; got {kind!r}")
     if kind == "torch":
@@ -167,9 +191,8 @@ def load_backend(
             why = "onnxruntime is not installed (pip install 'flywheel-ml[onnx]')"
     if not why:
         try:
-            backend = OnnxBackend(
-                loaded, _onnx_session(_export_once(loaded, artifact_dir), threads)
-            )
+            path, digest = _serving_graph(loaded, artifact_dir, graph_sha256)
+            backend = OnnxBackend(loaded, _onnx_session(path, threads), digest)
             x = np.random.default_rng(0).normal(size=(4, *loaded.spec.input_shape))
             x = x.astype(np.float32)
             # The same tolerance as an exported bundle's parity check.

@@ -2,10 +2,12 @@
 
 Everything that answers with production goes through it: the server's backend (ONNX
 Runtime or torch), the in-process ``Project.predict``, the review queue's golden
-probes and explanations. ``refresh`` reads the production alias and, when it moved,
-loads the new version *before* swapping it in (one reference assignment), so no
-caller sees a half-loaded model; a caller that already holds the old one finishes
-on it.
+probes and explanations. A version is loaded (its files verified against the hashes
+recorded at registration), given its backend, and made to answer a self-check
+*before* it is swapped in (one reference assignment), so no caller sees a half-loaded
+or broken model; a caller that already holds the old one finishes on it. A promotion
+or rollback (``move``) commits the alias only once the version passed all that, so a
+version that cannot serve never becomes production.
 """
 
 from __future__ import annotations
@@ -15,17 +17,24 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
 
 from flywheel.context import Context
-from flywheel.errors import ModelError
+from flywheel.data import HOLDOUT
+from flywheel.data import repo as data_repo
+from flywheel.errors import FlywheelError, ModelError
 from flywheel.registry import repo
-from flywheel.registry.backends import Backend, load_backend
+from flywheel.registry.backends import Backend, OnnxBackend, load_backend
 from flywheel.registry.loaded import LoadedModel, load_model
-from flywheel.registry.versions import PRODUCTION
+from flywheel.registry.versions import PRODUCTION, VersionInfo
 
 __all__ = ["ModelCache", "Served"]
 
 log = logging.getLogger("flywheel.serving")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ class ModelCache:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._served: Served | None = None
-        # One refresh at a time, from reading the alias to the swap: two refreshes that
+        # One refresh or move at a time, from reading the alias to the swap: two that
         # interleaved could otherwise swap an older version back in.
         self._lock = threading.Lock()
         # In-process callers get torch; a server asks for its configured backend.
@@ -67,7 +76,8 @@ class ModelCache:
         self.serve_with("torch")
 
     def refresh(self) -> Served | None:
-        """Serve the production version; a new one is loaded before it is swapped in.
+        """Serve the production version; a new one is loaded, verified and checked
+        before it is swapped in (one that fails raises, and the old one stays).
 
         None when there is no production version (none yet, or it was withdrawn).
         """
@@ -79,20 +89,29 @@ class ModelCache:
                 self._served = None
                 return None
             served = self._served
-            if served is not None and served.version == info.version:
-                if served.kind == self._kind:
-                    return served
-                loaded = served.loaded
-            else:
-                loaded = load_model(info.version, info.artifact_dir, self.ctx.codec)
-            backend = load_backend(
-                loaded, self._kind, artifact_dir=Path(info.artifact_dir), threads=self._threads
-            )
-            fresh = Served(loaded, backend, self._kind)
-            self._served = fresh  # one reference assignment: the swap
-            if self._on_swap is not None:
-                self._on_swap(fresh)
-            return fresh
+            if served is None or served.version != info.version or served.kind != self._kind:
+                served = self._prepare(info, served)
+                self._swap(served)
+            return served
+
+    def move(self, version: int, commit: Callable[[], T]) -> T:
+        """Make ``version`` production: load it, verify it and check it answers, then
+        ``commit`` (the transaction that moves the alias), then swap it in. A version
+        that fails leaves production, and what serves, as they were."""
+        with self._lock:
+            with self.ctx.db.session() as s:
+                info = repo.get_version(s, version)
+            served = self._served
+            if served is None or served.version != version or served.kind != self._kind:
+                served = self._prepare(info, served)
+            out = commit()
+            self._swap(served)
+            return out
+
+    @property
+    def held(self) -> Served | None:
+        """What serves now, without loading anything (None: nothing loaded yet)."""
+        return self._served
 
     def refresh_if_held(self) -> None:
         """Refresh when a version is held (a retrain promoted one: serve it now)."""
@@ -117,7 +136,56 @@ class ModelCache:
             raise ModelError(f"model v{version} is not available: {exc}") from exc
 
     def load(self, version: int) -> LoadedModel:
-        """Version ``version`` loaded from its artifact (not cached)."""
+        """Version ``version`` loaded from its artifact, verified (not cached)."""
         with self.ctx.db.session() as s:
             info = repo.get_version(s, version)
-        return load_model(version, info.artifact_dir, self.ctx.codec)
+        return self._load(info)
+
+    def _load(self, info: VersionInfo) -> LoadedModel:
+        folder = info.resolved(self.ctx.settings.project_dir).artifact_dir
+        return load_model(info.version, folder, self.ctx.codec, info.hashes)
+
+    def _prepare(self, info: VersionInfo, held: Served | None) -> Served:
+        """``info``'s version ready to serve: loaded (or the held one reused), its
+        backend built, its self-check passed."""
+        loaded = held.loaded if held is not None and held.version == info.version else None
+        loaded = loaded or self._load(info)
+        folder = Path(info.resolved(self.ctx.settings.project_dir).artifact_dir)
+        backend = load_backend(
+            loaded, self._kind, artifact_dir=folder, threads=self._threads,
+            graph_sha256=info.graph_sha256,
+        )  # fmt: skip
+        if isinstance(backend, OnnxBackend) and backend.graph_sha256 != info.graph_sha256:
+            with self.ctx.db.session() as s:  # the serving graph, exported: its hash kept
+                repo.record_graph(s, info.version, backend.graph_sha256)
+        self._self_check(loaded, backend, info)
+        return Served(loaded, backend, self._kind)
+
+    def _self_check(self, loaded: LoadedModel, backend: Backend, info: VersionInfo) -> None:
+        """The version answers one of its held-out inputs (zeros where none is left) with
+        an output of the right shape, all finite."""
+        with self.ctx.db.session() as s:
+            digest = data_repo.first_input(s, info.dataset_version, HOLDOUT)
+        try:
+            content = None if digest is None else self.ctx.blobs.get(digest)
+            x = (
+                np.zeros((1, *loaded.spec.input_shape), np.float32)
+                if content is None
+                else backend.decode(content)[None]
+            )
+            out = np.asarray(backend.run(x))
+        except FlywheelError as exc:
+            raise ModelError(f"v{info.version} failed its self-check: {exc}") from exc
+        want = (1, len(loaded.labels)) if loaded.labels else (1,)
+        if out.shape != want or not np.isfinite(out).all():
+            raise ModelError(
+                f"v{info.version} failed its self-check: answered an output of shape "
+                f"{out.shape} (expected {want}){'' if np.isfinite(out).all() else ', not finite'}"
+            )
+
+    def _swap(self, served: Served) -> None:
+        """In the lock: one reference assignment, then the server hears of it."""
+        if served is not self._served:
+            self._served = served
+            if self._on_swap is not None:
+                self._on_swap(served)

@@ -13,7 +13,7 @@ from flywheel.data import Arrays, Codec
 from flywheel.evaluation.scoring import score
 from flywheel.models import ModelSpec
 from flywheel.outputs import softmax
-from flywheel.registry.artifacts import load_artifact
+from flywheel.registry.artifacts import Hashes, load_artifact
 from flywheel.training import predict_outputs
 
 __all__ = ["LoadedModel", "load_model"]
@@ -52,8 +52,11 @@ class LoadedModel:
         return score(self.outputs(data.x), data.y, self.labels)
 
 
-def load_model(version: int, artifact_dir: str | Path, codec: Codec) -> LoadedModel:
-    """Load a version's artifact (safetensors + spec) and warm its codec up."""
-    model, spec = load_artifact(Path(artifact_dir))
+def load_model(
+    version: int, artifact_dir: str | Path, codec: Codec, hashes: Hashes | None = None
+) -> LoadedModel:
+    """Load a version's artifact (safetensors + spec), each file verified against the
+    ``hashes`` recorded at registration, and warm its codec up."""
+    model, spec = load_artifact(Path(artifact_dir), hashes, what=f"model v{version}")
     codec.warm_up(spec.preprocessing)
     return LoadedModel(version, model, spec, codec)

@@ -15,13 +15,16 @@ from flywheel.store.schema import AliasEvent, ModelAlias, ModelVersion, utcnow
 
 __all__ = [
     "aliases_of",
+    "check_servable",
     "clear_alias",
     "fallback",
     "get_alias",
     "get_version",
     "list_versions",
     "promote",
+    "record_graph",
     "rollback",
+    "rollback_target",
     "set_alias",
     "withdraw",
 ]
@@ -47,6 +50,9 @@ def _info(mv: ModelVersion, aliases: dict[int, list[str]]) -> VersionInfo:
         gate=mv.gate,
         artifact_dir=mv.artifact_dir,
         withdrawn=mv.withdrawn_reason if mv.withdrawn_at is not None else None,
+        weights_sha256=mv.weights_sha256,
+        spec_sha256=mv.spec_sha256,
+        graph_sha256=mv.graph_sha256,
     )
 
 
@@ -121,6 +127,23 @@ def rollback(s: Session, reason: str = "rollback") -> tuple[int, int]:
     replaced, so repeated rollbacks keep going back through the history.
     Returns (from, to).
     """
+    current, target = rollback_target(s)
+    set_alias(s, PRODUCTION, target, action="rollback", reason=reason)
+    return current, target
+
+
+def check_servable(s: Session, version: int) -> None:
+    """Refuse a version that is unknown or out of service before any work on it."""
+    mv = s.get(ModelVersion, version)
+    if mv is None:
+        raise NotFoundError("model version", version)
+    if mv.withdrawn_at is not None:
+        raise RegistryError(f"v{version} is out of service: {mv.withdrawn_reason}")
+
+
+def rollback_target(s: Session) -> tuple[int, int]:
+    """(production now, the version a rollback goes back to); ``RegistryError`` when
+    there is none."""
     current = get_alias(s, PRODUCTION)
     if current is None:
         raise RegistryError("there is no production model to roll back")
@@ -144,7 +167,6 @@ def rollback(s: Session, reason: str = "rollback") -> tuple[int, int]:
         mv = s.get(ModelVersion, target)
         if mv is not None and mv.withdrawn_at is None:
             break
-    set_alias(s, PRODUCTION, target, action="rollback", reason=reason)
     return current, target
 
 
@@ -191,3 +213,11 @@ def withdraw(s: Session, versions: list[int], *, reason: str, at: datetime) -> d
             clear_alias(s, alias, reason=reason)
         moved[alias] = {"from": held, "to": target}
     return moved
+
+
+def record_graph(s: Session, version: int, sha256: str) -> None:
+    """Keep the SHA-256 of a version's serving graph, exported on first use."""
+    mv = s.get(ModelVersion, version)
+    if mv is None:
+        raise NotFoundError("model version", version)
+    mv.graph_sha256 = sha256

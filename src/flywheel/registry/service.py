@@ -65,11 +65,14 @@ class RegistryService:
 
     def models(self) -> list[VersionInfo]:
         with self.ctx.db.session() as s:
-            return repo.list_versions(s)
+            return [self._resolved(v) for v in repo.list_versions(s)]
 
     def version(self, version: int) -> VersionInfo:
         with self.ctx.db.session() as s:
-            return repo.get_version(s, version)
+            return self._resolved(repo.get_version(s, version))
+
+    def _resolved(self, info: VersionInfo) -> VersionInfo:
+        return info.resolved(self.ctx.settings.project_dir)
 
     def production(self) -> int | None:
         with self.ctx.db.session() as s:
@@ -89,19 +92,31 @@ class RegistryService:
         return self.cache.load(version)
 
     def promote(self, version: int, reason: str) -> VersionInfo:
-        """Point production at ``version``; the cache serves it at once."""
+        """Point production at ``version`` once it has loaded (its files verified) and
+        answered a self-check; the cache serves it at once. A version that fails leaves
+        production where it was."""
         with self.ctx.db.session() as s:
-            repo.promote(s, version, reason)
-            info = repo.get_version(s, version)
-        self.cache.refresh()
-        return info
+            repo.check_servable(s, version)
+
+        def commit() -> VersionInfo:
+            with self.ctx.db.session() as s:
+                repo.promote(s, version, reason)
+                return self._resolved(repo.get_version(s, version))
+
+        return self.cache.move(version, commit)
 
     def rollback(self, reason: str) -> tuple[int, int]:
-        """Production back to the version it held before; the cache serves it at once."""
+        """Production back to the version it held before (loaded and checked first, as
+        for a promotion); the cache serves it at once. Returns (from, to)."""
         with self.ctx.db.session() as s:
-            moved = repo.rollback(s, reason)
-        self.cache.refresh()
-        return moved
+            current, target = repo.rollback_target(s)
+
+        def commit() -> tuple[int, int]:
+            with self.ctx.db.session() as s:
+                repo.set_alias(s, PRODUCTION, target, action="rollback", reason=reason)
+            return current, target
+
+        return self.cache.move(target, commit)
 
     def register(
         self,
@@ -156,11 +171,13 @@ class RegistryService:
                 mv.gate = {"promote": False, "promoted": False, "reason": mv.withdrawn_reason}
                 mv.metrics = {k: v for k, v in metrics.items() if k not in ("privacy",)}
                 s.commit()
-                return Registered(repo.get_version(s, mv.version), withdrawn=True)
+                return Registered(self._resolved(repo.get_version(s, mv.version)), withdrawn=True)
             folder = self.ctx.settings.models_dir / f"v{mv.version}"
             try:
-                mv.weights_sha256 = save_artifact(model, spec, folder)
-                mv.artifact_dir = str(folder)
+                hashes = save_artifact(model, spec, folder)
+                mv.weights_sha256, mv.spec_sha256 = str(hashes.weights), hashes.spec
+                # Relative to the project: a copied project loads its own models.
+                mv.artifact_dir = str(folder.relative_to(self.ctx.settings.project_dir))
                 s.flush()
                 if charge is not None:
                     metrics["privacy"]["users_charged"] = ledger.charge(
@@ -174,7 +191,7 @@ class RegistryService:
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
-            info = repo.get_version(s, mv.version)
+            info = self._resolved(repo.get_version(s, mv.version))
         if promote is not None:
             self.cache.refresh_if_held()
         return Registered(info)

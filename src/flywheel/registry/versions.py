@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from flywheel.registry.artifacts import Hashes
 
 __all__ = ["CANDIDATE", "PRODUCTION", "VersionInfo"]
 
@@ -23,8 +26,25 @@ class VersionInfo:
     dataset_version: int
     training_config: dict[str, Any]
     gate: dict[str, Any] | None
+    #: the artifact folder: as stored (relative to the project) from a repo, absolute
+    #: from a service (``resolved``)
     artifact_dir: str
     withdrawn: str | None = None  # why it is out of service (its weights are gone)
+    weights_sha256: str = ""
+    spec_sha256: str | None = None
+    graph_sha256: str | None = None
+
+    @property
+    def hashes(self) -> Hashes:
+        """What its files must hash to (an empty record is not checked)."""
+        return Hashes(weights=self.weights_sha256 or None, spec=self.spec_sha256)
+
+    def resolved(self, project_dir: Path) -> VersionInfo:
+        """The same, with the artifact folder as a path in ``project_dir``."""
+        folder = Path(self.artifact_dir)
+        return replace(
+            self, artifact_dir=str(folder if folder.is_absolute() else project_dir / folder)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -80,6 +80,13 @@ class Predictor:
         served = self.project.cache.refresh()
         return None if served is None else served.backend
 
+    def serving_version(self) -> int | None:
+        """The version requests are answered with now (None: none loaded)."""
+        if self._fixed is not None:
+            return self._fixed.version
+        held = self.project.cache.held
+        return None if held is None else held.version
+
     def _swapped(self, served: Served) -> None:
         self.metrics.production_version.set(served.version)
         log.info("serving v%d on %s", served.version, served.backend.name)

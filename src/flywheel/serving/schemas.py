@@ -123,7 +123,11 @@ class JobPublic(BaseModel):
 
 class Health(BaseModel):
     status: str
-    production_version: int | None
+    production_version: int | None = Field(description="The version the alias names.")
+    serving_version: int | None = Field(
+        description="The version this process answers with (it differs from production "
+        "while a promotion made elsewhere loads, or when that version cannot load)."
+    )
 
 
 class QueueItemPublic(BaseModel):

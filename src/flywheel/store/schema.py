@@ -170,8 +170,13 @@ class ModelVersion(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     gate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: the artifact folder, relative to the project folder (``models/v3``)
     artifact_dir: Mapped[str] = mapped_column(Text)
     weights_sha256: Mapped[str] = mapped_column(String(64))
+    #: the spec file's SHA-256 (None: registered before spec hashes were kept)
+    spec_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: the serving graph's SHA-256, once it was exported (None: not yet)
+    graph_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     #: out of service (its training rows were erased): weights deleted, no alias may
     #: point to it

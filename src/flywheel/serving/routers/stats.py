@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -24,8 +24,12 @@ def read_stats(
 
 
 @router.get("/healthz", response_model=Health)
-def read_health(project: ProjectDep) -> Health:
-    return Health(status="ok", production_version=project.production_version())
+def read_health(project: ProjectDep, request: Request) -> Health:
+    predictor = getattr(request.app.state, "predictor", None)
+    serving = None if predictor is None else predictor.serving_version()
+    return Health(
+        status="ok", production_version=project.production_version(), serving_version=serving
+    )
 
 
 @router.get(
