@@ -17,6 +17,7 @@ from flywheel.demo import DemoConfig, run_demo
 from flywheel.errors import FlywheelError, ModelError
 from flywheel.export.onnx import check_quantize
 from flywheel.loop import TrainResult
+from flywheel.outputs import finite_json
 from flywheel.project import SCOPES, Project
 from flywheel.serving import serve as run_server
 from flywheel.settings import Settings
@@ -54,7 +55,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(finite_json(data), indent=2, default=str) + "\n")
 
 
 def _open(project: Path) -> Project:

@@ -8,6 +8,7 @@ are wrapped at the boundary so that callers catch one tree::
     ├── ProjectError           no project at a path, or one already there
     ├── DataError              a data source or an input cannot be used
     │   └── InputError         one input (upload, JSON body, file) is invalid
+    │       └── UnsupportedMediaError   a file of a type the task does not take
     ├── NotFoundError          a prediction, model version, job, key ... is unknown
     ├── ModelError             a model cannot be built, trained, loaded or applied
     │   └── NotFittedError     a model was used before it was trained
@@ -30,6 +31,7 @@ __all__ = [
     "NotFoundError",
     "ProjectError",
     "RegistryError",
+    "UnsupportedMediaError",
 ]
 
 
@@ -59,6 +61,10 @@ class DataError(FlywheelError):
 
 class InputError(DataError):
     """One input sent for prediction or feedback is invalid."""
+
+
+class UnsupportedMediaError(InputError):
+    """A file of a type the task does not take, or whose bytes are not its declared type."""
 
 
 class NotFoundError(FlywheelError):

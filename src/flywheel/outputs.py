@@ -8,11 +8,13 @@ without torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["read_output", "softmax"]
+__all__ = ["finite_json", "read_output", "softmax"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -34,3 +36,15 @@ def read_output(
         return None, None, float(row)
     probabilities = {lab: float(p) for lab, p in zip(labels, row, strict=True)}
     return labels[int(row.argmax())], probabilities, None
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` (JSON-shaped) with every number JSON cannot hold (NaN, ±Infinity) as
+    null: what is stored and printed stays valid JSON whatever a run produced."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     max_new_user_share: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Share of new rows from first-time users flagged."
     )
+    max_value_z: float = Field(
+        default=10.0,
+        gt=0,
+        description="Regression: a true value sent as feedback more than this many standard "
+        "deviations from the training targets' mean is refused (one typo or lie that far "
+        "out would dominate the next model's squared error).",
+    )
     label_issue_mode: str = Field(
         default="exclude",
         pattern="^(keep|exclude|down-weight)$",

@@ -40,3 +40,13 @@ def test_contribution_names_the_top_user_and_the_share_from_new_users() -> None:
         "new_user_share": 0.5,
     }
     assert contribution([], {}, T0, first_feedback=True)["top_user_share"] == 0.0
+
+
+def test_an_answer_that_is_not_a_number_is_refused() -> None:
+    import pytest
+
+    from flywheel.errors import InputError
+
+    for output in (np.array([np.nan, 1.0]), np.float32(np.inf)):
+        with pytest.raises(InputError, match="not a finite number"):
+            answer(1, ["a", "b"], output, content=b"x", user_id=None, latency_ms=0.0)

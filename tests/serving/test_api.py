@@ -78,9 +78,29 @@ def test_predict_returns_label_probabilities_and_logs_the_call(
 
 
 def test_predict_rejects_a_file_that_is_not_an_image(client: TestClient, project: Project) -> None:
-    r = client.post("/v1/predict", files={"file": ("x.png", b"not an image", "image/png")})
+    # PNG's signature, then garbage: the declared type fits, the image does not read.
+    broken = b"\x89PNG\r\n\x1a\n" + b"not an image"
+    r = client.post("/v1/predict", files={"file": ("x.png", broken, "image/png")})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "the PNG has a chunk of impossible length at byte 8"
+    # ...and with metadata left in, the decoder says so itself.
+    settings = Settings.load(project.settings.project_dir, strip_image_metadata=False)
+    with TestClient(create_app(settings, Project(settings))) as raw:
+        r = raw.post("/v1/predict", files={"file": ("x.png", broken, "image/png")})
     assert r.status_code == 422
     assert r.json()["detail"].startswith("the file is not a readable image")
+    # Bytes that are not what they are declared to be: 415, before any decoding.
+    r = client.post("/v1/predict", files={"file": ("x.png", b"not an image", "image/png")})
+    assert r.status_code == 415
+    assert r.json()["detail"] == "the file's bytes are not image/png"
+    gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
+    r = client.post("/v1/predict", content=gif, headers={"Content-Type": "image/png"})
+    assert r.status_code == 415
+    r = client.post("/v1/predict", content=gif, headers={"Content-Type": "image/gif"})
+    assert r.status_code == 415
+    assert (
+        "takes files of type application/octet-stream, image/jpeg, image/png" in r.json()["detail"]
+    )
     assert count(project, Prediction) == 0
 
 

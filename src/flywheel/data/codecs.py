@@ -176,7 +176,12 @@ class TabularCodec(Codec):
                 f"features do not match the model's columns {columns}: {'; '.join(parts)}"
             )
         x = np.array([feats[c] for c in columns], dtype=np.float64)
-        return ((x - np.array(params["mean"])) / np.array(params["std"])).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = ((x - np.array(params["mean"])) / np.array(params["std"])).astype(np.float32)
+        if not np.isfinite(z).all():  # beyond what a float32 holds once standardised
+            far = [c for c, v in zip(columns, z, strict=True) if not np.isfinite(v)]
+            raise InputError(f"features {far} are out of range for the model (too large)")
+        return z
 
     def fingerprint(self, content: bytes, probe: dict[str, Any]) -> str | None:
         rounded = {k: round(v, 6) for k, v in probe["features"].items()}

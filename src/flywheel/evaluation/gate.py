@@ -191,6 +191,18 @@ def decide_regression(
     challenger_sq_err = np.asarray(challenger_sq_err, dtype=np.float64)
     n = len(challenger_sq_err)
     mse = float(challenger_sq_err.mean()) if n else 0.0
+    if not np.isfinite(mse):  # it learnt nothing usable (a diverged run): never promoted
+        return GateDecision(
+            False,
+            "challenger MSE is not a finite number: the run diverged",
+            "mse",
+            mse,
+            None if champion_sq_err is None else float(np.mean(champion_sq_err)),
+            champion_version,
+            margin,
+            None,
+            n,
+        )
     if champion_sq_err is None:
         return GateDecision(
             True, "no production model yet", "mse", mse, None, None, margin, None, n

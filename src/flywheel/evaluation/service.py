@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -49,7 +50,11 @@ class MonitoringService:
         errors: dict[int, list[float]] = {}
         for v, predicted, true in sq:
             assert predicted is not None and true is not None  # the query keeps only both set
-            errors.setdefault(v, []).append((predicted - true) ** 2)
+            diff = float(predicted) - float(true)
+            # Any stored value must leave the statistics writable: a pair too far apart to
+            # square (or not a number at all, from before values were checked) is left out.
+            if math.isfinite(diff) and abs(diff) < 1e150:
+                errors.setdefault(v, []).append(diff**2)
         total_fb = sum(d["feedback"] for d in live.values())
         agreed = sum(d["agreed"] for d in live.values())
         judged = sum(d["judged"] for d in live.values())
@@ -68,6 +73,13 @@ class MonitoringService:
         }
 
 
+def _finite_mean(values: list[float] | None) -> float | None:
+    if not values:
+        return None
+    mean = float(np.mean(values))
+    return mean if math.isfinite(mean) else None
+
+
 def _version(
     v: VersionInfo,
     calls: dict[int, int],
@@ -83,5 +95,5 @@ def _version(
         "calls": calls.get(v.version, 0),
         "feedback": live.get(v.version, {}).get("feedback", 0),
         "live_accuracy": live[v.version]["agreed"] / live[v.version]["judged"] if judged else None,
-        "live_mse": float(np.mean(errors[v.version])) if v.version in errors else None,
+        "live_mse": _finite_mean(errors.get(v.version)),
     }

@@ -19,6 +19,7 @@ __all__ = [
     "FeedbackIn",
     "FeedbackResult",
     "PredictionResult",
+    "ValueRange",
     "answer",
     "check_feedback",
     "contribution",
@@ -45,7 +46,16 @@ def answer(
     latency_ms: float,
 ) -> tuple[PredictionResult, dict[str, Any]]:
     """(the client's answer, the prediction log's row) of one row of a model version's
-    outputs, for the input ``content`` (as kept) from ``user_id`` (a pseudonym)."""
+    outputs, for the input ``content`` (as kept) from ``user_id`` (a pseudonym).
+
+    An answer that is not a finite number (features far beyond anything the model was
+    trained on can overflow it) is refused: JSON has no NaN, and neither does the log.
+    """
+    if not np.isfinite(output).all():
+        raise InputError(
+            "the model's answer to this input is not a finite number; are its values far "
+            "outside what the model was trained on?"
+        )
     pid = str(uuid.uuid4())
     label, probabilities, value = read_output(labels, output)
     result = PredictionResult(pid, version, latency_ms, label, probabilities, value)
@@ -83,9 +93,29 @@ class FeedbackResult:
     agreed: bool | None = None  # did the user agree with the prediction (None: not judged)
 
 
-def check_feedback(pred: Any, it: FeedbackIn) -> FeedbackResult:
+@dataclass(frozen=True)
+class ValueRange:
+    """The true values a regression model's feedback may give: within ``z`` standard
+    deviations of its training targets' mean."""
+
+    mean: float
+    std: float
+    z: float
+
+    def check(self, value: float) -> None:
+        if abs(value - self.mean) > self.z * self.std:
+            raise InputError(
+                f"'value' {value!r} is out of range: more than {self.z:g} standard deviations "
+                f"from the mean of the model's training targets ({self.mean:.4g} ± "
+                f"{self.z:g} × {self.std:.4g}); a value that far out is refused "
+                "(setting max_value_z)"
+            )
+
+
+def check_feedback(pred: Any, it: FeedbackIn, values: ValueRange | None = None) -> FeedbackResult:
     """Check one answer against its prediction's row (``pred``: its label, value,
-    probabilities and model version; None: unknown prediction)."""
+    probabilities and model version; None: unknown prediction) and, for regression, the
+    range of true values its model version takes."""
     label, correct, value = it.label, it.correct, it.value
     if pred is None:
         raise NotFoundError("prediction", it.prediction_id)
@@ -96,6 +126,8 @@ def check_feedback(pred: Any, it: FeedbackIn) -> FeedbackResult:
             )
         if value is not None and not np.isfinite(value):
             raise InputError(f"'value' must be a finite number; got {value!r}")
+        if value is not None and values is not None:
+            values.check(value)
         agreed = correct if value is None else None
     else:
         if value is not None:

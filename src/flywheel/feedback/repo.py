@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from flywheel.store import ensure_user
-from flywheel.store.schema import Example, Feedback, Prediction, ReviewItem, User
+from flywheel.store.schema import Example, Feedback, ModelVersion, Prediction, ReviewItem, User
 
 __all__ = [
     "answer_rows",
@@ -28,6 +28,7 @@ __all__ = [
     "probes_used",
     "queued",
     "recent_unanswered",
+    "target_stats",
     "user_counts",
     "vote_rows",
 ]
@@ -59,6 +60,20 @@ def predictions_by_id(s: Session, ids: Iterable[str]) -> dict[str, Any]:
         Prediction.model_version,
     ).where(Prediction.id.in_(set(ids)))
     return {row.id: row for row in s.execute(q)}
+
+
+def target_stats(s: Session, versions: Iterable[int]) -> dict[int, tuple[float, float]]:
+    """(mean, standard deviation) of each regression version's training targets."""
+    out = {}
+    for version, spec in s.execute(
+        select(ModelVersion.version, ModelVersion.spec).where(
+            ModelVersion.version.in_(set(versions))
+        )
+    ):
+        hparams = (spec or {}).get("hparams", {})
+        if "y_mean" in hparams and "y_std" in hparams:
+            out[int(version)] = (float(hparams["y_mean"]), float(hparams["y_std"]))
+    return out
 
 
 def queued(s: Session, ids: Iterable[str]) -> set[str]:

@@ -3,6 +3,7 @@ them back weighted by trust, and curating them into a new dataset version."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -14,7 +15,13 @@ from flywheel.data import repo as data_repo
 from flywheel.errors import FlywheelError, InputError, ProjectError
 from flywheel.feedback import repo
 from flywheel.feedback.curation import Answer, curate
-from flywheel.feedback.records import FeedbackIn, FeedbackResult, check_feedback, contribution
+from flywheel.feedback.records import (
+    FeedbackIn,
+    FeedbackResult,
+    ValueRange,
+    check_feedback,
+    contribution,
+)
 from flywheel.feedback.trust import PRIOR_TRUST, UserTrust, answer_weight
 from flywheel.privacy.identity import IdentityService
 from flywheel.store import retry_locked
@@ -56,10 +63,14 @@ class FeedbackService:
                 # One query per kind for the whole batch, one multi-row INSERT.
                 preds = repo.predictions_by_id(s, ids)
                 queued = repo.queued(s, ids)
+                ranges = self._value_ranges(s, preds.values())
                 rows: list[dict[str, Any]] = []
                 for i, it in checked:
+                    pred = preds.get(it.prediction_id)
                     try:
-                        result = check_feedback(preds.get(it.prediction_id), it)
+                        result = check_feedback(
+                            pred, it, None if pred is None else ranges.get(pred.model_version)
+                        )
                     except FlywheelError as exc:
                         done[i] = exc
                         continue
@@ -83,6 +94,14 @@ class FeedbackService:
             for i, result in retry_locked(write).items():
                 out[i] = result
         return [r for r in out if r is not None]
+
+    def _value_ranges(self, s: Any, preds: Any) -> dict[int, ValueRange]:
+        """The range of true values each regression version's feedback may give."""
+        if not self.ctx.task.is_regression:
+            return {}
+        z = self.ctx.settings.max_value_z
+        stats = repo.target_stats(s, {p.model_version for p in preds})
+        return {v: ValueRange(mean, std, z) for v, (mean, std) in stats.items()}
 
     def answers(
         self, *, naive: bool = False, include_used: bool = False, until: datetime | None = None
@@ -147,6 +166,10 @@ class FeedbackService:
             labels = list(dv.stats["labels"])
             answers, held_back = self._weigh(repo.answer_rows(s), naive)
             answers = [a for a in answers if regression or a.label in labels]
+            out_of_range = 0
+            if regression:  # a value stored before it was checked, or far out: not trained on
+                kept = [a for a in answers if _in_range(a.value, dv.preprocessing, self.ctx)]
+                out_of_range, answers = len(answers) - len(kept), kept
             holdout = {h for h, _, _ in data_repo.rows(s, dv.id, HOLDOUT)}
             known = {h for h, _, _ in data_repo.rows(s, dv.id, TRAIN)}
             cap = None if naive else self.ctx.settings.max_user_share
@@ -160,6 +183,8 @@ class FeedbackService:
                 "quarantined": held_back,
                 "capped": c.capped,
             }
+            if regression:
+                summary["out_of_range"] = out_of_range
             if not c.rows:
                 return None, summary
             users = [r.user_id for r in c.rows]
@@ -195,6 +220,17 @@ class FeedbackService:
                 extra={"curation": summary, "contribution": who},
             )
             return data_repo.info(nv, self.ctx.task.name), summary
+
+
+def _in_range(value: float | None, preprocessing: dict[str, Any], ctx: Context) -> bool:
+    """A regression answer's value is finite and within ``max_value_z`` of the dataset's
+    training targets."""
+    if value is None or not math.isfinite(value):
+        return False
+    mean, std = preprocessing.get("target_mean"), preprocessing.get("target_std")
+    if mean is None or std is None:
+        return True
+    return abs(value - float(mean)) <= ctx.settings.max_value_z * float(std)
 
 
 def _stored_trust(trust: float, detail: dict[str, Any] | None) -> UserTrust:

@@ -15,6 +15,7 @@ from torch import nn
 from flywheel.context import Context
 from flywheel.errors import NotFoundError
 from flywheel.models import ModelSpec
+from flywheel.outputs import finite_json
 from flywheel.privacy import ledger
 from flywheel.registry import repo
 from flywheel.registry.artifacts import save_artifact
@@ -144,6 +145,7 @@ class RegistryService:
         (private runs) bills every user with rows in the run on the privacy ledger, in
         the same transaction.
         """
+        metrics, gate = finite_json(metrics), finite_json(gate)  # stored values stay valid JSON
         with self.ctx.db.session() as s:
             mv = ModelVersion(
                 arch=spec.arch,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from flywheel.errors import (
@@ -20,6 +24,7 @@ from flywheel.errors import (
     ModelError,
     NotFoundError,
     RegistryError,
+    UnsupportedMediaError,
 )
 from flywheel.project import Project
 from flywheel.registry import Backend
@@ -46,6 +51,7 @@ log = logging.getLogger("flywheel.serving")
 
 _STATUS: list[tuple[type[FlywheelError], int]] = [
     (NotFoundError, 404),
+    (UnsupportedMediaError, 415),
     (DataError, 422),  # includes InputError
     (AuthError, 401),
     (RegistryError, 409),
@@ -59,6 +65,26 @@ async def _flywheel_error(_request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, kind):
             return JSONResponse(status_code=status, content={"detail": str(exc)})
     return JSONResponse(status_code=500, content={"detail": str(exc)})
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite number written out as text (JSON has none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 for a malformed request, whatever it echoes back: a NaN or Infinity
+    sent in a body would otherwise make the error itself unwritable (a 500)."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(
+        status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))}
+    )
 
 
 RETENTION_EVERY_S = 3600.0
@@ -141,6 +167,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_exception_handler(FlywheelError, _flywheel_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(predict.build_router(project.task))
     for r in (
         feedback.router,

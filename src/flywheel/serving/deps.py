@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from flywheel.errors import AuthError, ModelError
@@ -13,9 +13,20 @@ from flywheel.project import Project
 from flywheel.serving.jobs import JobRunner
 from flywheel.serving.metrics import Metrics
 from flywheel.serving.predictor import Predictor
+from flywheel.serving.schemas import ID_PATTERN
 from flywheel.settings import Settings
 
-__all__ = ["MetricsDep", "PredictorDep", "ProjectDep", "RunnerDep", "require"]
+__all__ = [
+    "JobIdPath",
+    "MetricsDep",
+    "PredictionIdPath",
+    "PredictorDep",
+    "ProjectDep",
+    "RunnerDep",
+    "UserIdPath",
+    "VersionPath",
+    "require",
+]
 
 
 async def get_project(request: Request) -> Project:
@@ -39,6 +50,21 @@ async def get_runner(request: Request) -> JobRunner:
     runner: JobRunner = request.app.state.runner
     return runner
 
+
+#: path parameters, bounded before anything reads them (a version beyond the store's
+#: integers, a NUL byte in an id: a 422, not a database error)
+VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="A model version.")]
+JobIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
+PredictionIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
+UserIdPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=128,
+        pattern=ID_PATTERN,
+        description="The user's id as the client sent it, or its listed pseudonym.",
+    ),
+]
 
 ProjectDep = Annotated[Project, Depends(get_project)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
@@ -88,4 +114,5 @@ def require(scope: str) -> Callable[[Request, Project], Awaitable[None]]:
                 status_code=401, detail=str(exc), headers={"WWW-Authenticate": "Bearer"}
             ) from None
 
+    check.flywheel_scope = scope  # type: ignore[attr-defined]  # the OpenAPI docs read it
     return check

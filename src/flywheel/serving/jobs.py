@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from flywheel.errors import RegistryError
 from flywheel.project import Project
 from flywheel.training import EpochReport
 
@@ -18,6 +20,9 @@ class JobRunner:
         # One worker: retrains queue rather than compete for the same cores.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flywheel-job")
         self.futures: dict[str, Future[None]] = {}
+        #: the retrain waiting to start (its job id and options), if any
+        self._waiting: tuple[str, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
         #: called after a job's work, before it is marked done (the server's predictor
         #: swaps to a newly promoted version there, so requests sent after the job
         #: reports success are answered by the new production)
@@ -29,9 +34,24 @@ class JobRunner:
         return result
 
     def submit_retrain(self, overrides: dict[str, Any]) -> str:
-        job_id = self.project.create_job("retrain", overrides)
+        """Queue a retrain; one asked for while another waits to start joins it (the same
+        job id), so the queue stays bounded; with other options it is refused."""
+        with self._lock:
+            if self._waiting is not None:
+                job_id, options = self._waiting
+                if options == overrides:
+                    return job_id
+                raise RegistryError(
+                    f"a retrain with other options ({options or 'the defaults'}) is queued as "
+                    f"job {job_id}; wait for it to start, or ask with the same options"
+                )
+            job_id = self.project.create_job("retrain", overrides)
+            self._waiting = (job_id, dict(overrides))
 
         def work() -> dict[str, Any]:
+            with self._lock:
+                if self._waiting is not None and self._waiting[0] == job_id:
+                    self._waiting = None  # it has started: the next one queues anew
             config = self.project.train_config(**overrides)
             return self._finish(
                 self.project.retrain(config, on_epoch=self._logger(job_id)).to_json()

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
 __all__ = [
+    "BODY",
+    "ID_PATTERN",
+    "KEYED",
+    "STRICT",
+    "TEXT_PATTERN",
+    "ErrorPublic",
     "ExplanationPublic",
     "FeaturesInput",
     "FeedbackCreate",
@@ -26,8 +40,50 @@ __all__ = [
     "StatsPublic",
     "TextInput",
     "UserPublic",
+    "error",
     "json_body",
 ]
+
+
+#: an id flywheel made (a UUID) or a client may name things by: no spaces, no controls
+ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+#: a label or a target: any printable text (no control characters: the store refuses NUL)
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true or false")
+    return value
+
+
+#: a finite JSON number (``true``/``false`` are not numbers; NaN and ±Infinity refused)
+Number = Annotated[float, BeforeValidator(_not_a_bool)]
+
+#: what every request body refuses: unknown fields, NaN and ±Infinity
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ErrorPublic(BaseModel):
+    """Every 4xx and 5xx: what went wrong. Malformed fields give FastAPI's list of the
+    problems (``loc``, ``msg``, ``type``); other refusals one sentence."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def error(description: str) -> dict[str, Any]:
+    """An error status as OpenAPI documents it: its meaning and the body sent."""
+    return {"description": description, "model": ErrorPublic}
+
+
+#: what every route behind a key can answer besides its own statuses
+KEYED: dict[int | str, dict[str, Any]] = {
+    401: error("No API key, or an unknown or revoked one."),
+    403: error("The key lacks the route's scope."),
+    422: error("A malformed request: the problems, field by field."),
+}
+#: what a route that takes a body can answer too
+BODY: dict[int | str, dict[str, Any]] = {413: error("The body is over max_body_bytes.")}
 
 
 def json_body(content: Any) -> JSONResponse:
@@ -47,25 +103,34 @@ class PredictionPublic(BaseModel):
 
 
 class TextInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, max_length=100_000, description="The text to classify.")
+    model_config = STRICT
+    text: str = Field(
+        min_length=1,
+        max_length=100_000,
+        pattern=r"^[^\x00]+$",
+        description="The text to classify (no NUL characters).",
+    )
 
 
 class FeaturesInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    features: dict[str, float] = Field(
-        min_length=1, description="One number per feature column of the model."
+    model_config = STRICT
+    features: dict[Annotated[str, Field(max_length=256)], Number] = Field(
+        min_length=1, max_length=10_000, description="One number per feature column of the model."
     )
 
 
 class FeedbackCreate(BaseModel):
     """The true label (or value) of a prediction, or whether the prediction was correct."""
 
-    model_config = ConfigDict(extra="forbid")
-    prediction_id: str = Field(min_length=1, max_length=64)
-    label: str | None = Field(default=None, min_length=1, max_length=256)
-    value: float | None = Field(default=None, description="Regression: the true value.")
-    correct: bool | None = None
+    model_config = STRICT
+    prediction_id: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
+    label: str | None = Field(default=None, min_length=1, max_length=256, pattern=TEXT_PATTERN)
+    value: Number | None = Field(
+        default=None,
+        description="Regression: the true value (within max_value_z standard deviations of "
+        "the model's training targets).",
+    )
+    correct: StrictBool | None = None
 
     @model_validator(mode="after")
     def _one_answer(self) -> FeedbackCreate:
@@ -99,9 +164,9 @@ class RollbackPublic(BaseModel):
 
 
 class RetrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    epochs: int | None = Field(default=None, ge=1, le=10_000)
-    seed: int | None = None
+    model_config = STRICT
+    epochs: StrictInt | None = Field(default=None, ge=1, le=10_000)
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**32 - 1)
 
 
 class JobAccepted(BaseModel):

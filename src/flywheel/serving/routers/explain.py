@@ -4,21 +4,33 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from flywheel.serving.deps import ProjectDep, require
-from flywheel.serving.schemas import ExplanationPublic, json_body
+from flywheel.serving.deps import PredictionIdPath, ProjectDep, require
+from flywheel.serving.schemas import (
+    BODY,
+    ID_PATTERN,
+    KEYED,
+    STRICT,
+    TEXT_PATTERN,
+    ExplanationPublic,
+    error,
+    json_body,
+)
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["explain"])
+router = APIRouter(tags=["explain"], responses=KEYED)
 
 
 class ExplainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prediction_id: str = Field(min_length=1, max_length=64)
+    model_config = STRICT
+    prediction_id: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
     target: str | None = Field(
-        default=None, max_length=256, description="A label to explain (default: the answer)."
+        default=None,
+        max_length=256,
+        pattern=TEXT_PATTERN,
+        description="A label to explain (default: the answer).",
     )
 
 
@@ -27,8 +39,10 @@ class ExplainRequest(BaseModel):
     response_model=ExplanationPublic,
     dependencies=[Depends(require("read"))],
     responses={
-        404: {"description": "Unknown prediction, or its input expired."},
-        422: {"description": "A target outside the model's labels."},
+        **BODY,
+        404: error("Unknown prediction, or its input expired."),
+        422: error("A malformed request, or a target outside the model's labels."),
+        503: error("The model version that made the prediction is not available."),
     },
 )
 def create_explanation(project: ProjectDep, body: ExplainRequest) -> JSONResponse:
@@ -49,11 +63,16 @@ def create_explanation(project: ProjectDep, body: ExplainRequest) -> JSONRespons
             "description": "The overlay.",
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
         },
-        404: {"description": "No such overlay."},
+        404: error(
+            "Unknown prediction, its input expired, or this task's explanations have no overlay."
+        ),
+        503: error("The model version that made the prediction is not available."),
     },
 )
 def explanation_png(
-    project: ProjectDep, prediction_id: str, target: str | None = Query(None, max_length=256)
+    project: ProjectDep,
+    prediction_id: PredictionIdPath,
+    target: str | None = Query(None, max_length=256, pattern=TEXT_PATTERN),
 ) -> Response:
     """The attribution map over the input as a PNG (images: at the input's own size)."""
     return Response(

@@ -7,11 +7,11 @@ from fastapi import APIRouter, Depends
 from flywheel.feedback.records import FeedbackIn
 from flywheel.serving.deps import MetricsDep, PredictorDep, require
 from flywheel.serving.routers.predict import UserHeader
-from flywheel.serving.schemas import FeedbackCreate, FeedbackPublic
+from flywheel.serving.schemas import BODY, KEYED, FeedbackCreate, FeedbackPublic, error
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["feedback"])
+router = APIRouter(tags=["feedback"], responses=KEYED)
 
 
 @router.post(
@@ -21,8 +21,11 @@ router = APIRouter(tags=["feedback"])
     dependencies=[Depends(require("feedback"))],
     summary="Record a user's answer about a prediction (sent after the row is committed)",
     responses={
-        404: {"description": "Unknown prediction."},
-        422: {"description": "Malformed body, or a label outside the model's labels."},
+        **BODY,
+        404: error("Unknown prediction."),
+        422: error(
+            "A malformed body, a label outside the model's labels, or a value out of range."
+        ),
     },
 )
 async def create_feedback(

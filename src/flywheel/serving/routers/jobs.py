@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from flywheel.serving.deps import ProjectDep, require
-from flywheel.serving.schemas import JobPublic
+from flywheel.serving.deps import JobIdPath, ProjectDep, require
+from flywheel.serving.schemas import KEYED, JobPublic, error
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=KEYED)
 
 
 @router.get(
     "/v1/jobs/{job_id}",
     response_model=JobPublic,
     dependencies=[Depends(require("admin"))],
-    responses={404: {"description": "Unknown job."}},
+    responses={404: error("Unknown job.")},
 )
-def read_job(project: ProjectDep, job_id: str) -> JobPublic:
+def read_job(project: ProjectDep, job_id: JobIdPath) -> JobPublic:
     return JobPublic(**project.job(job_id))

@@ -5,12 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from flywheel.registry import VersionInfo
-from flywheel.serving.deps import ProjectDep, RunnerDep, require
-from flywheel.serving.schemas import JobAccepted, ModelPublic, RetrainRequest, RollbackPublic
+from flywheel.serving.deps import ProjectDep, RunnerDep, VersionPath, require
+from flywheel.serving.schemas import (
+    BODY,
+    KEYED,
+    JobAccepted,
+    ModelPublic,
+    RetrainRequest,
+    RollbackPublic,
+    error,
+)
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], responses=KEYED)
 
 
 def _public(v: VersionInfo) -> ModelPublic:
@@ -36,9 +44,16 @@ def list_models(project: ProjectDep) -> list[ModelPublic]:
     "/v1/models/{version}/promote",
     response_model=ModelPublic,
     dependencies=[Depends(require("admin"))],
-    responses={404: {"description": "Unknown model version."}},
+    responses={
+        404: error("Unknown model version."),
+        409: error("The version is out of service (withdrawn)."),
+        503: error(
+            "The version's files do not verify, or it failed its self-check: production is "
+            "unchanged."
+        ),
+    },
 )
-def promote_model(project: ProjectDep, version: int) -> ModelPublic:
+def promote_model(project: ProjectDep, version: VersionPath) -> ModelPublic:
     # This worker serves it from the next request on (other workers: within
     # reload_interval_s).
     return _public(project.promote(version, reason="promoted through the API"))
@@ -48,7 +63,12 @@ def promote_model(project: ProjectDep, version: int) -> ModelPublic:
     "/v1/rollback",
     response_model=RollbackPublic,
     dependencies=[Depends(require("admin"))],
-    responses={409: {"description": "Nothing to roll back to."}},
+    responses={
+        409: error("Nothing to roll back to."),
+        503: error(
+            "The version before does not verify, or failed its self-check: production is unchanged."
+        ),
+    },
 )
 def rollback_model(project: ProjectDep) -> RollbackPublic:
     old, new = project.rollback(reason="rolled back through the API")
@@ -61,6 +81,7 @@ def rollback_model(project: ProjectDep) -> RollbackPublic:
     response_model=JobAccepted,
     dependencies=[Depends(require("admin"))],
     summary="Curate feedback, train a challenger, gate it and promote it, as a background job",
+    responses={**BODY, 409: error("A retrain with other options is already queued.")},
 )
 def create_retrain(runner: RunnerDep, body: RetrainRequest | None = None) -> JobAccepted:
     overrides = {} if body is None else body.model_dump(exclude_none=True)

@@ -7,14 +7,16 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from flywheel.data import tabular_bytes
-from flywheel.errors import InputError
+from flywheel.errors import InputError, UnsupportedMediaError
 from flywheel.feedback.records import PredictionResult
 from flywheel.serving.deps import MetricsDep, PredictorDep, require
 from flywheel.serving.metrics import Metrics
-from flywheel.serving.schemas import FeaturesInput, PredictionPublic, TextInput
+from flywheel.serving.schemas import KEYED, ErrorPublic, FeaturesInput, PredictionPublic, TextInput
 from flywheel.tasks import Task
 
 __all__ = ["UserHeader", "build_router"]
@@ -23,10 +25,19 @@ UserHeader = Annotated[
     str | None, Header(alias="X-User-Id", description="The end user's pseudonymous id.")
 ]
 
-RESPONSES: dict[int | str, dict[str, str]] = {
-    413: {"description": "The body is over the size limit."},
-    422: {"description": "The input is missing, empty or unreadable for this task."},
-    503: {"description": "No production model yet."},
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **KEYED,
+    413: {"description": "The body is over the size limit.", "model": ErrorPublic},
+    415: {
+        "description": "A file type this task does not take, or bytes that are not the "
+        "declared type.",
+        "model": ErrorPublic,
+    },
+    422: {
+        "description": "The input is missing, empty or unreadable for this task.",
+        "model": ErrorPublic,
+    },
+    503: {"description": "No production model yet.", "model": ErrorPublic},
 }
 
 
@@ -45,7 +56,38 @@ def _public(r: PredictionResult, metrics: Metrics) -> Response:
     return Response(json.dumps(body), media_type="application/json")
 
 
-async def _file_body(request: Request) -> bytes:
+#: what each task's files are, by their first bytes (declared types are checked too)
+FORMATS = {
+    "image": {"image/png": (b"\x89PNG\r\n\x1a\n",), "image/jpeg": (b"\xff\xd8\xff",)},
+    "audio": {"audio/wav": (b"RIFF",), "audio/x-wav": (b"RIFF",), "audio/wave": (b"RIFF",)},
+}
+ANY_FILE = "application/octet-stream"
+
+
+def _media(ctype: str) -> str:
+    return ctype.split(";", 1)[0].strip().lower()
+
+
+def check_format(modality: str, declared: str, content: bytes) -> None:
+    """Refuse a file whose declared type this task does not take, or whose bytes are not
+    what it declares (a GIF sent as image/png): 415 either way."""
+    formats = FORMATS[modality]
+    media = _media(declared)
+    if media and media != ANY_FILE and media not in formats:
+        takes = ", ".join(sorted({*formats, ANY_FILE}))
+        raise UnsupportedMediaError(
+            f"this task takes files of type {takes}; got Content-Type {media!r}"
+        )
+    if not content:
+        return  # nothing to sniff: the codec says the file is empty
+    signatures = formats[media] if media in formats else tuple(sum(formats.values(), ()))
+    not_wave = modality == "audio" and content[8:12] != b"WAVE"
+    if not content.startswith(signatures) or not_wave:
+        what = media if media in formats else " or ".join(sorted(formats))
+        raise UnsupportedMediaError(f"the file's bytes are not {what}")
+
+
+async def _file_body(request: Request, modality: str) -> bytes:
     """The uploaded file: a multipart field ``file``, or the whole body."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
@@ -56,12 +98,21 @@ async def _file_body(request: Request) -> bytes:
                 "(curl -F file=@x.png) or as the raw body with its Content-Type "
                 "(curl --data-binary @x.png -H 'Content-Type: image/png')"
             )
+        check_format(modality, ctype, content)
         return content
-    async with request.form(max_files=1, max_fields=8) as form:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InputError("the multipart body has no file field named 'file'")
-        return await upload.read()
+    try:
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise InputError("the multipart body has no file field named 'file'")
+            content = await upload.read()
+            declared = upload.content_type or ""
+    except (HTTPException, MultipartParseError, FormParserError) as exc:
+        # Starlette answers a malformed multipart body with its own 400; say it our way.
+        why = exc.detail if isinstance(exc, HTTPException) else str(exc)
+        raise InputError(f"the multipart body cannot be read: {why}") from None
+    check_format(modality, declared, content)
+    return content
 
 
 def build_router(task: Task) -> APIRouter:
@@ -106,7 +157,7 @@ def build_router(task: Task) -> APIRouter:
             metrics: MetricsDep,
             x_user_id: UserHeader = None,
         ) -> Response:
-            content = await _file_body(request)
+            content = await _file_body(request, task.modality)
             return _public(await predictor.predict(content, x_user_id), metrics)
 
     elif task.input == "text":

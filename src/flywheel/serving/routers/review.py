@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from flywheel.serving.deps import ProjectDep, require
-from flywheel.serving.schemas import ReviewQueuePublic, json_body
+from flywheel.serving.schemas import KEYED, ReviewQueuePublic, error, json_body
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["review"])
+router = APIRouter(tags=["review"], responses=KEYED)
 
 ROUTE: dict[str, Any] = {
     "response_model": ReviewQueuePublic,
@@ -28,7 +28,13 @@ ROUTE: dict[str, Any] = {
     "picked. Every item handed out is recorded, and a share of them are golden probes "
     "(inputs whose label is known, which measure answerers' trust). Answer an item with "
     "`POST /v1/feedback`; it is recorded as queue feedback.",
-    "responses": {422: {"description": "Unknown strategy or a limit out of range."}},
+    "responses": {
+        422: error(
+            "A malformed query, an unknown strategy, a limit out of range, or a "
+            "regression project (nothing to rank)."
+        ),
+        503: error("No production model yet (the golden probes need it)."),
+    },
 }
 
 

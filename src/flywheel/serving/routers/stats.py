@@ -7,14 +7,19 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flywheel.serving.deps import MetricsDep, ProjectDep, require
-from flywheel.serving.schemas import Health, StatsPublic, json_body
+from flywheel.serving.schemas import KEYED, Health, StatsPublic, json_body
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["stats"])
 
 
-@router.get("/v1/stats", response_model=StatsPublic, dependencies=[Depends(require("read"))])
+@router.get(
+    "/v1/stats",
+    response_model=StatsPublic,
+    dependencies=[Depends(require("read"))],
+    responses=KEYED,
+)
 def read_stats(
     project: ProjectDep,
     minutes: int = Query(60, ge=1, le=7 * 24 * 60, description="Window of the per-minute counts."),
@@ -41,7 +46,9 @@ def read_health(project: ProjectDep, request: Request) -> Health:
         200: {
             "description": "The Prometheus text exposition format.",
             "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
-        }
+        },
+        401: KEYED[401],
+        403: KEYED[403],
     },
 )
 def read_metrics(metrics: MetricsDep) -> Response:

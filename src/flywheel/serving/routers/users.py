@@ -4,19 +4,31 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from flywheel.serving.deps import ProjectDep, RunnerDep, require
-from flywheel.serving.schemas import ForgetPublic, LedgerPublic, UserPublic, json_body
+from flywheel.serving.deps import ProjectDep, RunnerDep, UserIdPath, require
+from flywheel.serving.schemas import (
+    BODY,
+    KEYED,
+    STRICT,
+    TEXT_PATTERN,
+    ForgetPublic,
+    LedgerPublic,
+    UserPublic,
+    error,
+    json_body,
+)
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], responses=KEYED)
 
 
 class QuarantineRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str = Field(default="quarantined by an admin", min_length=1, max_length=500)
+    model_config = STRICT
+    reason: str = Field(
+        default="quarantined by an admin", min_length=1, max_length=500, pattern=TEXT_PATTERN
+    )
 
 
 @router.get("/v1/users", response_model=list[UserPublic], dependencies=[Depends(require("admin"))])
@@ -29,10 +41,10 @@ def list_users(project: ProjectDep) -> JSONResponse:
     "/v1/users/{user_id}/quarantine",
     response_model=UserPublic,
     dependencies=[Depends(require("admin"))],
-    responses={404: {"description": "Unknown user."}},
+    responses={**BODY, 404: error("Unknown user.")},
 )
 def quarantine_user(
-    project: ProjectDep, user_id: str, body: QuarantineRequest | None = None
+    project: ProjectDep, user_id: UserIdPath, body: QuarantineRequest | None = None
 ) -> JSONResponse:
     """Hold the user's feedback back from training (kept, listed, reversible)."""
     return json_body(project.quarantine(user_id, (body or QuarantineRequest()).reason))
@@ -42,9 +54,9 @@ def quarantine_user(
     "/v1/users/{user_id}/quarantine",
     response_model=UserPublic,
     dependencies=[Depends(require("admin"))],
-    responses={404: {"description": "Unknown user."}},
+    responses={404: error("Unknown user.")},
 )
-def release_user(project: ProjectDep, user_id: str) -> JSONResponse:
+def release_user(project: ProjectDep, user_id: UserIdPath) -> JSONResponse:
     """Release the user; their held-back feedback is used by the next retrain."""
     return json_body(project.release(user_id))
 
@@ -53,9 +65,9 @@ def release_user(project: ProjectDep, user_id: str) -> JSONResponse:
     "/v1/users/{user_id}/privacy",
     response_model=LedgerPublic,
     dependencies=[Depends(require("admin"))],
-    responses={404: {"description": "Unknown user."}},
+    responses={404: error("Unknown user.")},
 )
-def user_privacy(project: ProjectDep, user_id: str) -> JSONResponse:
+def user_privacy(project: ProjectDep, user_id: UserIdPath) -> JSONResponse:
     """The user's privacy ledger: ε and δ spent across private runs, the runs, the budget."""
     return json_body(project.privacy_ledger(user_id)[0])
 
@@ -74,9 +86,9 @@ def privacy_ledger(project: ProjectDep) -> JSONResponse:
     "/v1/users/{user_id}",
     response_model=ForgetPublic,
     dependencies=[Depends(require("admin"))],
-    responses={404: {"description": "Unknown user."}},
+    responses={404: error("Unknown user.")},
 )
-def forget_user(runner: RunnerDep, user_id: str) -> JSONResponse:
+def forget_user(runner: RunnerDep, user_id: UserIdPath) -> JSONResponse:
     """Forget a user (right to erasure). Answered once the erasure is committed: their
     predictions, feedback, examples, inputs and ledger rows are gone, every model version
     trained on their rows is out of service (in this process at once; in others within

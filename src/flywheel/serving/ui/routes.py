@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -284,7 +285,11 @@ def models_page(request: Request, msg: str = "") -> Response:
 
 
 @router.post("/ui/models/{version}/promote")
-def promote(request: Request, version: int, csrf: Annotated[str, Form()] = "") -> Response:
+def promote(
+    request: Request,
+    version: Annotated[int, PathParam(ge=1, le=2**31 - 1)],
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
     refused = _action(request, csrf)
     if refused is not None:
         return refused
