@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -53,13 +54,13 @@ def postgres_admin_url() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture(scope="function")
-def postgres_url(postgres_admin_url: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+@contextlib.contextmanager
+def throwaway_database(admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
     import psycopg
     from sqlalchemy.engine import make_url
 
-    url = make_url(postgres_admin_url)
+    url = make_url(admin_url)
     name = f"flywheel_test_{uuid.uuid4().hex[:12]}"
     conninfo = dict(
         host=url.host,
@@ -75,6 +76,13 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(**conninfo, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="function")
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with throwaway_database(postgres_admin_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="function", params=["sqlite", "postgresql"])

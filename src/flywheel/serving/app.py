@@ -13,8 +13,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flywheel.errors import (
     AuthError,
@@ -78,6 +80,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's and FastAPI's own refusals, as they are, except their 400s (a body
+    that does not decode): every malformed request is a 422 here."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        exc = StarletteHTTPException(422, f"the body cannot be read: {exc.detail}", exc.headers)
+    return await http_exception_handler(request, exc)
+
+
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 for a malformed request, whatever it echoes back: a NaN or Infinity
     sent in a body would otherwise make the error itself unwritable (a 500)."""
@@ -85,6 +96,43 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))}
     )
+
+
+#: OpenAPI links: where an answer's ids lead (a client, or a stateful fuzzer, follows them)
+LINKS: dict[tuple[str, str, str], dict[str, Any]] = {
+    ("/v1/predict", "post", "200"): {
+        "Answer": {
+            "operationRef": "#/paths/~1v1~1feedback/post",
+            "requestBody": {"prediction_id": "$response.body#/prediction_id", "correct": True},
+            "description": "Say whether the prediction was right.",
+        },
+        "Explain": {
+            "operationRef": "#/paths/~1v1~1explain/post",
+            "requestBody": {"prediction_id": "$response.body#/prediction_id"},
+            "description": "Why the model answered what it did.",
+        },
+        "Overlay": {
+            "operationRef": "#/paths/~1v1~1explain~1{prediction_id}.png/get",
+            "parameters": {"prediction_id": "$response.body#/prediction_id"},
+            "description": "The explanation drawn over the input.",
+        },
+    },
+    ("/v1/retrain", "post", "202"): {
+        "Job": {
+            "operationRef": "#/paths/~1v1~1jobs~1{job_id}/get",
+            "parameters": {"job_id": "$response.body#/job_id"},
+            "description": "The retrain's status, progress and result.",
+        }
+    },
+}
+
+
+def _with_links(spec: dict[str, Any]) -> dict[str, Any]:
+    for (path, method, status), links in LINKS.items():
+        response = spec["paths"].get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is not None:
+            response["links"] = links
+    return spec
 
 
 RETENTION_EVERY_S = 3600.0
@@ -168,7 +216,9 @@ def create_app(
     app.state.metrics = metrics
     app.add_exception_handler(FlywheelError, _flywheel_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.include_router(predict.build_router(project.task))
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    columns = project.dataset().preprocessing.get("columns") if project.task.is_regression else None
+    app.include_router(predict.build_router(project.task, columns))
     for r in (
         feedback.router,
         review.router,
@@ -181,6 +231,14 @@ def create_app(
     ):
         app.include_router(r)
     app.mount("/ui/static", ui.static_files(), name="ui-static")
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _with_links(build_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

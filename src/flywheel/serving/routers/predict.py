@@ -115,7 +115,26 @@ async def _file_body(request: Request, modality: str) -> bytes:
     return content
 
 
-def build_router(task: Task) -> APIRouter:
+def _features_doc(columns: list[str]) -> dict[str, Any]:
+    """The request body of a regression project, with its feature columns named."""
+    features = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": columns,
+        "properties": {c: {"type": "number"} for c in columns},
+    }
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["features"],
+        "properties": {"features": features},
+    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def build_router(task: Task, columns: list[str] | None = None) -> APIRouter:
+    """``/v1/predict`` in the form ``task`` takes (``columns``: a regression project's
+    feature columns, named in the OpenAPI document)."""
     router = APIRouter(tags=["predict"])
     kwargs: dict[str, Any] = {
         "response_model": PredictionPublic,
@@ -175,7 +194,10 @@ def build_router(task: Task) -> APIRouter:
     else:
 
         @router.post(
-            "/v1/predict", summary=f"Predict a value from features ({task.name})", **kwargs
+            "/v1/predict",
+            summary=f"Predict a value from features ({task.name})",
+            openapi_extra=_features_doc(columns) if columns else None,
+            **kwargs,
         )
         async def create_value_prediction(
             predictor: PredictorDep,
