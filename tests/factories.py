@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from flywheel import Project
@@ -68,3 +70,26 @@ def write_class_folders(root: Path, classes: dict[str, list[np.ndarray]], ext: s
         for i, arr in enumerate(arrays):
             Image.fromarray(arr).save(root / name / f"{i}.{ext}")
     return root
+
+
+def login_csrf(c: TestClient) -> str:
+    """The sign-in form's CSRF token (its cookie is set on ``c``)."""
+    match = re.search(r'name="csrf" value="([^"]+)"', c.get("/ui/login").text)
+    assert match
+    return match.group(1)
+
+
+def sign_in(c: TestClient, key: str) -> str:
+    """Sign ``c`` in to the dashboard with ``key``; the session's CSRF token."""
+    r = c.post(
+        "/ui/login",
+        data={"key": key, "next": "/ui/models", "csrf": login_csrf(c)},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/ui/models"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    page = c.get("/ui/models").text
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match
+    return match.group(1)

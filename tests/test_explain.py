@@ -79,13 +79,22 @@ def test_the_overlay_has_the_inputs_size_and_explanations_are_cached(trained: Pr
 def test_explanations_over_http_and_forgotten_with_the_user(tmp_path: Path) -> None:
     project = make_project(tmp_path / "h", settings={"image_size": 8})
     content, _ = _digit(1504, 24)
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         r = c.post(
             "/v1/predict",
             files={"file": ("d.png", content, "image/png")},
             headers={"X-User-Id": "ada"},
         )
         pid = r.json()["prediction_id"]
+        # What is drawn over ada's input is not for anyone on the machine, nor for the
+        # app's predict key: it needs a reviewer's.
+        assert c.post("/v1/explain", json={"prediction_id": pid}).status_code == 401
+        assert c.get(f"/v1/explain/{pid}.png").status_code == 401
+        shipped, _ = project.create_key(["predict"])
+        r = c.get(f"/v1/explain/{pid}.png", headers={"Authorization": f"Bearer {shipped}"})
+        assert r.status_code == 403
+        key, _ = project.create_key(["feedback"])
+        c.headers["Authorization"] = f"Bearer {key}"
         body = c.post("/v1/explain", json={"prediction_id": pid}).json()
         assert body["overlay"] is True and body["shape"] == [8, 8]
         png = c.get(f"/v1/explain/{pid}.png")

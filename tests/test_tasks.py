@@ -121,7 +121,7 @@ def test_each_task_goes_once_around_the_loop(
     assert first.promoted
     key, _ = project.create_key(["admin"])
     admin = {"Authorization": f"Bearer {key}"}
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/predict", headers={"X-User-Id": "alice"}, **request())
         assert r.status_code == 200, r.text
         body = r.json()
@@ -147,7 +147,11 @@ def test_each_task_goes_once_around_the_loop(
         assert c.post("/v1/predict", **request()).status_code == 200
         # The wrong kind of answer is refused with the reason.
         wrong = {"label": "x"} if task == "regression" else {"value": 1.0}
-        r = c.post("/v1/feedback", json={"prediction_id": body["prediction_id"], **wrong})
+        r = c.post(
+            "/v1/feedback",
+            json={"prediction_id": body["prediction_id"], **wrong},
+            headers={"X-User-Id": "alice"},
+        )
         assert r.status_code == 422
     project.close()
 
@@ -155,7 +159,7 @@ def test_each_task_goes_once_around_the_loop(
 def test_regression_predict_rejects_unknown_and_missing_features(tmp_path: Path) -> None:
     project = Project.init(tmp_path / "p", DiabetesSource(), task="regression", settings=FAST)
     project.train()
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/predict", json={"features": {"age": 0.1}})
         assert r.status_code == 422
         detail = r.json()["detail"]

@@ -20,13 +20,20 @@ LABELS = digits_arrays()[1]
 
 @pytest.fixture(scope="function")
 def client(project: Project) -> Iterator[TestClient]:
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         yield c
 
 
 @pytest.fixture(scope="function")
 def admin(project: Project) -> dict[str, str]:
     key, _ = project.create_key(["admin"])
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="function")
+def reviewer(project: Project) -> dict[str, str]:
+    """A reviewer's key: the queue hands out other users' predictions."""
+    key, _ = project.create_key(["feedback"])
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -37,18 +44,22 @@ def ask(c: TestClient, i: int, user: str | None = None) -> str:
     return str(r.json()["prediction_id"])
 
 
-def answer(c: TestClient, pid: str, label: str, user: str) -> None:
+def answer(
+    c: TestClient, pid: str, label: str, user: str, key: dict[str, str] | None = None
+) -> None:
     r = c.post(
-        "/v1/feedback", json={"prediction_id": pid, "label": label}, headers={"X-User-Id": user}
+        "/v1/feedback",
+        json={"prediction_id": pid, "label": label},
+        headers={"X-User-Id": user, **(key or {})},
     )
     assert r.status_code == 201, r.text
 
 
 def test_review_queue_ranks_by_margin_hides_golden_probes_and_marks_feedback(
-    client: TestClient, project: Project
+    client: TestClient, project: Project, reviewer: dict[str, str]
 ) -> None:
     pids = [ask(client, i) for i in range(400, 440)]
-    r = client.get("/v1/review-queue", params={"limit": 10})
+    r = client.get("/v1/review-queue", params={"limit": 10}, headers=reviewer)
     assert r.status_code == 200
     body = r.json()
     assert body["strategy"] == "margin"
@@ -77,19 +88,21 @@ def test_review_queue_ranks_by_margin_hides_golden_probes_and_marks_feedback(
     assert items[0]["reason"].startswith("margin ")
 
     first = ranked[0]["prediction_id"]
-    answer(client, first, "3", "alice")
+    answer(client, first, "3", "alice", reviewer)
     other = next(p for p in pids if p not in {i["prediction_id"] for i in items})
-    answer(client, other, "3", "alice")
+    answer(client, other, "3", "alice", reviewer)
     with project.db.session() as s:
         via = dict(s.execute(select(Feedback.prediction_id, Feedback.via_queue)).all())
     assert via == {first: True, other: False}
     # Answered items leave the queue.
-    again = client.get("/v1/review-queue", params={"limit": 40}).json()["items"]
+    again = client.get("/v1/review-queue", params={"limit": 40}, headers=reviewer).json()["items"]
     assert first not in {i["prediction_id"] for i in again}
 
 
-def test_review_queue_rejects_an_unknown_strategy(client: TestClient) -> None:
-    r = client.get("/v1/review-queue", params={"strategy": "loudest"})
+def test_review_queue_rejects_an_unknown_strategy(
+    client: TestClient, reviewer: dict[str, str]
+) -> None:
+    r = client.get("/v1/review-queue", params={"strategy": "loudest"}, headers=reviewer)
     assert r.status_code == 422
     assert r.json()["detail"] == (
         "unknown strategy 'loudest'; known: margin, entropy, least_confidence, random"
@@ -101,11 +114,14 @@ def test_trust_quarantine_and_curation_hold_a_liar_back(
 ) -> None:
     honest = ["h1", "h2", "h3"]
     # Everyone answers the same 12 images; the liar always says the next digit.
+    truth_of: dict[str, str] = {}  # prediction id -> the image's true label
     for i in range(300, 312):
         truth = str(LABELS[i])
         for user in honest:
-            answer(client, ask(client, i, user), truth, user)
-        answer(client, ask(client, i, "liar"), str((LABELS[i] + 1) % 10), "liar")
+            truth_of[pid := ask(client, i, user)] = truth
+            answer(client, pid, truth, user)
+        truth_of[pid := ask(client, i, "liar")] = truth
+        answer(client, pid, str((LABELS[i] + 1) % 10), "liar")
     # Stored and listed under keyed hashes only.
     trust = project.update_trust()
     p = {u: project.pseudonym(u) for u in [*honest, "liar"]}
@@ -127,7 +143,11 @@ def test_trust_quarantine_and_curation_hold_a_liar_back(
     with project.db.session() as s:
         rows = s.scalars(select(Example).where(Example.origin == "feedback")).all()
         assert {r.user_id for r in rows} <= {p[u] for u in honest}
-        assert all(r.label == str(LABELS[int(r.source_path or 0)]) or True for r in rows)
+        from flywheel.store.schema import Prediction
+
+        preds = s.scalars(select(Prediction).where(Prediction.id.in_(truth_of))).all()
+        truth_of_input = {p.input_hash: truth_of[p.id] for p in preds}
+        assert len(rows) == 12 and all(r.label == truth_of_input[r.input_hash] for r in rows)
         assert all(0.8 < (r.weight or 0) <= 1 for r in rows)
 
     # Released, the liar's held-back answers are considered again; all 36 answers not
@@ -174,7 +194,9 @@ def test_one_user_cannot_give_most_of_a_retrain(project: Project, client: TestCl
     assert checks["contribution"]["refuse"] is False  # reported, not refused, by default
 
 
-def test_the_queue_never_asks_about_a_known_input(client: TestClient, project: Project) -> None:
+def test_the_queue_never_asks_about_a_known_input(
+    client: TestClient, project: Project, reviewer: dict[str, str]
+) -> None:
     known = [ask(client, i) for i in range(0, 5)]  # digits 0-4 are training examples
     answered_before = ask(client, 700, "alice")
     answer(client, answered_before, "1", "alice")
@@ -182,18 +204,22 @@ def test_the_queue_never_asks_about_a_known_input(client: TestClient, project: P
     fresh = [ask(client, i) for i in range(710, 715)]
     ids = {
         i["prediction_id"]
-        for i in client.get("/v1/review-queue", params={"limit": 50}).json()["items"]
+        for i in client.get("/v1/review-queue", params={"limit": 50}, headers=reviewer).json()[
+            "items"
+        ]
     }
     assert not ids & set(known)
     assert again not in ids
     assert set(fresh) <= ids
 
 
-def test_golden_probes_are_not_counted_as_calls(client: TestClient, project: Project) -> None:
+def test_golden_probes_are_not_counted_as_calls(
+    client: TestClient, project: Project, reviewer: dict[str, str]
+) -> None:
     for i in range(600, 610):
         ask(client, i)
-    client.get("/v1/review-queue", params={"limit": 10})  # one golden probe made
-    stats = client.get("/v1/stats").json()
+    client.get("/v1/review-queue", params={"limit": 10}, headers=reviewer)  # a golden probe
+    stats = client.get("/v1/stats", headers=reviewer).json()
     assert stats["calls"]["total"] == 10
     with project.db.session() as s:
         from flywheel.store.schema import Prediction
@@ -201,8 +227,10 @@ def test_golden_probes_are_not_counted_as_calls(client: TestClient, project: Pro
         assert len(s.scalars(select(Prediction)).all()) == 11
 
 
-def test_an_empty_queue_holds_no_golden_probe(client: TestClient, project: Project) -> None:
-    r = client.get("/v1/review-queue", params={"limit": 10})
+def test_an_empty_queue_holds_no_golden_probe(
+    client: TestClient, project: Project, reviewer: dict[str, str]
+) -> None:
+    r = client.get("/v1/review-queue", params={"limit": 10}, headers=reviewer)
     assert r.status_code == 200
     assert r.json()["items"] == []
     with project.db.session() as s:
@@ -229,7 +257,7 @@ def test_naive_curation_is_checked_against_a_trust_curated_reference(
 ) -> None:
     settings = {"curation": "naive", "epochs": 12, "label_issue_mode": "keep"}
     project = make_project(tmp_path / "p", n_holdout=100, settings=settings)
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         _naive_cycle(c, liar)
     result = project.retrain()
     assert result.feedback_used == 50

@@ -314,9 +314,10 @@ class Project:
     def has_keys(self) -> bool:
         return self.services.keys.has_keys()
 
-    def authenticate(self, key: str, scope: str | None) -> None:
-        """Raise ``AuthError`` unless ``key`` is live and holds ``scope`` (None: any scope)."""
-        self.services.keys.authenticate(key, scope)
+    def authenticate(self, key: str, scope: str | None) -> list[str]:
+        """The scopes of ``key``; ``AuthError`` unless it is live and holds ``scope``
+        (None: any scope)."""
+        return self.services.keys.authenticate(key, scope)
 
     def open_ui_session(self, key: str) -> tuple[str, str, list[str]]:
         """Sign in to the dashboard: (cookie token, CSRF token, the key's scopes)."""

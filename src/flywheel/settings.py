@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,17 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(
         default=10 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the server answers to besides its bind address (and, bound "
+        "to loopback or a wildcard, the loopback names); '*.example.com' matches subdomains, "
+        "'*' any. Any other Host header is refused (421): DNS rebinding.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) whose web pages may call the API; "
+        "empty: none, and a request another site's page sends is refused (403).",
     )
     open_predict: bool = Field(
         default=True, description="On a loopback address, allow /v1/predict without a key."
@@ -257,6 +269,31 @@ class Settings(BaseSettings):
             return None
         return v
 
+    @field_validator("allowed_hosts", mode="after")
+    @classmethod
+    def _host_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            bare = name.removeprefix("*.") if name != "*" else "x"
+            if not re.fullmatch(r"[A-Za-z0-9.\-]+|\[?[0-9A-Fa-f:.]+\]?", bare):
+                raise ValueError(
+                    f"allowed_hosts: {name!r} is not a host name (no scheme, port or path; "
+                    "'*.example.com' for subdomains, '*' for any)"
+                )
+        return [n.lower().strip("[]") for n in v]
+
+    @field_validator("cors_origins", mode="after")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if not re.fullmatch(
+                r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?", origin
+            ):
+                raise ValueError(
+                    f"cors_origins: {origin!r} is not an origin: scheme://host[:port], "
+                    "nothing after it (e.g. 'https://app.example.com')"
+                )
+        return [o.lower() for o in v]
+
     @field_validator("project_dir", mode="after")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
@@ -343,6 +380,8 @@ def config_text(source: str, values: dict[str, Any]) -> str:
     lines += [
         "",
         '# host = "127.0.0.1"      # bound beyond loopback, every route needs a key',
+        '# allowed_hosts = ["flywheel.internal"]   # Host names besides the bind address',
+        '# cors_origins = ["https://app.example.com"]   # web pages that may call the API',
         "# port = 8000",
         "# gate_margin = 0.0       # a challenger may trail the champion by at most this",
         "# epochs = 30",

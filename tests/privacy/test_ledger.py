@@ -75,7 +75,7 @@ def test_the_ledger_charges_every_user_and_refuses_one_over_budget(private: Proj
 
     # Over HTTP (admin): the user's ledger, raw id or pseudonym.
     key, _ = private.create_key(["admin"])
-    with TestClient(create_app(private.settings, private)) as client:
+    with TestClient(create_app(private.settings, private), base_url="http://127.0.0.1") as client:
         h = {"Authorization": f"Bearer {key}"}
         r = client.get("/v1/users/a/privacy", headers=h)
         assert r.status_code == 200 and r.json()["epsilon"] == pytest.approx(priv["epsilon"])
@@ -93,7 +93,7 @@ def test_forget_over_http_answers_once_erased_and_retrains_as_a_job(tmp_path: Pa
     project.promote(r.train.model.version)
     key, _ = project.create_key(["admin"])
     h = {"Authorization": f"Bearer {key}"}
-    with TestClient(create_app(project.settings, project)) as client:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as client:
         assert client.delete("/v1/users/theo").status_code == 401
         resp = client.delete("/v1/users/theo", headers=h)
         assert resp.status_code == 200

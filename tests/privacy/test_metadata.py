@@ -69,7 +69,7 @@ def test_other_and_broken_inputs() -> None:
 
 def test_an_image_project_stores_no_metadata(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p")
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/predict", files={"file": ("p.jpg", _photo("JPEG"), "image/jpeg")})
         assert r.status_code == 200, r.text
         pid = r.json()["prediction_id"]

@@ -78,7 +78,7 @@ def test_a_text_project_keeps_no_personal_data(tmp_path: Path) -> None:
     info = project.dataset()
     assert info.cleaning["pii_scrubbed"] == {"EMAIL_ADDRESS": 3, "PHONE_NUMBER": 1}
     project.train()
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/predict", json={"text": "mail me at jane@corp.io, card 4111111111111111"})
         assert r.status_code == 200
         pid = r.json()["prediction_id"]

@@ -106,7 +106,7 @@ def test_a_stopped_server_leaves_the_cache_as_in_process_use_finds_it(project: P
 
     from flywheel.serving import create_app
 
-    with TestClient(create_app(project.settings, project)):
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1"):
         assert project.cache.current().backend.name == "onnx"
     v2 = _second(project)
     project.promote(v2)  # after the server: torch again, and no server hook called

@@ -96,7 +96,7 @@ def test_a_refused_promotion_over_http_and_the_cli_leaves_production(
 ) -> None:
     key, _ = two.create_key(["admin"])
     _flip_a_byte(_folder(two, 2) / WEIGHTS)
-    with TestClient(create_app(two.settings, two)) as client:
+    with TestClient(create_app(two.settings, two), base_url="http://127.0.0.1") as client:
         r = client.post("/v1/models/2/promote", headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 503
         assert "model.safetensors does not match" in r.json()["detail"]
@@ -138,14 +138,16 @@ def test_a_copied_project_loads_its_own_models(two: Project, tmp_path: Path) -> 
 def test_a_changed_serving_graph_is_exported_again_from_the_verified_weights(
     project: Project,
 ) -> None:
-    with TestClient(create_app(project.settings, project)):
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1"):
         recorded = project.version_info(1).graph_sha256
         assert recorded is not None
     graph = _folder(project, 1) / "serving.onnx"
     _flip_a_byte(graph)
     damaged = hashlib.sha256(graph.read_bytes()).hexdigest()
     restarted = Project.open(project.settings.project_dir)  # a server starting afresh
-    with TestClient(create_app(restarted.settings, restarted)) as client:
+    with TestClient(
+        create_app(restarted.settings, restarted), base_url="http://127.0.0.1"
+    ) as client:
         r = client.post("/v1/predict", files={"file": ("d.png", digit_png(3), "image/png")})
         assert r.status_code == 200
         assert restarted.cache.current().backend.name == "onnx"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,13 @@ def served_regression(
     yield from _serve(request, tmp_path_factory.mktemp("fuzz") / "r", "regression")
 
 
-def _fuzz(operation: Any, mode: Any, served: Served, failures: dict[str, str]) -> int:
+def _fuzz(
+    operation: Any,
+    mode: Any,
+    served: Served,
+    failures: dict[str, str],
+    statuses: defaultdict[tuple[str, str], set[int]],
+) -> int:
     """``EXAMPLES`` cases of one operation in one mode; how many were sent."""
     sent = 0
 
@@ -104,13 +111,17 @@ def _fuzz(operation: Any, mode: Any, served: Served, failures: dict[str, str]) -
     @given(case=operation.as_strategy(generation_mode=mode))
     def one(case: Any) -> None:
         nonlocal sent
+        # The key where the case sends one (schemathesis makes a random one from the
+        # document's bearer scheme); none where a negative case leaves it out on purpose.
+        headers = served.headers if "Authorization" in (case.headers or {}) else {}
         try:
-            response = case.call(base_url=served.url, headers=served.headers)
+            response = case.call(base_url=served.url, headers=headers)
         except ValueError:  # the client itself refuses to send it (a CR in a header)
             return
         sent += 1
+        statuses[(operation.label, mode.value)].add(response.status_code)
         try:
-            case.validate_response(response, checks=CHECKS, headers=served.headers)
+            case.validate_response(response, checks=CHECKS, headers=headers)
         except BaseException as exc:  # recorded, and reported by the caller
             failures.setdefault(f"{operation.label} ({mode.value})", str(exc)[:600])
 
@@ -124,12 +135,24 @@ def _fuzz(operation: Any, mode: Any, served: Served, failures: dict[str, str]) -
 def test_every_operation_with_good_and_bad_data(served: Served) -> None:
     schema = schemathesis.openapi.from_dict(served.spec)
     failures: dict[str, str] = {}
+    statuses: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
     sent = 0
     for result in schema.get_all_operations():
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            sent += _fuzz(result.ok(), mode, served, failures)
+            sent += _fuzz(result.ok(), mode, served, failures, statuses)
     assert sent > 20 * EXAMPLES  # it did go through the operations
     assert failures == {}
+    # Both sides of the scope table were tried: every keyed operation got past the key
+    # with good data, and refused the requests that left it out.
+    keyed = {
+        f"{method.upper()} {path}"
+        for path, ops in served.spec["paths"].items()
+        for method, op in ops.items()
+        if op.get("security") == [{"bearer": []}]
+    }
+    assert len(keyed) > 12
+    assert {op for op in keyed if statuses[(op, "positive")] - {401, 403}} == keyed
+    assert {op for op in keyed if 401 in statuses[(op, "negative")]} == keyed
 
 
 def test_stateful_runs_follow_the_links(served_regression: Served) -> None:

@@ -20,7 +20,7 @@ from tests.factories import digit_png
 
 @pytest.fixture(scope="function")
 def client(project: Project) -> Iterator[TestClient]:
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -103,7 +103,7 @@ def test_regression_values_out_of_range_are_refused_and_old_ones_break_nothing(
 ) -> None:
     row = {"age": 0.0, "sex": 0.0, "bmi": 0.0, "bp": 0.0}
     row |= {f"s{i}": 0.0 for i in range(1, 7)}
-    with TestClient(create_app(regression.settings, regression)) as c:
+    with TestClient(create_app(regression.settings, regression), base_url="http://127.0.0.1") as c:
         # Features far beyond the data overflow the model: no NaN answer, nothing logged.
         huge = c.post("/v1/predict", json={"features": {**row, "bmi": 1e308}})
         assert huge.status_code == 422
@@ -119,7 +119,8 @@ def test_regression_values_out_of_range_are_refused_and_old_ones_break_nothing(
         # A value stored before values were checked: the statistics still answer.
         with regression.db.session() as s:
             s.add(Feedback(id="old", prediction_id=pid, value=1e308, correct=None))
-        stats = c.get("/v1/stats")
+        key, _ = regression.create_key(["predict"])
+        stats = c.get("/v1/stats", headers={"Authorization": f"Bearer {key}"})
         assert stats.status_code == 200
         (v1,) = stats.json()["versions"]
         assert v1["live_mse"] is not None and v1["live_mse"] < 1e6  # the 1e308 left out
@@ -140,7 +141,7 @@ def test_a_retrain_asked_for_while_one_waits_joins_it(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(project, "retrain", slow)
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         first = c.post("/v1/retrain", json={}, headers=admin).json()["job_id"]
         assert started.wait(30)  # the first runs; what comes next waits behind it
         waiting = c.post("/v1/retrain", json={}, headers=admin).json()["job_id"]

@@ -19,13 +19,26 @@ LABELS = [str(d) for d in range(10)]
 
 @pytest.fixture(scope="function")
 def client(project: Project) -> Iterator[TestClient]:
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         yield c
 
 
 @pytest.fixture(scope="function")
 def admin(project: Project) -> dict[str, str]:
     key, _ = project.create_key(["admin"], name="test-admin")
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="function")
+def reader(project: Project) -> dict[str, str]:
+    """A key of the narrowest scope: enough for the aggregates (models, stats, metrics)."""
+    key, _ = project.create_key(["predict"], name="test-reader")
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="function")
+def reviewer(project: Project) -> dict[str, str]:
+    key, _ = project.create_key(["feedback"], name="test-reviewer")
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -85,7 +98,7 @@ def test_predict_rejects_a_file_that_is_not_an_image(client: TestClient, project
     assert r.json()["detail"] == "the PNG has a chunk of impossible length at byte 8"
     # ...and with metadata left in, the decoder says so itself.
     settings = Settings.load(project.settings.project_dir, strip_image_metadata=False)
-    with TestClient(create_app(settings, Project(settings))) as raw:
+    with TestClient(create_app(settings, Project(settings)), base_url="http://127.0.0.1") as raw:
         r = raw.post("/v1/predict", files={"file": ("x.png", broken, "image/png")})
     assert r.status_code == 422
     assert r.json()["detail"].startswith("the file is not a readable image")
@@ -145,7 +158,7 @@ def test_predict_rejects_a_bad_user_id(client: TestClient) -> None:
 
 def test_body_over_the_limit_is_413_and_logs_nothing(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", settings={"max_body_bytes": 2048})
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/predict", files={"file": ("x.png", b"\0" * 4096, "image/png")})
         assert r.status_code == 413
         assert r.json() == {"detail": "request body is larger than the limit of 2048 bytes"}
@@ -161,7 +174,7 @@ def test_streamed_body_over_the_limit_is_413(tmp_path: Path) -> None:
         for _ in range(8):
             yield b"x" * 512
 
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/feedback", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert r.json()["detail"] == "request body is larger than the limit of 1024 bytes"
@@ -170,7 +183,7 @@ def test_streamed_body_over_the_limit_is_413(tmp_path: Path) -> None:
 
 def test_predict_before_any_model_is_503(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", train=False)
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/predict", files={"file": ("x.png", digit_png(0), "image/png")})
     assert r.status_code == 503
     assert r.json()["detail"] == "no production model yet; train one with `flywheel train`"
@@ -183,7 +196,7 @@ def test_predict_before_any_model_is_503(tmp_path: Path) -> None:
 def test_feedback_with_a_label_is_committed_before_201(
     client: TestClient, project: Project
 ) -> None:
-    pid = predict(client)["prediction_id"]
+    pid = predict(client, **{"X-User-Id": "bob"})["prediction_id"]
     r = client.post(
         "/v1/feedback", json={"prediction_id": pid, "label": "7"}, headers={"X-User-Id": "bob"}
     )
@@ -267,8 +280,8 @@ def test_feedback_with_an_unknown_field_is_422(client: TestClient) -> None:
 # -- models, promote, rollback ----------------------------------------------------------
 
 
-def test_models_lists_versions_with_lineage(client: TestClient) -> None:
-    r = client.get("/v1/models")
+def test_models_lists_versions_with_lineage(client: TestClient, reader: dict[str, str]) -> None:
+    r = client.get("/v1/models", headers=reader)
     assert r.status_code == 200
     (v1,) = r.json()
     assert v1["version"] == 1
@@ -284,7 +297,7 @@ def test_admin_routes_need_an_admin_key(client: TestClient, project: Project) ->
     r = client.post("/v1/rollback")
     assert r.status_code == 401
     assert r.json()["detail"] == (
-        "this route needs an API key with the 'admin' scope: send 'Authorization: Bearer <key>'"
+        "/v1/rollback needs an API key with the 'admin' scope: send 'Authorization: Bearer <key>'"
     )
     key, _ = project.create_key(["predict", "feedback"])
     r = client.post("/v1/rollback", headers={"Authorization": f"Bearer {key}"})
@@ -340,10 +353,12 @@ def test_retrain_job_uses_feedback_and_reports_the_gate(
         from flywheel.data import digits_arrays
 
         label = str(digits_arrays()[1][i])
-        assert (
-            client.post("/v1/feedback", json={"prediction_id": pid, "label": label}).status_code
-            == 201
+        r = client.post(
+            "/v1/feedback",
+            json={"prediction_id": pid, "label": label},
+            headers={"X-User-Id": f"u{i % 4}"},
         )
+        assert r.status_code == 201, r.text
     r = client.post("/v1/retrain", headers=admin, json={})
     assert r.status_code == 202
     job_id = r.json()["job_id"]
@@ -362,7 +377,7 @@ def test_retrain_job_uses_feedback_and_reports_the_gate(
     # The job's log has one line per epoch the retrain ran.
     epochs = project.version_info(2).metrics["epochs_run"]
     assert len(job["log"]) == epochs and job["log"][0].startswith("epoch 1/")
-    versions = {m["version"]: m for m in client.get("/v1/models").json()}
+    versions = {m["version"]: m for m in client.get("/v1/models", headers=admin).json()}
     assert versions[2]["parent"] == 1
     assert versions[2]["dataset_version"] == 2
 
@@ -382,14 +397,14 @@ def test_unknown_job_is_404(client: TestClient, admin: dict[str, str]) -> None:
     assert r.json()["detail"] == "job 'abc' not found"
 
 
-def test_stats_counts_calls_and_feedback(client: TestClient) -> None:
+def test_stats_counts_calls_and_feedback(client: TestClient, reader: dict[str, str]) -> None:
     preds = [predict(client, digit_png(i)) for i in range(5)]
     client.post(
         "/v1/feedback",
         json={"prediction_id": preds[0]["prediction_id"], "label": preds[0]["label"]},
     )
     client.post("/v1/feedback", json={"prediction_id": preds[1]["prediction_id"], "correct": False})
-    r = client.get("/v1/stats")
+    r = client.get("/v1/stats", headers=reader)
     assert r.status_code == 200
     s = r.json()
     assert s["calls"]["total"] == 5
@@ -448,11 +463,11 @@ def test_every_operation_documents_the_schema_of_its_answer(
 
 
 def test_the_review_queue_is_handed_out_by_post_and_get_is_deprecated(
-    client: TestClient,
+    client: TestClient, reviewer: dict[str, str]
 ) -> None:
     for i in range(400, 420):
         predict(client, digit_png(i))
-    posted = client.post("/v1/review-queue", params={"limit": 5})
+    posted = client.post("/v1/review-queue", params={"limit": 5}, headers=reviewer)
     assert posted.status_code == 200
     body = posted.json()
     assert body["strategy"] == "margin" and len(body["items"]) == 5
@@ -460,7 +475,7 @@ def test_the_review_queue_is_handed_out_by_post_and_get_is_deprecated(
     assert set(item) == {"prediction_id", "score", "strategy", "top", "reason"}
     assert all(len(t) == 2 for t in item["top"])
     # The same answer for clients written before (items handed out are not asked again).
-    got = client.get("/v1/review-queue", params={"limit": 5})
+    got = client.get("/v1/review-queue", params={"limit": 5}, headers=reviewer)
     assert got.status_code == 200 and len(got.json()["items"]) == 5
     ops = client.get("/openapi.json").json()["paths"]["/v1/review-queue"]
     assert ops["get"]["deprecated"] is True and not ops["post"].get("deprecated")
@@ -472,7 +487,7 @@ def test_the_review_queue_is_handed_out_by_post_and_get_is_deprecated(
 def test_beyond_loopback_every_route_needs_a_key(project: Project) -> None:
     settings = Settings.load(project.settings.project_dir, host="0.0.0.0")
     key, _ = project.create_key(["predict"])
-    with TestClient(create_app(settings, Project(settings))) as c:
+    with TestClient(create_app(settings, Project(settings)), base_url="http://127.0.0.1") as c:
         files = {"file": ("x.png", digit_png(0), "image/png")}
         r = c.post("/v1/predict", files=files)
         assert r.status_code == 401
@@ -506,17 +521,19 @@ def test_server_refuses_to_start_beyond_loopback_without_a_key(project: Project)
 
 def test_closed_predict_on_loopback_needs_a_key(project: Project) -> None:
     settings = Settings.load(project.settings.project_dir, open_predict=False)
-    with TestClient(create_app(settings, Project(settings))) as c:
+    with TestClient(create_app(settings, Project(settings)), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/predict", files={"file": ("x.png", digit_png(0), "image/png")})
     assert r.status_code == 401
 
 
-def test_metrics_count_requests_predictions_and_feedback(client: TestClient) -> None:
+def test_metrics_count_requests_predictions_and_feedback(
+    client: TestClient, reader: dict[str, str]
+) -> None:
     p = predict(client)
     predict(client)
     client.post("/v1/feedback", json={"prediction_id": p["prediction_id"], "label": p["label"]})
     client.post("/v1/feedback", json={"prediction_id": "missing", "label": "1"})
-    r = client.get("/metrics")
+    r = client.get("/metrics", headers=reader)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     lines = set(r.text.splitlines())
@@ -535,6 +552,6 @@ def test_metrics_count_requests_predictions_and_feedback(client: TestClient) -> 
     # Routes are counted by template, so ids do not blow up the label set.
     client.get("/v1/jobs/abc")
     client.get("/v1/jobs/def")
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=reader).text
     assert 'route="/v1/jobs/{job_id}"' in text
     assert "abc" not in text

@@ -198,7 +198,9 @@ def test_the_app_serves_any_backend_behind_the_predictor_interface(project: Any)
 
     labels = [str(d) for d in range(10)]
     fake = FakeBackend(1, labels, label="4")  # standing in for v1, whatever v1 says
-    with TestClient(create_app(project.settings, project, backend=fake)) as c:
+    with TestClient(
+        create_app(project.settings, project, backend=fake), base_url="http://127.0.0.1"
+    ) as c:
         r = c.post("/v1/predict", files={"file": ("d.png", digit_png(0), "image/png")})
         assert r.status_code == 200
         body = r.json()
@@ -206,7 +208,8 @@ def test_the_app_serves_any_backend_behind_the_predictor_interface(project: Any)
         assert body["probabilities"]["4"] == 1.0
         assert fake.batches == [1]
         assert project.prediction_log.wait_written(body["prediction_id"])
-        metrics = c.get("/metrics").text
+        key, _ = project.create_key(["predict"])
+        metrics = c.get("/metrics", headers={"Authorization": f"Bearer {key}"}).text
         assert 'flywheel_predictions_total{label="4",model_version="1"} 1.0' in metrics
         assert "flywheel_batch_size_count 1.0" in metrics
     assert not (project.settings.project_dir / "spill").exists()  # the row was committed

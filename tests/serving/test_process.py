@@ -227,7 +227,7 @@ def test_feedback_finds_a_prediction_still_in_the_log_queue(
         write(rows)
 
     monkeypatch.setattr(project, "log_predictions", slow_write)
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/predict", files={"file": ("d.png", digit_png(5), "image/png")})
         assert r.status_code == 200
         pid = r.json()["prediction_id"]

@@ -3,44 +3,23 @@ with their key, CSRF, admin-only actions, inputs never served as HTML."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from flywheel import Project
 from flywheel.data import ListSource, RawExample
 from flywheel.serving import create_app
-from tests.factories import digit_png
+from tests.factories import digit_png, login_csrf, sign_in
 
 
 @pytest.fixture(scope="function")
 def client(project: Project) -> Iterator[TestClient]:
-    with TestClient(create_app(project.settings, project)) as c:
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
         yield c
-
-
-def _login_csrf(c: TestClient) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', c.get("/ui/login").text)
-    assert match
-    return match.group(1)
-
-
-def _sign_in(c: TestClient, key: str) -> str:
-    r = c.post(
-        "/ui/login",
-        data={"key": key, "next": "/ui/models", "csrf": _login_csrf(c)},
-        follow_redirects=False,
-    )
-    assert r.status_code == 303 and r.headers["location"] == "/ui/models"
-    cookie = r.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
-    page = c.get("/ui/models").text
-    match = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert match
-    return match.group(1)
 
 
 def test_every_page_needs_a_key_and_a_bad_key_is_told(client: TestClient, project: Project) -> None:
@@ -48,14 +27,14 @@ def test_every_page_needs_a_key_and_a_bad_key_is_told(client: TestClient, projec
         r = client.get(path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].startswith("/ui/login?next=")
     r = client.post(
-        "/ui/login", data={"key": "fw_nope", "csrf": _login_csrf(client)}, follow_redirects=True
+        "/ui/login", data={"key": "fw_nope", "csrf": login_csrf(client)}, follow_redirects=True
     )
     assert "unknown or revoked API key" in r.text
     # No open redirect: only paths on this server.
     key, _ = project.create_key(["predict"])
     r = client.post(
         "/ui/login",
-        data={"key": key, "next": "//evil.example/x", "csrf": _login_csrf(client)},
+        data={"key": key, "next": "//evil.example/x", "csrf": login_csrf(client)},
         follow_redirects=False,
     )
     assert r.headers["location"] == "/"
@@ -69,24 +48,38 @@ def test_actions_need_admin_and_the_sessions_csrf_token(
 ) -> None:
     p = project.predict(digit_png(300))
     reader, _ = project.create_key(["feedback"], name="reader")
-    csrf = _sign_in(client, reader)
+    csrf = sign_in(client, reader)
     for path in ("/", "/ui/models", "/ui/review", "/ui/jobs"):
         assert client.get(path).status_code == 200
     # Every user's trust and ledger are for admins (as GET /v1/users is).
     assert client.get("/ui/users").status_code == 403
     # A predict key (the kind shipped inside clients) sees no one's inputs.
     shipped, _ = project.create_key(["predict"], name="app")
-    _sign_in(client, shipped)
+    sign_in(client, shipped)
     assert client.get("/ui/review").status_code == 403
-    assert client.get(f"/ui/input/{p.prediction_id}").status_code == 401
+    assert client.get(f"/ui/input/{p.prediction_id}").status_code == 403
     assert client.get("/").status_code == 200
-    csrf = _sign_in(client, reader)
+    csrf = sign_in(client, reader)
     r = client.post("/ui/models/1/promote", data={"csrf": csrf}, follow_redirects=False)
     assert r.status_code == 403 and "needs an admin key" in r.text
-    r = client.post(f"/ui/review/{p.prediction_id}", data={"label": "3", "csrf": csrf})
-    assert r.status_code == 403
+    # Answering from the review page is for whoever may see it (a feedback key) ...
+    r = client.post(
+        f"/ui/review/{p.prediction_id}",
+        data={"label": "3", "csrf": csrf},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and "stored" in r.headers["location"]
+    # ... not for a predict key.
+    csrf = sign_in(client, shipped)
+    r = client.post(f"/ui/review/{p.prediction_id}", data={"label": "4", "csrf": csrf})
+    assert r.status_code == 403 and "needs a key with the 'feedback' scope" in r.text
+    with project.db.session() as s:
+        from flywheel.store.schema import Feedback
+
+        stored = s.scalars(select(Feedback).where(Feedback.prediction_id == p.prediction_id))
+        assert [f.label for f in stored] == ["3"]
     admin, info = project.create_key(["admin"], name="boss")
-    csrf = _sign_in(client, admin)
+    csrf = sign_in(client, admin)
     r = client.post(f"/ui/review/{p.prediction_id}", data={"label": "3", "csrf": "forged"})
     assert r.status_code == 403 and "CSRF" in r.text
     r = client.post(
@@ -122,8 +115,8 @@ def test_uploaded_text_is_never_served_as_html(tmp_path: Path) -> None:
     evil = b"<script>alert(1)</script><img src=x onerror=alert(2)>"
     p = project.predict(evil)
     key, _ = project.create_key(["admin"])
-    with TestClient(create_app(project.settings, project)) as c:
-        _sign_in(c, key)
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
+        sign_in(c, key)
         r = c.get(f"/ui/input/{p.prediction_id}")
         assert r.headers["content-type"].startswith("text/plain")
         assert r.headers["x-content-type-options"] == "nosniff"

@@ -82,6 +82,9 @@ class FeedbackIn:
     correct: bool | None = None
     value: float | None = None
     user_id: str | None = None
+    #: only about a prediction made for the same user (a caller without a key): any
+    #: other is answered as unknown, so that its existence is not told either
+    only_own: bool = False
 
 
 @dataclass(frozen=True)

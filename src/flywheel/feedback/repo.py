@@ -51,9 +51,11 @@ def insert_feedback(s: Session, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def predictions_by_id(s: Session, ids: Iterable[str]) -> dict[str, Any]:
-    """The rows an answer is checked against: label, value, probabilities, version."""
+    """The rows an answer is checked against: label, value, probabilities, version and
+    the user (pseudonym) it was made for."""
     q = select(
         Prediction.id,
+        Prediction.user_id,
         Prediction.label,
         Prediction.value,
         Prediction.probabilities,

@@ -67,6 +67,8 @@ class FeedbackService:
                 rows: list[dict[str, Any]] = []
                 for i, it in checked:
                     pred = preds.get(it.prediction_id)
+                    if pred is not None and it.only_own and pred.user_id != it.user_id:
+                        pred = None  # someone else's: as if unknown
                     try:
                         result = check_feedback(
                             pred, it, None if pred is None else ranges.get(pred.model_version)

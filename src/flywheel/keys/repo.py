@@ -65,11 +65,9 @@ def has_keys(s: Session) -> bool:
     return bool(n)
 
 
-def authenticate(s: Session, key: str, scope: str | None) -> None:
-    """Raise ``AuthError`` unless ``key`` is live and holds ``scope`` (admin holds all).
-
-    ``scope=None`` accepts a live key of any scope.
-    """
+def authenticate(s: Session, key: str, scope: str | None) -> list[str]:
+    """The scopes of ``key``; ``AuthError`` unless it is live and holds ``scope`` (admin
+    holds all; ``scope=None`` accepts a live key of any scope)."""
     row = s.scalars(select(ApiKey).where(ApiKey.key_hash == _hash(key))).first()
     if row is None or row.revoked_at is not None:
         raise AuthError("unknown or revoked API key")
@@ -79,6 +77,7 @@ def authenticate(s: Session, key: str, scope: str | None) -> None:
             f"this key lacks the {scope!r} scope (it has: {', '.join(sorted(held))})",
             missing_scope=scope,
         )
+    return sorted(held)
 
 
 def open_session(s: Session, key: str) -> tuple[str, str, list[str]]:

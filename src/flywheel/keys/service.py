@@ -29,10 +29,11 @@ class KeyService:
         with self.ctx.db.session() as s:
             return repo.has_keys(s)
 
-    def authenticate(self, key: str, scope: str | None) -> None:
-        """Raise ``AuthError`` unless ``key`` is live and holds ``scope`` (None: any)."""
+    def authenticate(self, key: str, scope: str | None) -> list[str]:
+        """The scopes of ``key``; ``AuthError`` unless it is live and holds ``scope``
+        (None: any)."""
         with self.ctx.db.session() as s:
-            repo.authenticate(s, key, scope)
+            return repo.authenticate(s, key, scope)
 
     def open_session(self, key: str) -> tuple[str, str, list[str]]:
         """Sign in with an API key: (cookie token, CSRF token, the key's scopes)."""

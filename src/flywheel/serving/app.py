@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -32,7 +33,7 @@ from flywheel.project import Project
 from flywheel.registry import Backend
 from flywheel.serving import ui
 from flywheel.serving.jobs import JobRunner
-from flywheel.serving.limits import BodySizeLimit
+from flywheel.serving.limits import BodySizeLimit, OriginCheck, served_hosts
 from flywheel.serving.metrics import Metrics, MetricsMiddleware
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.routers import (
@@ -45,6 +46,7 @@ from flywheel.serving.routers import (
     stats,
     users,
 )
+from flywheel.serving.scopes import Refusal, authorize, document, refused
 from flywheel.settings import Settings
 
 __all__ = ["create_app"]
@@ -209,6 +211,7 @@ def create_app(
         version="1",
         summary="Predictions, feedback and the retraining loop of one flywheel project.",
         lifespan=lifespan,
+        dependencies=[Depends(authorize)],  # every route, by the one scope table
     )
     app.state.project = project
     app.state.runner = JobRunner(project)
@@ -217,6 +220,7 @@ def create_app(
     app.add_exception_handler(FlywheelError, _flywheel_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Refusal, refused)
     columns = project.dataset().preprocessing.get("columns") if project.task.is_regression else None
     app.include_router(predict.build_router(project.task, columns))
     for r in (
@@ -235,10 +239,26 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _with_links(build_openapi())
+            app.openapi_schema = document(_with_links(build_openapi()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-User-Id"],
+            max_age=600,
+        )
+    hosts = served_hosts(settings)
+    if hosts is None and not settings.allowed_hosts:
+        log.warning(
+            "bound to %s without allowed_hosts: answering to any Host header (every route "
+            "needs a key); set allowed_hosts to the names clients use",
+            settings.host,
+        )
+    app.add_middleware(OriginCheck, hosts=hosts, origins=settings.cors_origins)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

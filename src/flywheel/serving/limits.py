@@ -1,13 +1,112 @@
-"""A request-body size limit in plain ASGI (no per-request ``@app.middleware`` stack)."""
+"""What a request may be, checked in plain ASGI before the app sees it (no
+per-request ``@app.middleware`` stack): its body's size, and where it was sent from and
+to (the Host header against the names the server answers to, the Origin of a web
+page's request against ``cors_origins``)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodySizeLimit"]
+from flywheel.settings import Settings, is_loopback
+
+__all__ = ["BodySizeLimit", "OriginCheck", "served_hosts"]
+
+
+async def _answer(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def served_hosts(settings: Settings) -> frozenset[str] | None:
+    """The host names the server answers to (None: any).
+
+    Its bind address and ``allowed_hosts``; bound to loopback or a wildcard, also the
+    loopback names. A wildcard bind without ``allowed_hosts`` answers to any name (every
+    route there needs a key, which a rebinding page does not hold); ``'*'`` does too.
+    """
+    names = set(settings.allowed_hosts)
+    bind = settings.host.lower().strip("[]")
+    if "*" in names or (bind in WILDCARDS and not names):
+        return None
+    if bind in WILDCARDS or is_loopback(bind):
+        names |= LOOPBACK_NAMES
+    if bind not in WILDCARDS:
+        names.add(bind)
+    return frozenset(names)
+
+
+def _hostname(value: str) -> str:
+    """The name in a Host header or an origin's authority, without its port."""
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8000
+        end = value.find("]")
+        return value[1:end] if end > 0 else value
+    if value.count(":") == 1:
+        return value.partition(":")[0]
+    return value.rstrip(".")
+
+
+class OriginCheck:
+    """Refuse a request sent to a host name the server does not answer to (421: a page
+    that reached it through DNS rebinding) or sent by another site's page (an Origin
+    that is neither this server's nor in ``cors_origins``: 403)."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None, origins: list[str]) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.exact = {h for h in hosts or () if not h.startswith("*.")}
+        self.suffixes = tuple(h[1:] for h in hosts or () if h.startswith("*."))
+        self.origins = frozenset(origins)
+
+    def _served(self, host: str) -> bool:
+        if self.hosts is None or host in self.exact:
+            return True
+        return any(host.endswith(suffix) for suffix in self.suffixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if not self._served(_hostname(host)):
+            await _answer(
+                send,
+                421,
+                f"this server does not answer to the host name {_hostname(host)!r}; "
+                "add it to allowed_hosts if it is yours",
+            )
+            return
+        origin = headers.get("origin")
+        if origin is not None:
+            own = origin.lower().partition("://")[2] == host.lower()
+            if not own and origin.lower() not in self.origins:
+                await _answer(
+                    send,
+                    403,
+                    f"a request from a page of {origin!r} is refused: that origin is not in "
+                    "cors_origins",
+                )
+                return
+        await self.app(scope, receive, send)
 
 
 class _TooLarge(Exception):
@@ -22,20 +121,7 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {"detail": f"request body is larger than the limit of {self.max_bytes} bytes"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 413, f"request body is larger than the limit of {self.max_bytes} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from flywheel.serving.deps import PredictionIdPath, ProjectDep, require
+from flywheel.serving.deps import PredictionIdPath, ProjectDep
 from flywheel.serving.schemas import (
     BODY,
     ID_PATTERN,
@@ -37,7 +37,6 @@ class ExplainRequest(BaseModel):
 @router.post(
     "/v1/explain",
     response_model=ExplanationPublic,
-    dependencies=[Depends(require("read"))],
     responses={
         **BODY,
         404: error("Unknown prediction, or its input expired."),
@@ -56,7 +55,6 @@ def create_explanation(project: ProjectDep, body: ExplainRequest) -> JSONRespons
 
 @router.get(
     "/v1/explain/{prediction_id}.png",
-    dependencies=[Depends(require("read"))],
     response_class=Response,
     responses={
         200: {

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from flywheel.serving.deps import JobIdPath, ProjectDep, require
+from flywheel.serving.deps import JobIdPath, ProjectDep
 from flywheel.serving.schemas import KEYED, JobPublic, error
 
 __all__ = ["router"]
@@ -15,7 +15,6 @@ router = APIRouter(tags=["jobs"], responses=KEYED)
 @router.get(
     "/v1/jobs/{job_id}",
     response_model=JobPublic,
-    dependencies=[Depends(require("admin"))],
     responses={404: error("Unknown job.")},
 )
 def read_job(project: ProjectDep, job_id: JobIdPath) -> JobPublic:

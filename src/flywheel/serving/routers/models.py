@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from flywheel.registry import VersionInfo
-from flywheel.serving.deps import ProjectDep, RunnerDep, VersionPath, require
+from flywheel.serving.deps import ProjectDep, RunnerDep, VersionPath
 from flywheel.serving.schemas import (
     BODY,
     KEYED,
@@ -35,7 +35,7 @@ def _public(v: VersionInfo) -> ModelPublic:
     )
 
 
-@router.get("/v1/models", response_model=list[ModelPublic], dependencies=[Depends(require("read"))])
+@router.get("/v1/models", response_model=list[ModelPublic])
 def list_models(project: ProjectDep) -> list[ModelPublic]:
     return [_public(v) for v in project.models()]
 
@@ -43,7 +43,6 @@ def list_models(project: ProjectDep) -> list[ModelPublic]:
 @router.post(
     "/v1/models/{version}/promote",
     response_model=ModelPublic,
-    dependencies=[Depends(require("admin"))],
     responses={
         404: error("Unknown model version."),
         409: error("The version is out of service (withdrawn)."),
@@ -62,7 +61,6 @@ def promote_model(project: ProjectDep, version: VersionPath) -> ModelPublic:
 @router.post(
     "/v1/rollback",
     response_model=RollbackPublic,
-    dependencies=[Depends(require("admin"))],
     responses={
         409: error("Nothing to roll back to."),
         503: error(
@@ -79,7 +77,6 @@ def rollback_model(project: ProjectDep) -> RollbackPublic:
     "/v1/retrain",
     status_code=202,
     response_model=JobAccepted,
-    dependencies=[Depends(require("admin"))],
     summary="Curate feedback, train a challenger, gate it and promote it, as a background job",
     responses={**BODY, 409: error("A retrain with other options is already queued.")},
 )

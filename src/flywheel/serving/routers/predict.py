@@ -6,7 +6,7 @@
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from flywheel.data import tabular_bytes
 from flywheel.errors import InputError, UnsupportedMediaError
 from flywheel.feedback.records import PredictionResult
-from flywheel.serving.deps import MetricsDep, PredictorDep, require
+from flywheel.serving.deps import MetricsDep, PredictorDep
 from flywheel.serving.metrics import Metrics
 from flywheel.serving.schemas import KEYED, ErrorPublic, FeaturesInput, PredictionPublic, TextInput
 from flywheel.tasks import Task
@@ -139,7 +139,6 @@ def build_router(task: Task, columns: list[str] | None = None) -> APIRouter:
     kwargs: dict[str, Any] = {
         "response_model": PredictionPublic,
         "response_model_exclude_none": True,
-        "dependencies": [Depends(require("predict"))],
         "responses": RESPONSES,
     }
     if task.input == "file":

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
-from flywheel.serving.deps import ProjectDep, require
+from flywheel.serving.deps import ProjectDep
 from flywheel.serving.schemas import KEYED, ReviewQueuePublic, error, json_body
 
 __all__ = ["router"]
@@ -22,7 +22,6 @@ router = APIRouter(tags=["review"], responses=KEYED)
 
 ROUTE: dict[str, Any] = {
     "response_model": ReviewQueuePublic,
-    "dependencies": [Depends(require("feedback"))],
     "summary": "Unanswered predictions ranked by how much an answer would teach the model",
     "description": "Each item: prediction id, the model's top guesses, and why it was "
     "picked. Every item handed out is recorded, and a share of them are golden probes "

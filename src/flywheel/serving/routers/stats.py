@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from flywheel.serving.deps import MetricsDep, ProjectDep, require
+from flywheel.serving.deps import MetricsDep, ProjectDep
 from flywheel.serving.schemas import KEYED, Health, StatsPublic, json_body
 
 __all__ = ["router"]
@@ -17,7 +17,6 @@ router = APIRouter(tags=["stats"])
 @router.get(
     "/v1/stats",
     response_model=StatsPublic,
-    dependencies=[Depends(require("read"))],
     responses=KEYED,
 )
 def read_stats(
@@ -39,7 +38,6 @@ def read_health(project: ProjectDep, request: Request) -> Health:
 
 @router.get(
     "/metrics",
-    dependencies=[Depends(require("read"))],
     response_class=Response,
     summary="Prometheus metrics",
     responses={

@@ -1,11 +1,11 @@
 """Dashboard routes: overview, models, review, users, jobs; sign-in with an API key.
 
-Access: the overview, models and jobs need a signed-in key of any scope; the review
-page and the stored inputs it shows need a feedback (or admin) key; the users page,
-which lists every user's trust and privacy ledger, needs an admin key, as
-``GET /v1/users`` does. Every action (promote, rollback, label, quarantine, forget)
-needs an admin key and the session's CSRF token. The session is checked before a page
-does any work. The cookie
+Access is the scope table's (:mod:`flywheel.serving.scopes`), checked before a page
+does any work: the overview, models and jobs need a signed-in key of any scope; the
+review page, answering from it, and the stored inputs and overlays it shows need a
+feedback (or admin) key; the users page, which lists every user's trust and privacy
+ledger, needs an admin key, as ``GET /v1/users`` does, and so do promote, rollback,
+quarantine and forget. Every form also carries the session's CSRF token. The cookie
 holds a random token (HttpOnly, SameSite=Strict; Secure over HTTPS); the server keeps
 only its hash, mapped to the API key, which is checked live on each request — revoking
 the key ends its sessions. Stored inputs are served with their own media type, never
@@ -34,12 +34,12 @@ from flywheel.errors import AuthError, FlywheelError
 from flywheel.keys import SESSION_HOURS
 from flywheel.project import Project
 from flywheel.serving.jobs import JobRunner
+from flywheel.serving.scopes import COOKIE, Refusal, session
 
 __all__ = ["COOKIE", "router", "static_files"]
 
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=HERE / "templates")
-COOKIE = "flywheel_session"
 LOGIN_COOKIE = "flywheel_login"
 #: inputs are shown as what they are; nothing a user uploaded can run as a page
 SAFE_HEADERS = {
@@ -62,40 +62,16 @@ def _project(request: Request) -> Project:
     return project
 
 
-def _session(request: Request) -> dict[str, Any] | None:
-    """The request's live session (looked up once per request)."""
-    if "flywheel_session" in request.scope:
-        cached: dict[str, Any] | None = request.scope["flywheel_session"]
-        return cached
-    token = request.cookies.get(COOKIE)
-    sess = _project(request).ui_session(token) if token else None
-    request.scope["flywheel_session"] = sess
+def _signed_in(request: Request) -> dict[str, Any]:
+    """The session :func:`~flywheel.serving.scopes.authorize` let in (its row says one)."""
+    sess = session(request)
+    if sess is None:
+        raise Refusal(RedirectResponse("/ui/login", status_code=303))
     return sess
 
 
-def _login_redirect(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
-
-
-def _gate(request: Request, scope: str | None = None) -> Response | None:
-    """None when the signed-in key may see the page, else the redirect or refusal."""
-    sess = _session(request)
-    if sess is None:
-        return _login_redirect(request)
-    if scope is not None and scope not in sess["scopes"] and "admin" not in sess["scopes"]:
-        return HTMLResponse(
-            f"this page needs a key with the {scope!r} scope; signed in with "
-            f"{sess['key']!r} ({', '.join(sess['scopes'])})",
-            403,
-        )
-    return None
-
-
 def _page(request: Request, name: str, **ctx: Any) -> Response:
-    sess = _session(request)
-    if sess is None:
-        return _login_redirect(request)
+    sess = _signed_in(request)
     project = _project(request)
     return TEMPLATES.TemplateResponse(
         request,
@@ -111,19 +87,11 @@ def _page(request: Request, name: str, **ctx: Any) -> Response:
     )
 
 
-def _action(request: Request, csrf: str) -> Response | None:
-    """None when the request may act (admin key, right CSRF token), else the refusal."""
-    sess = _session(request)
-    if sess is None:
-        return _login_redirect(request)
-    if not hmac.compare_digest(csrf, sess["csrf"]):
+def _forged(request: Request, csrf: str) -> Response | None:
+    """The refusal of a form whose CSRF token is not its session's, else None (who may
+    act at all is the scope table's: :mod:`flywheel.serving.scopes`)."""
+    if not hmac.compare_digest(csrf, _signed_in(request)["csrf"]):
         return HTMLResponse("the form's CSRF token does not match this session", 403)
-    if "admin" not in sess["scopes"]:
-        return HTMLResponse(
-            f"this action needs an admin key; signed in with {sess['key']!r} "
-            f"({', '.join(sess['scopes'])})",
-            403,
-        )
     return None
 
 
@@ -186,9 +154,11 @@ def login(
 
 @router.post("/ui/logout")
 def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
-    sess = _session(request)
+    sess = session(request)
     token = request.cookies.get(COOKIE)
-    if sess is not None and token and hmac.compare_digest(csrf, sess["csrf"]):
+    if sess is not None and token:
+        if not hmac.compare_digest(csrf, sess["csrf"]):  # another site's form: no sign-out
+            return HTMLResponse("the form's CSRF token does not match this session", 403)
         _project(request).end_ui_session(token)
     resp = RedirectResponse("/ui/login", status_code=303)
     resp.delete_cookie(COOKIE, path="/")
@@ -200,8 +170,6 @@ def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
 
 @router.get("/")
 def overview(request: Request, minutes: int = 24 * 60) -> Response:
-    if (refused := _gate(request)) is not None:
-        return refused
     project = _project(request)
     stats = project.stats(minutes=max(1, min(minutes, 60 * 24 * 31)))
     prod = project.production_version()
@@ -271,8 +239,6 @@ def overview(request: Request, minutes: int = 24 * 60) -> Response:
 
 @router.get("/ui/models")
 def models_page(request: Request, msg: str = "") -> Response:
-    if (refused := _gate(request)) is not None:
-        return refused
     project = _project(request)
     feedback_rows = {d.version: d.n_feedback for d in project.datasets()}
     return _page(
@@ -290,7 +256,7 @@ def promote(
     version: Annotated[int, PathParam(ge=1, le=2**31 - 1)],
     csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    refused = _action(request, csrf)
+    refused = _forged(request, csrf)
     if refused is not None:
         return refused
     try:
@@ -302,7 +268,7 @@ def promote(
 
 @router.post("/ui/rollback")
 def rollback(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
-    refused = _action(request, csrf)
+    refused = _forged(request, csrf)
     if refused is not None:
         return refused
     try:
@@ -314,8 +280,6 @@ def rollback(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
 
 @router.get("/ui/review")
 def review_page(request: Request, msg: str = "", limit: int = 12) -> Response:
-    if (refused := _gate(request, "feedback")) is not None:
-        return refused  # (the queue writes golden probes: nothing before the check)
     project = _project(request)
     try:
         items = project.review_queue(limit=max(1, min(limit, 60)))
@@ -339,10 +303,10 @@ def review_answer(
     label: Annotated[str, Form()],
     csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    refused = _action(request, csrf)
+    refused = _forged(request, csrf)
     if refused is not None:
         return refused
-    sess = _session(request)
+    sess = session(request)
     reviewer = "reviewer:" + re.sub(r"[^A-Za-z0-9._:@-]", "-", sess["key"])[:100] if sess else None
     try:
         _project(request).record_feedback(prediction_id, label=label, user_id=reviewer)
@@ -353,8 +317,6 @@ def review_answer(
 
 @router.get("/ui/users")
 def users_page(request: Request, msg: str = "") -> Response:
-    if (refused := _gate(request, "admin")) is not None:
-        return refused
     project = _project(request)
     ledger = {r["user_id"]: r for r in project.privacy_ledger()}
     return _page(
@@ -371,7 +333,7 @@ def users_page(request: Request, msg: str = "") -> Response:
 def user_action(
     request: Request, user_id: str, action: str, csrf: Annotated[str, Form()] = ""
 ) -> Response:
-    refused = _action(request, csrf)
+    refused = _forged(request, csrf)
     if refused is not None:
         return refused
     project = _project(request)
@@ -399,8 +361,6 @@ def user_action(
 
 @router.get("/ui/jobs")
 def jobs_page(request: Request) -> Response:
-    if (refused := _gate(request)) is not None:
-        return refused
     return _page(request, "jobs.html", jobs=_project(request).jobs())
 
 
@@ -432,8 +392,6 @@ def _stored_input(project: Project, prediction_id: str) -> tuple[bytes, str]:
 
 @router.get("/ui/input/{prediction_id}")
 async def stored_input(request: Request, prediction_id: str) -> Response:
-    if await run_in_threadpool(_gate, request, "feedback") is not None:
-        return Response(status_code=401)
     try:
         content, media = await run_in_threadpool(_stored_input, _project(request), prediction_id)
     except FlywheelError as exc:
@@ -443,8 +401,6 @@ async def stored_input(request: Request, prediction_id: str) -> Response:
 
 @router.get("/ui/explain/{prediction_id}.png")
 async def explanation_overlay(request: Request, prediction_id: str) -> Response:
-    if await run_in_threadpool(_gate, request, "feedback") is not None:
-        return Response(status_code=401)
     try:
         png = await run_in_threadpool(_project(request).explanation_png, prediction_id)
     except FlywheelError as exc:

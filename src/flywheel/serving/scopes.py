@@ -1,0 +1,284 @@
+"""Who may call what: the one scope table of the API and the dashboard, and the check
+every route goes through.
+
+Every route of the app is a row of :data:`TABLE`, keyed by method and path template;
+:func:`authorize` runs before each of them (an app-wide dependency) and looks its row
+up. A route without a row is refused (403), so a new route is closed until it is given
+one — ``tests/security/test_scopes.py`` calls every route with every kind of caller
+and holds the answers to this table.
+
+Least privilege by default: a server bound to loopback answers only ``predict`` and
+``feedback`` without a key (``open_predict``, ``open_feedback``), and a keyless
+feedback may only be about the caller's own predictions (same ``X-User-Id``). Anything
+derived from another user's input — the review queue, explanations and their overlays,
+stored inputs — needs a key of the route's scope wherever the server is bound. Bound
+beyond loopback, every route but the health check and the sign-in needs a key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from flywheel.errors import AuthError
+from flywheel.project import Project
+
+__all__ = [
+    "ANY",
+    "COOKIE",
+    "OPEN",
+    "TABLE",
+    "Caller",
+    "Refusal",
+    "Rule",
+    "authorize",
+    "caller",
+    "document",
+    "refused",
+    "rule_for",
+    "session",
+]
+
+log = logging.getLogger("flywheel.serving")
+
+#: the dashboard's sign-in cookie
+COOKIE = "flywheel_session"
+#: a key of any scope
+ANY = "any"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a route needs.
+
+    ``scope``: None (nothing: open to all), ``ANY`` (a key of any scope) or a scope
+    (``predict``, ``feedback``, ``admin``; an admin key holds every scope).
+    ``opens``: the setting that lets a loopback-bound server answer without a key.
+    ``session``: a dashboard route, signed in by cookie rather than a bearer key.
+    """
+
+    scope: str | None
+    opens: str | None = None
+    session: bool = False
+
+    def admits(self, scopes: list[str]) -> bool:
+        if self.scope is None:
+            return True
+        if self.scope == ANY:
+            return bool(scopes)
+        return self.scope in scopes or "admin" in scopes
+
+
+OPEN = Rule(None)
+_PAGE_ANY = Rule(ANY, session=True)
+
+TABLE: dict[tuple[str, str], Rule] = {
+    # -- the API: a bearer key -----------------------------------------------------------
+    ("POST", "/v1/predict"): Rule("predict", opens="open_predict"),
+    ("POST", "/v1/feedback"): Rule("feedback", opens="open_feedback"),
+    # others' inputs, and what is derived from them
+    ("POST", "/v1/review-queue"): Rule("feedback"),
+    ("GET", "/v1/review-queue"): Rule("feedback"),
+    ("POST", "/v1/explain"): Rule("feedback"),
+    ("GET", "/v1/explain/{prediction_id}.png"): Rule("feedback"),
+    # aggregates
+    ("GET", "/v1/models"): Rule(ANY),
+    ("GET", "/v1/stats"): Rule(ANY),
+    ("GET", "/metrics"): Rule(ANY),
+    # changes, jobs, users (their ids, trust and privacy ledger)
+    ("POST", "/v1/models/{version}/promote"): Rule("admin"),
+    ("POST", "/v1/rollback"): Rule("admin"),
+    ("POST", "/v1/retrain"): Rule("admin"),
+    ("GET", "/v1/jobs/{job_id}"): Rule("admin"),
+    ("GET", "/v1/users"): Rule("admin"),
+    ("DELETE", "/v1/users/{user_id}"): Rule("admin"),
+    ("POST", "/v1/users/{user_id}/quarantine"): Rule("admin"),
+    ("DELETE", "/v1/users/{user_id}/quarantine"): Rule("admin"),
+    ("GET", "/v1/users/{user_id}/privacy"): Rule("admin"),
+    ("GET", "/v1/privacy/ledger"): Rule("admin"),
+    # open: liveness, and the documentation of the API
+    ("GET", "/healthz"): OPEN,
+    ("GET", "/openapi.json"): OPEN,
+    ("GET", "/docs"): OPEN,
+    ("GET", "/docs/oauth2-redirect"): OPEN,
+    ("GET", "/redoc"): OPEN,
+    # -- the dashboard: a signed-in session (actions also check its CSRF token) ----------
+    ("GET", "/ui/login"): OPEN,
+    ("POST", "/ui/login"): OPEN,
+    ("POST", "/ui/logout"): OPEN,
+    ("GET", "/"): _PAGE_ANY,
+    ("GET", "/ui/models"): _PAGE_ANY,
+    ("GET", "/ui/jobs"): _PAGE_ANY,
+    ("GET", "/ui/review"): Rule("feedback", session=True),
+    ("POST", "/ui/review/{prediction_id}"): Rule("feedback", session=True),
+    ("GET", "/ui/input/{prediction_id}"): Rule("feedback", session=True),
+    ("GET", "/ui/explain/{prediction_id}.png"): Rule("feedback", session=True),
+    ("GET", "/ui/users"): Rule("admin", session=True),
+    ("POST", "/ui/users/{user_id}/{action}"): Rule("admin", session=True),
+    ("POST", "/ui/models/{version}/promote"): Rule("admin", session=True),
+    ("POST", "/ui/rollback"): Rule("admin", session=True),
+}
+
+#: dashboard routes that answer a refusal with a status rather than the sign-in page
+#: (an <img> or a download cannot follow a redirect to a form)
+_BARE = {"/ui/input/{prediction_id}", "/ui/explain/{prediction_id}.png"}
+
+
+def rule_for(method: str, path: str) -> Rule | None:
+    """The row of a route (HEAD is GET's), or None when it has none."""
+    return TABLE.get(("GET" if method == "HEAD" else method, path))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request came from: the scopes of its key (empty: none sent on an open
+    route), and whether it came in through a loopback route's open door."""
+
+    scopes: tuple[str, ...]
+    keyless: bool
+
+
+class Refusal(Exception):
+    """A dashboard refusal, answered as it is (a redirect to the sign-in, a page)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("refused")
+        self.response = response
+
+
+async def refused(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Refusal)
+    return exc.response
+
+
+def _project(request: Request) -> Project:
+    project: Project = request.app.state.project
+    return project
+
+
+def session(request: Request) -> dict[str, Any] | None:
+    """The request's live dashboard session (looked up once per request)."""
+    if COOKIE in request.scope:
+        cached: dict[str, Any] | None = request.scope[COOKIE]
+        return cached
+    token = request.cookies.get(COOKIE)
+    sess = _project(request).ui_session(token) if token else None
+    request.scope[COOKIE] = sess
+    return sess
+
+
+def caller(request: Request) -> Caller:
+    """The caller :func:`authorize` let through."""
+    found: Caller = request.scope["flywheel_caller"]
+    return found
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    kind, _, key = header.partition(" ")
+    if kind.lower() != "bearer" or not key.strip():
+        raise HTTPException(
+            401,
+            "send the key as 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return key.strip()
+
+
+def _opened(project: Project, setting: str) -> bool:
+    """Whether a loopback-bound server opens a route by ``setting``."""
+    return not project.settings.requires_keys and bool(getattr(project.settings, setting))
+
+
+async def _check_key(request: Request, rule: Rule, path: str) -> Caller:
+    project = _project(request)
+    key = _bearer(request)
+    if key is None:
+        if rule.opens is not None and _opened(project, rule.opens):
+            return Caller((), keyless=True)
+        raise HTTPException(
+            401,
+            f"{path} needs an API key"
+            + ("" if rule.scope == ANY else f" with the {rule.scope!r} scope")
+            + ": send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        scopes = await run_in_threadpool(
+            project.authenticate, key, None if rule.scope == ANY else rule.scope
+        )
+    except AuthError as exc:
+        if exc.missing_scope is not None:
+            raise HTTPException(403, str(exc)) from None
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    return Caller(tuple(scopes), keyless=False)
+
+
+def _check_session(request: Request, rule: Rule, path: str) -> Caller:
+    sess = session(request)
+    if sess is None:
+        if path in _BARE:
+            raise Refusal(Response(status_code=401))
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise Refusal(RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303))
+    if not rule.admits(list(sess["scopes"])):
+        need = {ANY: "a key of any scope", "admin": "an admin key"}.get(
+            str(rule.scope), f"a key with the {rule.scope!r} scope"
+        )
+        raise Refusal(
+            HTMLResponse(
+                f"this page needs {need}; signed in with {sess['key']!r} "
+                f"({', '.join(sess['scopes'])})",
+                403,
+            )
+        )
+    return Caller(tuple(sess["scopes"]), keyless=False)
+
+
+def document(spec: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with the table in it: the bearer scheme, and each
+    operation's ``security`` (none for an open route; optional for a route a loopback
+    server may open) and ``x-flywheel-scope``."""
+    spec.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`flywheel keys create --scope ...`); an admin key "
+            "holds every scope.",
+        }
+    }
+    for path, operations in spec.get("paths", {}).items():
+        for method, operation in operations.items():
+            rule = rule_for(method.upper(), path)
+            if rule is None or rule.scope is None:
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearer": []}] + ([{}] if rule.opens else [])
+            operation["x-flywheel-scope"] = rule.scope
+    return spec
+
+
+async def authorize(request: Request) -> None:
+    """Let the request through only as its route's row of :data:`TABLE` says."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    rule = rule_for(request.method, path)
+    if rule is None:  # fail closed: a route nobody gave a row
+        log.error("no scope-table row for %s %s: refused", request.method, path)
+        raise HTTPException(403, f"{request.method} {path} is not open to anyone yet")
+    if rule.scope is None:
+        request.scope["flywheel_caller"] = Caller((), keyless=True)
+    elif rule.session:
+        request.scope["flywheel_caller"] = await run_in_threadpool(
+            _check_session, request, rule, path
+        )
+    else:
+        request.scope["flywheel_caller"] = await _check_key(request, rule, path)
