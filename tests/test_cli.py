@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from flywheel import Project
 from flywheel.cli import app, main
+from flywheel.errors import AuthError
 from tests.factories import make_project, write_class_folders
 
 runner = CliRunner()
@@ -77,6 +78,15 @@ def test_keys_create_shows_the_key_once_and_stores_its_hash(tmp_path: Path) -> N
     assert [k["prefix"] for k in listed] == [out["prefix"]]
     assert out["key"] not in json.dumps(listed)
     project.authenticate(out["key"], "feedback")
+    # One that expires, and revoking by prefix: refused from then on.
+    temp = run("keys", "create", "--scope", "admin", "--expires-days", "7", "-p", root, "--json")
+    assert temp["expires_at"] is not None and temp["status"] == "live"
+    gone = run("keys", "revoke", out["prefix"], "--project", root, "--json")
+    assert gone["status"] == "revoked"
+    with pytest.raises(AuthError, match="revoked"):
+        project.authenticate(out["key"], "feedback")
+    listed = run("keys", "list", "--project", root, "--json")
+    assert [k["status"] for k in listed] == ["revoked", "live"]
 
 
 @pytest.mark.parametrize(
@@ -87,6 +97,7 @@ def test_keys_create_shows_the_key_once_and_stores_its_hash(tmp_path: Path) -> N
         (["keys", "create", "--scope", "root", "--project", "{proj}"], "scopes must be among"),
         (["promote", "42", "--project", "{proj}"], "model version 42 not found"),
         (["rollback", "--project", "{proj}"], "no production model to roll back"),
+        (["keys", "revoke", "nobody", "--project", "{proj}"], "API key 'nobody' not found"),
     ],
 )
 def test_errors_are_one_clear_line_and_exit_1(

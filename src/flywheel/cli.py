@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -559,15 +560,23 @@ def keys_create(
         list[str], typer.Option("--scope", help=f"One of {', '.join(SCOPES)}; repeatable.")
     ],
     name: Annotated[str, typer.Option(help="A name to recognise the key by.")] = "",
+    expires_days: Annotated[
+        float | None,
+        typer.Option(
+            "--expires-days", min=0.001, max=36500, help="Refuse the key after this many days."
+        ),
+    ] = None,
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API key. It is shown once; only its hash is stored."""
-    key, info = _open(project).create_key(scope, name)
+    expires = None if expires_days is None else timedelta(days=expires_days)
+    key, info = _open(project).create_key(scope, name, expires_in=expires)
     if as_json:
         _print_json({"key": key, **info})
         return
-    out.print(f"key [bold]{info['name']}[/] with scopes {', '.join(info['scopes'])}:")
+    until = f", expires {info['expires_at']}" if info["expires_at"] else ""
+    out.print(f"key [bold]{info['name']}[/] with scopes {', '.join(info['scopes'])}{until}:")
     out.print(key, soft_wrap=True, highlight=False)
     err.print("[yellow]Store it now: it cannot be shown again.[/]")
 
@@ -580,7 +589,7 @@ def keys_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None
         _print_json(keys)
         return
     t = Table(title="API keys")
-    for col in ("id", "name", "prefix", "scopes", "created", "revoked"):
+    for col in ("id", "name", "prefix", "scopes", "created", "expires", "status"):
         t.add_column(col)
     for k in keys:
         t.add_row(
@@ -588,10 +597,25 @@ def keys_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None
             k["name"],
             k["prefix"],
             ",".join(k["scopes"]),
-            k["created_at"],
-            "yes" if k["revoked"] else "no",
+            k["created_at"][:19],
+            (k["expires_at"] or "never")[:19],
+            k["status"],
         )
     out.print(t)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id, prefix or name (see `keys list`).")],
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke an API key: refused from the next request on, its dashboard sessions end."""
+    info = _open(project).revoke_key(key)
+    if as_json:
+        _print_json(info)
+        return
+    out.print(f"key [bold]{info['name']}[/] ({info['prefix']}) revoked at {info['revoked_at']}")
 
 
 @app.command()

@@ -5,6 +5,7 @@ of ``flywheel.loop`` in a line or two."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -304,9 +305,16 @@ class Project:
 
     # -- API keys and dashboard sessions --------------------------------------------------
 
-    def create_key(self, scopes: list[str], name: str = "") -> tuple[str, dict[str, Any]]:
-        """Make an API key; the key itself is returned once and only its hash is stored."""
-        return self.services.keys.create(scopes, name)
+    def create_key(
+        self, scopes: list[str], name: str = "", *, expires_in: timedelta | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Make an API key (``expires_in``: refused after that long); the key itself is
+        returned once and only its hash is stored."""
+        return self.services.keys.create(scopes, name, expires_in)
+
+    def revoke_key(self, ident: str) -> dict[str, Any]:
+        """Revoke a key named by its id, prefix or name; its dashboard sessions end."""
+        return self.services.keys.revoke(ident)
 
     def list_keys(self) -> list[dict[str, Any]]:
         return self.services.keys.list_keys()
@@ -314,9 +322,9 @@ class Project:
     def has_keys(self) -> bool:
         return self.services.keys.has_keys()
 
-    def authenticate(self, key: str, scope: str | None) -> list[str]:
-        """The scopes of ``key``; ``AuthError`` unless it is live and holds ``scope``
-        (None: any scope)."""
+    def authenticate(self, key: str, scope: str | None) -> tuple[str, list[str]]:
+        """The name and scopes of ``key``; ``AuthError`` unless it is live and holds
+        ``scope`` (None: any scope)."""
         return self.services.keys.authenticate(key, scope)
 
     def open_ui_session(self, key: str) -> tuple[str, str, list[str]]:

@@ -83,6 +83,9 @@ def _requests(pid: str) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
         ("DELETE", "/v1/users/{user_id}/quarantine"): (f"{nobody}/quarantine", {}),
         ("GET", "/v1/users/{user_id}/privacy"): (f"{nobody}/privacy", {}),
         ("GET", "/v1/privacy/ledger"): ("/v1/privacy/ledger", {}),
+        ("GET", "/v1/keys"): ("/v1/keys", {}),
+        ("POST", "/v1/keys"): ("/v1/keys", {"json": {"scopes": []}}),
+        ("DELETE", "/v1/keys/{key}"): ("/v1/keys/nope", {}),
         ("GET", "/healthz"): ("/healthz", {}),
         ("GET", "/openapi.json"): ("/openapi.json", {}),
         ("GET", "/docs"): ("/docs", {}),
@@ -135,7 +138,7 @@ def test_the_table_is_the_policy() -> None:
         others_input = any(w in path for w in ("review", "explain", "/input/"))
         if others_input:
             assert rule.scope in {"feedback", "admin"}, (method, path)
-        if path.startswith(("/v1/users", "/v1/privacy", "/v1/jobs", "/ui/users")):
+        if path.startswith(("/v1/users", "/v1/privacy", "/v1/jobs", "/v1/keys", "/ui/users")):
             assert rule.scope == "admin", (method, path)
         if method in {"POST", "DELETE"} and rule.scope == ANY:
             pytest.fail(f"{method} {path} changes something with a key of any scope")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -305,7 +306,7 @@ def test_admin_routes_need_an_admin_key(client: TestClient, project: Project) ->
     assert r.json()["detail"] == "this key lacks the 'admin' scope (it has: feedback, predict)"
     r = client.post("/v1/rollback", headers={"Authorization": "Bearer fw_nothing_here"})
     assert r.status_code == 401
-    assert r.json()["detail"] == "unknown or revoked API key"
+    assert r.json()["detail"] == "unknown API key"
 
 
 def test_promote_unknown_version_is_404(client: TestClient, admin: dict[str, str]) -> None:
@@ -555,3 +556,31 @@ def test_metrics_count_requests_predictions_and_feedback(
     text = client.get("/metrics", headers=reader).text
     assert 'route="/v1/jobs/{job_id}"' in text
     assert "abc" not in text
+
+
+def test_admins_make_list_and_revoke_keys_over_http(
+    client: TestClient, project: Project, admin: dict[str, str]
+) -> None:
+    r = client.post("/v1/keys", headers=admin, json={"scopes": ["predict"], "name": "mobile"})
+    assert r.status_code == 201
+    made = r.json()
+    assert made["key"].startswith(f"fw_{made['prefix']}_") and made["expires_at"] is None
+    shipped = {"Authorization": f"Bearer {made['key']}"}
+    assert client.get("/v1/models", headers=shipped).status_code == 200
+    # Only admins: a predict key can neither list nor make nor revoke keys.
+    assert client.get("/v1/keys", headers=shipped).status_code == 403
+    assert client.delete(f"/v1/keys/{made['prefix']}", headers=shipped).status_code == 403
+    listed = client.get("/v1/keys", headers=admin).json()
+    assert {k["name"]: k["status"] for k in listed} == {"test-admin": "live", "mobile": "live"}
+    assert made["key"] not in json.dumps(listed)
+    r = client.delete(f"/v1/keys/{made['id']}", headers=admin)
+    assert r.status_code == 200 and r.json()["status"] == "revoked"
+    r = client.get("/v1/models", headers=shipped)
+    assert r.status_code == 401 and r.json()["detail"] == "this API key was revoked"
+    assert client.delete("/v1/keys/nobody", headers=admin).status_code == 404
+    r = client.post("/v1/keys", headers=admin, json={"scopes": ["root"]})
+    assert r.status_code == 422
+    r = client.post("/v1/keys", headers=admin, json={"scopes": ["admin"], "expires_days": 0})
+    assert r.status_code == 422
+    r = client.post("/v1/keys", headers=admin, json={"scopes": ["admin"], "expires_days": 1.5})
+    assert r.status_code == 201 and r.json()["expires_at"] is not None

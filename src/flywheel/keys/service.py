@@ -3,6 +3,7 @@ sign-in sessions. One transaction per method."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from flywheel.context import Context
@@ -15,10 +16,17 @@ class KeyService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def create(self, scopes: list[str], name: str = "") -> tuple[str, dict[str, Any]]:
+    def create(
+        self, scopes: list[str], name: str = "", expires_in: timedelta | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """Make an API key; the key itself is returned once and only its hash is stored."""
         with self.ctx.db.session() as s:
-            return repo.create_key(s, scopes, name)
+            return repo.create_key(s, scopes, name, expires_in)
+
+    def revoke(self, ident: str) -> dict[str, Any]:
+        """Revoke a key (by id, prefix or name) and end its dashboard sessions."""
+        with self.ctx.db.session() as s:
+            return repo.revoke_key(s, ident)
 
     def list_keys(self) -> list[dict[str, Any]]:
         with self.ctx.db.session() as s:
@@ -29,9 +37,9 @@ class KeyService:
         with self.ctx.db.session() as s:
             return repo.has_keys(s)
 
-    def authenticate(self, key: str, scope: str | None) -> list[str]:
-        """The scopes of ``key``; ``AuthError`` unless it is live and holds ``scope``
-        (None: any)."""
+    def authenticate(self, key: str, scope: str | None) -> tuple[str, list[str]]:
+        """The name and scopes of ``key``; ``AuthError`` unless it is live and holds
+        ``scope`` (None: any)."""
         with self.ctx.db.session() as s:
             return repo.authenticate(s, key, scope)
 

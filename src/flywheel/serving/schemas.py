@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
@@ -31,6 +31,9 @@ __all__ = [
     "Health",
     "JobAccepted",
     "JobPublic",
+    "KeyCreated",
+    "KeyPublic",
+    "KeyRequest",
     "LedgerPublic",
     "ModelPublic",
     "PredictionPublic",
@@ -78,7 +81,7 @@ def error(description: str) -> dict[str, Any]:
 
 #: what every route behind a key can answer besides its own statuses
 KEYED: dict[int | str, dict[str, Any]] = {
-    401: error("No API key, or an unknown or revoked one."),
+    401: error("No API key, or an unknown, revoked or expired one."),
     403: error("The key lacks the route's scope."),
     422: error("A malformed request: the problems, field by field."),
 }
@@ -171,6 +174,32 @@ class RetrainRequest(BaseModel):
 
 class JobAccepted(BaseModel):
     job_id: str
+
+
+class KeyPublic(BaseModel):
+    """An API key as listed: never the key itself."""
+
+    id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+    status: Literal["live", "expired", "revoked"]
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The key itself: shown this once, only its hash is stored.")
+
+
+class KeyRequest(BaseModel):
+    model_config = STRICT
+    scopes: list[Literal["predict", "feedback", "admin"]] = Field(min_length=1, max_length=3)
+    name: str = Field(default="", max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
+    expires_days: float | None = Field(
+        default=None, gt=0, le=36500, description="Refuse the key after this many days."
+    )
 
 
 class JobPublic(BaseModel):

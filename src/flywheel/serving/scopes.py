@@ -102,6 +102,9 @@ TABLE: dict[tuple[str, str], Rule] = {
     ("DELETE", "/v1/users/{user_id}/quarantine"): Rule("admin"),
     ("GET", "/v1/users/{user_id}/privacy"): Rule("admin"),
     ("GET", "/v1/privacy/ledger"): Rule("admin"),
+    ("GET", "/v1/keys"): Rule("admin"),
+    ("POST", "/v1/keys"): Rule("admin"),
+    ("DELETE", "/v1/keys/{key}"): Rule("admin"),
     # open: liveness, and the documentation of the API
     ("GET", "/healthz"): OPEN,
     ("GET", "/openapi.json"): OPEN,
@@ -142,6 +145,7 @@ class Caller:
 
     scopes: tuple[str, ...]
     keyless: bool
+    key: str | None = None  # the key's name (never the key)
 
 
 class Refusal(Exception):
@@ -212,14 +216,14 @@ async def _check_key(request: Request, rule: Rule, path: str) -> Caller:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        scopes = await run_in_threadpool(
+        name, scopes = await run_in_threadpool(
             project.authenticate, key, None if rule.scope == ANY else rule.scope
         )
     except AuthError as exc:
         if exc.missing_scope is not None:
             raise HTTPException(403, str(exc)) from None
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
-    return Caller(tuple(scopes), keyless=False)
+    return Caller(tuple(scopes), keyless=False, key=name)
 
 
 def _check_session(request: Request, rule: Rule, path: str) -> Caller:
@@ -240,7 +244,7 @@ def _check_session(request: Request, rule: Rule, path: str) -> Caller:
                 403,
             )
         )
-    return Caller(tuple(sess["scopes"]), keyless=False)
+    return Caller(tuple(sess["scopes"]), keyless=False, key=sess["key"])
 
 
 def document(spec: dict[str, Any]) -> dict[str, Any]:

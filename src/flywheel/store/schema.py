@@ -106,6 +106,7 @@ class ApiKey(Base):
     scopes: Mapped[str] = mapped_column(String(64))  # comma-separated
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
 
 
 class Example(Base):
