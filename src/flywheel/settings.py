@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         description="Origins (scheme://host[:port]) whose web pages may call the API; "
         "empty: none, and a request another site's page sends is refused (403).",
     )
+    auth_failures_per_minute: int = Field(
+        default=10,
+        ge=1,
+        le=1_000_000,
+        description="Failed authentications an address may make in a minute before its key "
+        "checks get 429 (per server process).",
+    )
     open_predict: bool = Field(
         default=True, description="On a loopback address, allow /v1/predict without a key."
     )

@@ -22,7 +22,7 @@ from flywheel import Project
 from flywheel.serving import create_app
 from flywheel.serving.scopes import ANY, TABLE, Rule, rule_for
 from flywheel.settings import Settings
-from tests.factories import digit_png, make_project, sign_in
+from tests.factories import digit_png, login_csrf, make_project, sign_in
 
 KINDS = ("none", "predict", "feedback", "admin")
 
@@ -306,3 +306,46 @@ def test_the_openapi_document_carries_the_table(project: Project) -> None:
     assert ops["/v1/explain"]["post"]["security"] == [{"bearer": []}]
     assert ops["/v1/explain"]["post"]["x-flywheel-scope"] == "feedback"
     assert ops["/v1/users"]["get"]["x-flywheel-scope"] == "admin"
+
+
+def test_failed_authentications_are_throttled_per_address(
+    project: Project, keys: dict[str, str]
+) -> None:
+    st = Settings.load(project.settings.project_dir, auth_failures_per_minute=5)
+    app = create_app(st, Project(st))
+    now = [1000.0]
+    app.state.throttle.clock = lambda: now[0]
+    good = {"Authorization": f"Bearer {keys['predict']}"}
+    with (
+        TestClient(app, base_url="http://127.0.0.1", client=("10.0.0.7", 5000)) as guesser,
+        TestClient(app, base_url="http://127.0.0.1", client=("10.0.0.8", 5000)) as other,
+    ):
+        for i in range(5):
+            bad = {"Authorization": f"Bearer fw_guess_{i}"}
+            assert guesser.get("/v1/models", headers=bad).status_code == 401
+            now[0] += 1
+        r = guesser.get("/v1/models", headers={"Authorization": "Bearer fw_guess_6"})
+        assert r.status_code == 429 and r.headers["retry-after"] == "55"
+        # Even the right key waits (finding it is no faster), and so does a sign-in ...
+        assert guesser.get("/v1/models", headers=good).status_code == 429
+        r = guesser.post("/ui/login", data={"key": keys["admin"], "csrf": "x"})
+        assert r.status_code == 429 and "try again in 55 s" in r.text
+        # ... but not the open routes, nor another address.
+        files = {"file": ("d.png", digit_png(0), "image/png")}
+        assert guesser.post("/v1/predict", files=files).status_code == 200
+        assert other.get("/v1/models", headers=good).status_code == 200
+        # A minute after the first failure, the address may try again.
+        now[0] = 1000.0 + 60.0
+        assert guesser.get("/v1/models", headers=good).status_code == 200
+        # A malformed header and a failed sign-in count too; a missing key does not.
+        for _ in range(10):
+            assert other.get("/v1/models").status_code == 401
+        assert other.get("/v1/models", headers={"Authorization": "Basic x"}).status_code == 401
+        for _ in range(4):
+            r = other.post(
+                "/ui/login",
+                data={"key": "fw_nope", "csrf": login_csrf(other)},
+                follow_redirects=False,
+            )
+            assert r.status_code == 303 and "unknown" in r.headers["location"]
+        assert other.get("/v1/models", headers=good).status_code == 429

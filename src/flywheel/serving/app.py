@@ -48,6 +48,7 @@ from flywheel.serving.routers import (
     users,
 )
 from flywheel.serving.scopes import Refusal, authorize, document, refused
+from flywheel.serving.throttle import AuthThrottle
 from flywheel.settings import Settings
 
 __all__ = ["create_app"]
@@ -218,6 +219,7 @@ def create_app(
     app.state.runner = JobRunner(project)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.throttle = AuthThrottle(settings.auth_failures_per_minute)
     app.add_exception_handler(FlywheelError, _flywheel_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)

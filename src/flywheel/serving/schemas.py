@@ -83,6 +83,7 @@ def error(description: str) -> dict[str, Any]:
 KEYED: dict[int | str, dict[str, Any]] = {
     401: error("No API key, or an unknown, revoked or expired one."),
     403: error("The key lacks the route's scope."),
+    429: error("Too many failed authentications from this address: wait Retry-After seconds."),
     422: error("A malformed request: the problems, field by field."),
 }
 #: what a route that takes a body can answer too

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from flywheel.errors import AuthError
 from flywheel.project import Project
+from flywheel.serving.throttle import AuthThrottle
 
 __all__ = [
     "ANY",
@@ -37,12 +38,15 @@ __all__ = [
     "Caller",
     "Refusal",
     "Rule",
+    "auth_failed",
     "authorize",
     "caller",
+    "client_address",
     "document",
     "refused",
     "rule_for",
     "session",
+    "throttled",
 ]
 
 log = logging.getLogger("flywheel.serving")
@@ -202,9 +206,38 @@ def _opened(project: Project, setting: str) -> bool:
     return not project.settings.requires_keys and bool(getattr(project.settings, setting))
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def throttled(request: Request) -> int | None:
+    """Seconds the caller's address must wait before a key is checked again, else None."""
+    throttle: AuthThrottle = request.app.state.throttle
+    return throttle.retry_after(client_address(request))
+
+
+def auth_failed(request: Request) -> None:
+    throttle: AuthThrottle = request.app.state.throttle
+    throttle.failed(client_address(request))
+
+
+def _too_many(wait: int) -> HTTPException:
+    return HTTPException(
+        429,
+        f"too many failed authentications from this address: try again in {wait} s",
+        headers={"Retry-After": str(wait)},
+    )
+
+
 async def _check_key(request: Request, rule: Rule, path: str) -> Caller:
     project = _project(request)
-    key = _bearer(request)
+    if request.headers.get("authorization") is not None and (wait := throttled(request)):
+        raise _too_many(wait)
+    try:
+        key = _bearer(request)
+    except HTTPException:
+        auth_failed(request)
+        raise
     if key is None:
         if rule.opens is not None and _opened(project, rule.opens):
             return Caller((), keyless=True)
@@ -222,6 +255,7 @@ async def _check_key(request: Request, rule: Rule, path: str) -> Caller:
     except AuthError as exc:
         if exc.missing_scope is not None:
             raise HTTPException(403, str(exc)) from None
+        auth_failed(request)
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     return Caller(tuple(scopes), keyless=False, key=name)
 
@@ -247,6 +281,9 @@ def _check_session(request: Request, rule: Rule, path: str) -> Caller:
     return Caller(tuple(sess["scopes"]), keyless=False, key=sess["key"])
 
 
+ERROR_SCHEMA = "#/components/schemas/ErrorPublic"
+
+
 def document(spec: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI document with the table in it: the bearer scheme, and each
     operation's ``security`` (none for an open route; optional for a route a loopback
@@ -259,8 +296,21 @@ def document(spec: dict[str, Any]) -> dict[str, Any]:
             "holds every scope.",
         }
     }
+    refused = {
+        "421": {
+            "description": "The Host header names no host this server answers to (allowed_hosts).",
+            "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}}},
+        },
+        "403": {
+            "description": "Sent by another site's page (an Origin not in cors_origins), "
+            "or the key lacks the route's scope.",
+            "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}}},
+        },
+    }
     for path, operations in spec.get("paths", {}).items():
         for method, operation in operations.items():
+            for status, response in refused.items():
+                operation.setdefault("responses", {}).setdefault(status, response)
             rule = rule_for(method.upper(), path)
             if rule is None or rule.scope is None:
                 operation["security"] = []

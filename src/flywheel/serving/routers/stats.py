@@ -47,6 +47,7 @@ def read_health(project: ProjectDep, request: Request) -> Health:
         },
         401: KEYED[401],
         403: KEYED[403],
+        429: KEYED[429],
     },
 )
 def read_metrics(metrics: MetricsDep) -> Response:

@@ -34,7 +34,7 @@ from flywheel.errors import AuthError, FlywheelError
 from flywheel.keys import SESSION_HOURS
 from flywheel.project import Project
 from flywheel.serving.jobs import JobRunner
-from flywheel.serving.scopes import COOKIE, Refusal, session
+from flywheel.serving.scopes import COOKIE, Refusal, auth_failed, session, throttled
 
 __all__ = ["COOKIE", "router", "static_files"]
 
@@ -127,6 +127,12 @@ def login(
 ) -> Response:
     if not next.startswith("/") or next.startswith("//"):
         next = "/"  # only paths on this server: no open redirect
+    if wait := throttled(request):
+        return HTMLResponse(
+            f"too many failed sign-ins from this address: try again in {wait} s",
+            429,
+            headers={"Retry-After": str(wait)},
+        )
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not expected or not hmac.compare_digest(csrf, expected):
         return RedirectResponse(
@@ -136,6 +142,7 @@ def login(
     try:
         token, _csrf, _scopes = _project(request).open_ui_session(key.strip())
     except AuthError as exc:
+        auth_failed(request)
         return RedirectResponse(
             f"/ui/login?next={quote(next)}&error={quote(str(exc))}", status_code=303
         )
