@@ -82,6 +82,29 @@ class Settings(BaseSettings):
         description="Failed authentications an address may make in a minute before its key "
         "checks get 429 (per server process).",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="A connection must send a request's line and headers within this long "
+        "(of opening, or of its last answer), or it is closed.",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A request's body must arrive within this long of its headers (408).",
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, le=3600, description="An idle keep-alive connection is closed after this."
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Open connections and requests in flight per server process beyond "
+        "which new requests get 503.",
+    )
     open_predict: bool = Field(
         default=True, description="On a loopback address, allow /v1/predict without a key."
     )

@@ -33,7 +33,7 @@ from flywheel.project import Project
 from flywheel.registry import Backend
 from flywheel.serving import ui
 from flywheel.serving.jobs import JobRunner
-from flywheel.serving.limits import BodySizeLimit, OriginCheck, served_hosts
+from flywheel.serving.limits import BodyLimits, OriginCheck, served_hosts
 from flywheel.serving.metrics import Metrics, MetricsMiddleware
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.routers import (
@@ -247,7 +247,9 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
     if settings.cors_origins:  # off unless configured
         app.add_middleware(
             CORSMiddleware,

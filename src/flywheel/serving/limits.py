@@ -5,6 +5,7 @@ page's request against ``cors_origins``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -13,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flywheel.settings import Settings, is_loopback
 
-__all__ = ["BodySizeLimit", "OriginCheck", "served_hosts"]
+__all__ = ["BodyLimits", "OriginCheck", "served_hosts"]
 
 
 async def _answer(send: Send, status: int, detail: str) -> None:
@@ -109,19 +110,25 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
 
 
-class BodySizeLimit:
-    """Answer 413 to a body over ``max_bytes``, by its Content-Length or as it streams in."""
+class BodyLimits:
+    """A request's body within ``max_bytes`` (413, by its Content-Length or as it streams
+    in) and arrived whole within ``timeout_s`` of its headers (408: a body sent a byte at
+    a time holds a connection no longer than that)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
-    async def _reject(self, send: Send) -> None:
-        await _answer(send, 413, f"request body is larger than the limit of {self.max_bytes} bytes")
+    def _too_large(self) -> _Refused:
+        return _Refused(413, f"request body is larger than the limit of {self.max_bytes} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -134,26 +141,39 @@ class BodySizeLimit:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    await self._reject(send)
+                    refusal = self._too_large()
+                    await _answer(send, refusal.status, refusal.detail)
                     return
-        state: dict[str, Any] = {"received": 0, "exceeded": False, "started": False}
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        state: dict[str, Any] = {"received": 0, "refused": None, "started": False, "whole": False}
 
         async def limited_receive() -> Message:
-            message = await receive()
+            if state["whole"]:  # the body is in: what is left to wait for is a disconnect
+                return await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except TimeoutError:
+                state["refused"] = _Refused(
+                    408, f"the request body did not arrive within {self.timeout_s:g} s"
+                )
+                raise state["refused"] from None
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
+                state["whole"] = not message.get("more_body", False)
                 if state["received"] > self.max_bytes:
-                    state["exceeded"] = True
-                    raise _TooLarge
+                    state["refused"] = self._too_large()
+                    raise state["refused"]
             return message
 
         async def guarded_send(message: Message) -> None:
             # The framework may turn our exception into its own error response;
-            # once the limit was crossed, the answer is 413 whatever it says.
-            if state["exceeded"]:
+            # once a limit was crossed, the answer is ours whatever it says.
+            refusal: _Refused | None = state["refused"]
+            if refusal is not None:
                 if message["type"] == "http.response.start" and not state["started"]:
                     state["started"] = True
-                    await self._reject(send)
+                    await _answer(send, refusal.status, refusal.detail)
                 return
             if message["type"] == "http.response.start":
                 state["started"] = True
@@ -161,7 +181,7 @@ class BodySizeLimit:
 
         try:
             await self.app(scope, limited_receive, guarded_send)
-        except _TooLarge:
+        except _Refused as refusal:
             if not state["started"]:
                 state["started"] = True
-                await self._reject(send)
+                await _answer(send, refusal.status, refusal.detail)

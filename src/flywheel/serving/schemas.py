@@ -87,7 +87,10 @@ KEYED: dict[int | str, dict[str, Any]] = {
     422: error("A malformed request: the problems, field by field."),
 }
 #: what a route that takes a body can answer too
-BODY: dict[int | str, dict[str, Any]] = {413: error("The body is over max_body_bytes.")}
+BODY: dict[int | str, dict[str, Any]] = {
+    408: error("The body did not arrive within body_timeout_s."),
+    413: error("The body is over max_body_bytes."),
+}
 
 
 def json_body(content: Any) -> JSONResponse:

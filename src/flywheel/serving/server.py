@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
 import time
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from flywheel.errors import ConfigError
 from flywheel.project import Project
@@ -33,11 +36,62 @@ def check_can_serve(project: Project) -> None:
 WORKER_ENV = "FLYWHEEL_SERVE_SETTINGS"
 
 
+class GuardedHTTP(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    """uvicorn's HTTP protocol with a deadline for a request's head: a connection that
+    has not sent a whole request line and headers within ``header_timeout`` seconds of
+    opening (or of its last answer) is closed. uvicorn has none, so half-sent requests
+    would hold connections, and the ``max_connections`` they count against, for good."""
+
+    header_timeout: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        deadline = getattr(self, "_head_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        old = getattr(self, "_head_deadline", None)
+        if old is not None:
+            old.cancel()
+        self._head_deadline = self.loop.call_later(self.header_timeout, self._expire, self.cycle)
+
+    def _expire(self, cycle_then: Any) -> None:
+        # Still the cycle of before: no request head arrived since the timer was armed.
+        if self.cycle is cycle_then and not self.transport.is_closing():
+            self.transport.close()
+
+
+PROTOCOL = f"{__name__}:GuardedHTTP"
+
+
+def _limits(settings: Settings) -> dict[str, Any]:
+    """uvicorn's side of the limits: the protocol with its head deadline, idle keep-alive,
+    and the connections (and requests in flight) beyond which it answers 503."""
+    GuardedHTTP.header_timeout = settings.header_timeout_s
+    return {
+        "http": PROTOCOL,
+        "timeout_keep_alive": settings.keep_alive_s,
+        "limit_concurrency": settings.max_connections,
+        # ws="none": the API has no websocket routes (and uvicorn[standard]'s websockets
+        # would import its deprecated legacy module at start-up).
+        "ws": "none",
+        "log_level": "warning",
+        "lifespan": "on",
+    }
+
+
 def _config(project: Project, host: str, port: int) -> uvicorn.Config:
     app = create_app(project.settings, project)
-    # ws="none": the API has no websocket routes (and uvicorn[standard]'s websockets
-    # would import its deprecated legacy module at start-up).
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", ws="none")
+    return uvicorn.Config(app, host=host, port=port, **_limits(project.settings))
 
 
 def worker_app() -> FastAPI:
@@ -46,6 +100,7 @@ def worker_app() -> FastAPI:
     if not raw:
         raise ConfigError(f"{WORKER_ENV} is not set: start workers with `flywheel serve --workers`")
     settings = Settings.load(**json.loads(raw))
+    _limits(settings)  # this process's protocol deadline
     return create_app(settings)
 
 
@@ -68,9 +123,7 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        log_level="warning",
-        lifespan="on",
-        ws="none",
+        **_limits(settings),
     )
 
 

@@ -27,6 +27,7 @@ UserHeader = Annotated[
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     **KEYED,
+    408: {"description": "The body did not arrive within body_timeout_s.", "model": ErrorPublic},
     413: {"description": "The body is over the size limit.", "model": ErrorPublic},
     415: {
         "description": "A file type this task does not take, or bytes that are not the "
