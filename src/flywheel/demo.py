@@ -188,7 +188,13 @@ def _make_project(
     project = Project.init(
         root,
         ListSource("digits (demo: held-out split + labelled slice)", base),
-        settings={"epochs": cfg.epochs, "seed": cfg.seed, "image_size": 8},
+        # the access log to a file: the demo prints its own progress on the terminal
+        settings={
+            "epochs": cfg.epochs,
+            "seed": cfg.seed,
+            "image_size": 8,
+            "access_log": "logs/access.jsonl",
+        },
     )
     # The simulated users' pseudonyms come from a key fixed by the seed, so that a
     # rerun files them in the same order (a real project's key is random).

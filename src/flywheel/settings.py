@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         description="Failed authentications an address may make in a minute before its key "
         "checks get 429 (per server process).",
     )
+    access_log: str = Field(
+        default="stderr",
+        min_length=1,
+        description="Where the access log (JSON lines) goes: stderr, off, or a file "
+        "(relative to the project).",
+    )
     header_timeout_s: float = Field(
         default=10.0,
         gt=0,

@@ -3,6 +3,7 @@ byte at a time, more connections than the cap. Over real sockets to a real uvico
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +107,40 @@ def test_the_limits_are_settings_with_bounds(tmp_path: Path) -> None:
         Settings(project_dir=tmp_path, header_timeout_s=0)
     with pytest.raises(ValidationError, match="max_connections"):
         Settings(project_dir=tmp_path, max_connections=0)
+
+
+def test_the_access_log_has_a_json_line_per_request_and_no_key_or_user_id(
+    tmp_path: Path,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from flywheel.serving import create_app
+    from tests.factories import digit_png
+
+    project = make_project(tmp_path / "p", settings={"access_log": "logs/access.jsonl"})
+    key, _ = project.create_key(["admin"], name="ops-laptop")
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
+        files = {"file": ("d.png", digit_png(0), "image/png")}
+        pid = c.post("/v1/predict", files=files, headers={"X-User-Id": "alice@example.com"})
+        c.get("/v1/users/alice@example.com/privacy", headers={"Authorization": f"Bearer {key}"})
+        c.get(f"/v1/models?secret={pid.json()['prediction_id']}", headers={"Authorization": "x"})
+        c.get("/nowhere")
+    log = project.settings.project_dir / "logs" / "access.jsonl"
+    assert log.stat().st_mode & 0o777 == 0o600
+    text = log.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(r["method"], r["route"], r["status"], r["key"]) for r in lines] == [
+        ("POST", "/v1/predict", 200, None),
+        ("GET", "/v1/users/{user_id}/privacy", 200, "ops-laptop"),
+        ("GET", "/v1/models", 401, None),
+        ("GET", "unmatched", 404, None),
+    ]
+    assert all(r["latency_ms"] >= 0 and r["client"] == "testclient" for r in lines)
+    assert all(
+        set(r) == {"time", "method", "route", "status", "latency_ms", "key", "client"}
+        for r in lines
+    )
+    # Never the key, a user id (raw or hashed), a prediction id or a query string.
+    for secret in (key, "alice", project.pseudonym("alice@example.com"), "secret"):
+        assert secret not in text
+    assert pid.json()["prediction_id"] not in text

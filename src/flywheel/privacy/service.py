@@ -93,6 +93,7 @@ class PrivacyService:
 
     def ledger(self, user_id: str | None = None) -> list[dict[str, Any]]:
         """Each user's cumulative ε and δ across private runs (or one user's)."""
+        self.ctx.settle()  # a user whose first prediction is still in the server's log
         with self.ctx.db.session() as s:
             pid = None if user_id is None else find_user(s, user_id, self.identity.chain).id
             rows = ledger.summary(s, pid)

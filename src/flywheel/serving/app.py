@@ -32,6 +32,7 @@ from flywheel.errors import (
 from flywheel.project import Project
 from flywheel.registry import Backend
 from flywheel.serving import ui
+from flywheel.serving.access import AccessLog
 from flywheel.serving.jobs import JobRunner
 from flywheel.serving.limits import BodyLimits, OriginCheck, served_hosts
 from flywheel.serving.metrics import Metrics, MetricsMiddleware
@@ -175,9 +176,11 @@ def create_app(
     """The app for one project. ``backend`` pins a model backend (tests: FakeBackend)."""
     project = project or Project(settings)
     metrics = Metrics()
+    access = AccessLog(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        access.start()
         interrupted = project.fail_interrupted_jobs()
         if interrupted:
             log.warning("%d job(s) of an earlier run were interrupted; marked failed", interrupted)
@@ -207,6 +210,7 @@ def create_app(
             watcher.join()
             predictor.close()
             app.state.runner.shutdown()
+            access.stop()
 
     app = FastAPI(
         title="flywheel",
@@ -266,5 +270,5 @@ def create_app(
             settings.host,
         )
     app.add_middleware(OriginCheck, hosts=hosts, origins=settings.cors_origins)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, access=access)
     return app

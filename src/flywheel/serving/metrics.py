@@ -8,6 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flywheel.serving.access import AccessLog, record
+
 __all__ = ["Metrics", "MetricsMiddleware"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -76,11 +78,13 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts and times every HTTP request by its route template (not its raw path)."""
+    """Counts and times every HTTP request by its route template (not its raw path), and
+    writes its line of the access log."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access: AccessLog) -> None:
         self.app = app
         self.metrics = metrics
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,4 +105,7 @@ class MetricsMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
             self.metrics.requests.labels(template, method, str(status["code"])).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.latency.labels(template, method).observe(seconds)
+            if self.access.on:
+                self.access.write(record(scope, status["code"], seconds))
