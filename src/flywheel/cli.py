@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -977,6 +978,9 @@ def demo(
 
 
 def main() -> None:
+    # Everything the CLI and its server create is its user's alone: the database, users'
+    # inputs, the models, the user-id key chain, the logs (0600 files, 0700 folders).
+    os.umask(0o077)
     try:
         app()
     except FlywheelError as exc:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from flywheel.data import Codec, create_codec
-from flywheel.settings import Settings
+from flywheel.settings import Settings, keep_private
 from flywheel.store import BlobStore, Database
 from flywheel.tasks import Task, get_task
 
@@ -46,8 +46,12 @@ class Context:
         """Open a project's store (migrated to the newest schema) and its blob folder."""
         task = get_task(settings.task)
         codec = create_codec(task.modality)
+        keep_private(settings.project_dir)
+        keep_private(settings.blobs)  # it may live elsewhere (blob_dir)
         db = Database(settings.db_url)
         db.migrate()
+        if db.path is not None:  # SQLite: its WAL and shared-memory files take its mode
+            keep_private(db.path)
         return cls(settings, task, codec, db, BlobStore(settings.blobs))
 
     def settle(self) -> None:

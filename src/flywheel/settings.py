@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,7 +28,14 @@ from pydantic_settings import (
 from flywheel.errors import ConfigError, ProjectError
 from flywheel.tasks import TASKS
 
-__all__ = ["CONFIG_FILE", "Settings", "config_text", "is_loopback", "new_project_folder"]
+__all__ = [
+    "CONFIG_FILE",
+    "Settings",
+    "config_text",
+    "is_loopback",
+    "keep_private",
+    "new_project_folder",
+]
 
 CONFIG_FILE = "flywheel.toml"
 
@@ -426,6 +434,29 @@ def config_text(source: str, values: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def keep_private(path: Path) -> None:
+    """Make ``path`` its owner's alone (a folder 0700, a file 0600) if it is not yet.
+
+    A project holds users' inputs, their pseudonyms' key and the API keys' hashes: the
+    project folder itself is kept 0700, so nothing in it is reachable by other local
+    users whatever the modes below it; the CLI also creates every file under a 0077
+    umask.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        try:
+            path.chmod(0o700 if path.is_dir() else 0o600)
+        except PermissionError:  # not ours to change: say so, and carry on
+            logging.getLogger("flywheel").warning(
+                "%s is readable by other users (mode %o) and cannot be made private",
+                path,
+                mode & 0o777,
+            )
+
+
 @contextlib.contextmanager
 def new_project_folder(root: Path, config: str) -> Iterator[Path]:
     """Create a project folder holding ``config`` as its ``flywheel.toml``; a failure
@@ -436,8 +467,10 @@ def new_project_folder(root: Path, config: str) -> Iterator[Path]:
     if root.exists() and not root.is_dir():
         raise ProjectError(f"{str(root)!r} exists and is not a folder", path=root)
     root.mkdir(parents=True, exist_ok=True)
+    keep_private(root)
     try:
         (root / CONFIG_FILE).write_text(config)
+        keep_private(root / CONFIG_FILE)
         yield root
     except BaseException:
         if created:

@@ -93,6 +93,13 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        database = self.engine.url.database
+        #: the SQLite file (None: another database, or SQLite in memory)
+        self.path = (
+            Path(database)
+            if self.engine.dialect.name == "sqlite" and database and database != ":memory:"
+            else None
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:
