@@ -21,8 +21,8 @@ SURFACE = {
     "train_config", "train", "has_interrupted_run", "evaluate", "find_label_issues",
     "curate", "retrain", "export",
     # serving
-    "predict", "log_predictions", "scrubs_inputs", "at_the_door", "pseudonym",
-    "serving_model", "stored_input",
+    "predict", "log_predictions", "prediction_journal", "scrubs_inputs", "at_the_door",
+    "pseudonym", "serving_model", "stored_input",
     # feedback, users, explanations, monitoring
     "record_feedback", "record_feedback_many", "review_queue", "users", "update_trust",
     "quarantine", "release", "explain", "explanation_png", "stats",
@@ -32,8 +32,8 @@ SURFACE = {
     "forget", "retrain_after_forget", "privacy_ledger", "audit_log", "apply_retention",
     "rotate_user_key", "reload_user_key",
     # API keys and dashboard sessions
-    "create_key", "list_keys", "has_keys", "authenticate", "open_ui_session", "ui_session",
-    "end_ui_session",
+    "create_key", "list_keys", "revoke_key", "has_keys", "authenticate", "open_ui_session",
+    "ui_session", "end_ui_session",
     # jobs
     "create_job", "run_job", "job_log", "jobs", "job", "fail_interrupted_jobs",
 }  # fmt: skip

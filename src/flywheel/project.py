@@ -25,6 +25,7 @@ from flywheel.registry import LoadedModel, VersionInfo
 from flywheel.registry.cache import ModelCache
 from flywheel.settings import CONFIG_FILE, Settings, config_text, new_project_folder
 from flywheel.store import BlobStore, Database
+from flywheel.store.journal import Journal
 from flywheel.tasks import Task, get_task
 from flywheel.training import TrainConfig, model_spec, train_config
 
@@ -43,6 +44,8 @@ class Project:
             )
         #: the stage services (for tests and extensions; shells use the verbs)
         self.services = Services.build(Context.open(settings))
+        # Predictions a killed server acknowledged but had not committed yet.
+        self.services.predictions.replay_journal()
 
     # -- construction -------------------------------------------------------------------
 
@@ -177,6 +180,10 @@ class Project:
     def log_predictions(self, rows: Sequence[dict[str, Any]]) -> None:
         """Commit predictions made elsewhere (the server's batched log) in one transaction."""
         self.services.predictions.log(rows)
+
+    def prediction_journal(self) -> Journal:
+        """Where a server's log rows wait on disk for their commit (the durable log)."""
+        return self.services.predictions.journal()
 
     @property
     def scrubs_inputs(self) -> bool:

@@ -249,6 +249,13 @@ class Settings(BaseSettings):
         description="Longest a request waits for others to share its batch (none under light "
         "load).",
     )
+    prediction_log: str = Field(
+        default="durable",
+        pattern="^(durable|fast)$",
+        description="durable: each answer's log row is fsynced to <project>/journal before "
+        "the answer leaves, so a crash loses none; fast: rows wait in memory for the "
+        "writer, so a crash loses the last few milliseconds of predictions.",
+    )
     log_queue_size: int = Field(
         default=10_000,
         ge=1,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -12,10 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flywheel.errors import InputError
+from flywheel.errors import InputError, ModelError
 from flywheel.registry import FakeBackend, load_backend
 from flywheel.serving.batching import BatchResult, MicroBatcher
 from flywheel.serving.writer import PredictionWriter
+from flywheel.store.journal import Journal, read_segment
 
 
 class Gate:
@@ -158,22 +158,51 @@ def test_a_reader_waits_for_a_pending_row_and_flush_waits_for_all() -> None:
     writer.close()
 
 
-def test_rows_the_database_refuses_at_shutdown_are_spilled_not_lost(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable", [True, False])
+def test_rows_the_database_refuses_at_shutdown_stay_in_the_journal(
+    tmp_path: Path, durable: bool
+) -> None:
     def write(rows: Sequence[dict[str, Any]]) -> None:
         raise RuntimeError("database is away")
 
-    writer = PredictionWriter(write, spill_dir=tmp_path / "spill")
+    writer = PredictionWriter(write, journal=Journal(tmp_path), durable=durable)
     for row in _rows(3):
         writer.put(row)
-    writer.close()  # at shutdown: a few more tries, then the rows go to a file
+    writer.sync()
+    writer.close()  # at shutdown: a few more tries, then the rows stay for the replay
     assert writer.spilled == 3 and writer.written == 0
-    lines = [
-        json.loads(line)
-        for f in sorted((tmp_path / "spill").glob("*.jsonl"))
-        for line in f.read_text().splitlines()
-    ]
-    assert [r["id"] for r in lines] == ["p0", "p1", "p2"]
-    assert lines[0]["content"] == "AAE="  # the input, base64
+    kept = [r for f in sorted(tmp_path.glob("*.journal")) for r in read_segment(f)[0]]
+    assert kept == _rows(3)  # each row exactly once, its input bytes intact
+
+
+def test_the_durable_log_deletes_what_it_committed(tmp_path: Path) -> None:
+    written: list[str] = []
+    writer = PredictionWriter(
+        lambda rows: written.extend(r["id"] for r in rows),
+        journal=Journal(tmp_path),
+        durable=True,
+    )
+    for row in _rows(50):
+        writer.put(row)
+    writer.sync()
+    assert sum(len(read_segment(f)[0]) for f in tmp_path.glob("*.journal")) <= 50
+    assert writer.flush()
+    writer.close()
+    assert sorted(written) == sorted(r["id"] for r in _rows(50))
+    assert list(tmp_path.glob("*.journal")) == []
+
+
+def test_answers_fail_when_their_log_rows_cannot_be_made_durable() -> None:
+    def refuse() -> None:
+        raise OSError(28, "No space left on device")
+
+    batcher = MicroBatcher(max_batch=4, before_answers=refuse)
+    try:
+        fut = batcher.submit(FakeBackend(1, ["a"]), b"\x01")
+        with pytest.raises(ModelError, match=r"cannot be kept on disk.*No space left"):
+            fut.result(30)
+    finally:
+        batcher.close()
 
 
 def test_onnx_backend_matches_torch_and_caches_its_graph(project: Any) -> None:

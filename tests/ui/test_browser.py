@@ -178,3 +178,56 @@ def test_forget_from_the_users_page(browser: Any, served: dict[str, Any]) -> Non
     assert page.locator(f"tr[data-user='{victim}']").count() == 0
     audit = project.audit_log("forget")
     assert len(audit) == 1 and audit[0]["detail"]["counts_after"]["predictions"] == 0
+
+
+def _watched(page: Any, origin: str) -> tuple[list[str], list[str]]:
+    """The page's console errors (a refused script or style is one) and any request to
+    another origin that was not stopped before it left (by the page's policy)."""
+    errors: list[str] = []
+    elsewhere: list[str] = []
+
+    def ours(url: str) -> bool:
+        return url.startswith((origin, "data:", "blob:"))
+
+    def failed(r: Any) -> None:
+        if not ours(r.url) and r.failure not in ("csp", "net::ERR_BLOCKED_BY_CSP"):
+            elsewhere.append(f"{r.url} ({r.failure})")
+
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfinished", lambda r: None if ours(r.url) else elsewhere.append(r.url))
+    page.on("requestfailed", failed)
+    return errors, elsewhere
+
+
+def test_every_page_runs_under_its_policy_and_fetches_nothing_elsewhere(
+    browser: Any, served: dict[str, Any]
+) -> None:
+    page = _signed_in(browser, served, served["admin"])
+    errors, elsewhere = _watched(page, served["url"])
+    for path in ("/", "/ui/models", "/ui/review", "/ui/users", "/ui/jobs"):
+        response = page.goto(served["url"] + path)
+        assert response is not None and response.status == 200
+        headers = response.headers
+        assert headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert "script-src 'self';" in headers["content-security-policy"]
+        assert headers["cache-control"] == "no-store"
+    page.wait_for_selector("body")
+    assert errors == [] and elsewhere == []
+
+
+def test_the_api_docs_are_served_from_the_package(browser: Any, served: dict[str, Any]) -> None:
+    page = browser.new_context().new_page()
+    errors, elsewhere = _watched(page, served["url"])
+    page.goto(served["url"] + "/docs")
+    page.wait_for_selector(".swagger-ui .info .title")
+    assert "flywheel" in page.inner_text(".swagger-ui .info .title")
+    assert page.locator(".opblock").count() >= 20  # every operation is listed
+    _shot(page, "docs")
+    page.goto(served["url"] + "/redoc")
+    page.wait_for_selector("h1")
+    assert "flywheel" in page.inner_text("h1")
+    # ReDoc's "by Redocly" badge points at its CDN: the policy stops it, nothing is sent.
+    blocked = [e for e in errors if "cdn.redoc.ly" in e and "Content Security Policy" in e]
+    assert [e for e in errors if e not in blocked] == [] and elsewhere == []

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
 
 from flywheel.context import Context
 from flywheel.errors import NotFoundError
 from flywheel.feedback import repo
 from flywheel.feedback.records import PredictionResult, answer
 from flywheel.privacy.door import Door
+from flywheel.privacy.forget import subject_digest
 from flywheel.privacy.identity import IdentityService
 from flywheel.registry.backends import TorchBackend
 from flywheel.registry.cache import ModelCache
 from flywheel.store import retry_locked
-from flywheel.store.schema import Prediction
+from flywheel.store.journal import Journal, ReplayReport, replay
+from flywheel.store.schema import AuditRecord, Prediction
 
 __all__ = ["PredictionLog"]
 
@@ -56,6 +62,51 @@ class PredictionLog:
 
         retry_locked(write)
 
+    @property
+    def journal_dir(self) -> Path:
+        return self.ctx.settings.project_dir / "journal"
+
+    def journal(self) -> Journal:
+        """A server's journal: rows on disk until committed (``prediction_log``)."""
+        return Journal(self.journal_dir)
+
+    def replay_journal(self) -> ReplayReport:
+        """Commit what a killed server left in the journal (rows the database lacks;
+        none of a user forgotten since), and delete it."""
+        return replay(self.journal_dir, self._log_new, self._forgotten)
+
+    def _log_new(self, rows: list[dict[str, Any]]) -> int:
+        """``log`` for the rows whose ids the database does not hold; how many."""
+        with self.ctx.db.session() as s:
+            held = set(
+                s.scalars(select(Prediction.id).where(Prediction.id.in_([r["id"] for r in rows])))
+            )
+        new = [r for r in rows if r["id"] not in held]
+        if new:
+            self.log(new)
+        return len(new)
+
+    def _forgotten(self, rows: list[dict[str, Any]]) -> set[str]:
+        """The ids of rows whose user was forgotten after the row was made."""
+        subjects = {subject_digest(r["user_id"]): r["user_id"] for r in rows if r["user_id"]}
+        if not subjects:
+            return set()
+        with self.ctx.db.session() as s:
+            forgets = s.execute(
+                select(AuditRecord.subject, AuditRecord.created_at).where(
+                    AuditRecord.action == "forget", AuditRecord.subject.in_(list(subjects))
+                )
+            ).all()
+        last: dict[str, Any] = {}
+        for subject, at in forgets:
+            user = subjects[str(subject)]
+            last[user] = max(at, last.get(user, at))
+        return {
+            r["id"]
+            for r in rows
+            if r["user_id"] in last and _aware(r["created_at"]) <= _aware(last[r["user_id"]])
+        }
+
     def predict(self, content: bytes, user_id: str | None = None) -> PredictionResult:
         """Predict one input (the stored form of the task's input) and log the call."""
         content, pseudonym = self.admit(content, user_id)
@@ -84,3 +135,8 @@ class PredictionLog:
                 raise NotFoundError("prediction", prediction_id)
             digest = pred.input_hash
         return self.ctx.blobs.get(digest)
+
+
+def _aware(t: datetime) -> datetime:
+    """A stored time read back (SQLite gives it without its zone, which is UTC)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -25,6 +25,7 @@ from flywheel.privacy.identity import IdentityService
 from flywheel.privacy.pseudonym import find_user
 from flywheel.registry import PRODUCTION
 from flywheel.registry import repo as registry_repo
+from flywheel.store import journal
 from flywheel.store.schema import AuditRecord, Example, Prediction, utcnow
 from flywheel.training import TrainConfig, sampling_units
 from flywheel.training.dp import plan
@@ -271,9 +272,10 @@ class PrivacyService:
         return len(held) - len(revived)
 
     def scrub_spill(self, pseudonym: str) -> int:
-        """Drop the user's rows from ``spill/*.jsonl`` (prediction log rows the database
-        refused at a shutdown, kept for replay): a forget covers them too."""
-        removed = 0
+        """Drop the user's rows from the prediction log's journal (rows a killed server
+        or a refused shutdown left for replay) and from ``spill/*.jsonl`` (where earlier
+        versions kept the latter): a forget covers them too."""
+        removed = journal.scrub(self.ctx.settings.project_dir / "journal", pseudonym)
         for path in sorted((self.ctx.settings.project_dir / "spill").glob("*.jsonl")):
             lines = path.read_text().splitlines(keepends=True)
             kept = [ln for ln in lines if pseudonym not in ln]

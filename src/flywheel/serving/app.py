@@ -33,6 +33,7 @@ from flywheel.project import Project
 from flywheel.registry import Backend
 from flywheel.serving import ui
 from flywheel.serving.access import AccessLog
+from flywheel.serving.headers import SecurityHeaders, add_docs
 from flywheel.serving.jobs import JobRunner
 from flywheel.serving.limits import BodyLimits, OriginCheck, served_hosts
 from flywheel.serving.metrics import Metrics, MetricsMiddleware
@@ -170,6 +171,32 @@ def _watch_production(predictor: Predictor, stop: threading.Event, interval: flo
             log.warning("could not reload the user-id key chain: %s", exc)
 
 
+def _guard(app: FastAPI, settings: Settings, access: AccessLog) -> None:
+    """The middlewares, innermost first: body limits, CORS (only if configured), the
+    Host and Origin checks, the security headers, metrics and the access log."""
+    app.add_middleware(
+        BodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-User-Id"],
+            max_age=600,
+        )
+    hosts = served_hosts(settings)
+    if hosts is None and not settings.allowed_hosts:
+        log.warning(
+            "bound to %s without allowed_hosts: answering to any Host header (every route "
+            "needs a key); set allowed_hosts to the names clients use",
+            settings.host,
+        )
+    app.add_middleware(OriginCheck, hosts=hosts, origins=settings.cors_origins)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, access=access)
+
+
 def create_app(
     settings: Settings, project: Project | None = None, *, backend: Backend | None = None
 ) -> FastAPI:
@@ -218,6 +245,8 @@ def create_app(
         summary="Predictions, feedback and the retraining loop of one flywheel project.",
         lifespan=lifespan,
         dependencies=[Depends(authorize)],  # every route, by the one scope table
+        docs_url=None,  # served from the package below, not from a CDN
+        redoc_url=None,
     )
     app.state.project = project
     app.state.runner = JobRunner(project)
@@ -243,6 +272,7 @@ def create_app(
     ):
         app.include_router(r)
     app.mount("/ui/static", ui.static_files(), name="ui-static")
+    add_docs(app, "flywheel")
     build_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -251,24 +281,5 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(
-        BodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
-    )
-    if settings.cors_origins:  # off unless configured
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-User-Id"],
-            max_age=600,
-        )
-    hosts = served_hosts(settings)
-    if hosts is None and not settings.allowed_hosts:
-        log.warning(
-            "bound to %s without allowed_hosts: answering to any Host header (every route "
-            "needs a key); set allowed_hosts to the names clients use",
-            settings.host,
-        )
-    app.add_middleware(OriginCheck, hosts=hosts, origins=settings.cors_origins)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, access=access)
+    _guard(app, settings, access)
     return app

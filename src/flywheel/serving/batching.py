@@ -110,13 +110,17 @@ class MicroBatcher:
         max_wait_s: float = 0.002,
         on_result: OnResult | None = None,
         on_batch: Callable[[int], None] | None = None,
+        before_answers: Callable[[], None] | None = None,
     ) -> None:
+        """``before_answers``: run after a batch's ``on_result`` calls and before any of
+        its answers is given (the durable log's sync); if it fails, so do they."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_s)
         self.on_result = on_result
         self.on_batch = on_batch
+        self.before_answers = before_answers
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._last_size = 1
         self._closed = False
@@ -231,6 +235,15 @@ class MicroBatcher:
                         outcomes.append((it.future, it.loop, False, exc))
                     else:
                         outcomes.append((it.future, it.loop, True, answer))
+        if self.before_answers is not None and any(ok for _, _, ok, _ in outcomes):
+            try:
+                self.before_answers()
+            except Exception as exc:
+                log.exception("the answers of a batch could not be made durable")
+                failed = ModelError(f"the prediction log cannot be kept on disk: {exc}")
+                outcomes = [
+                    (f, lp, False, v if not good else failed) for f, lp, good, v in outcomes
+                ]
         resolve(outcomes)
 
 

@@ -44,7 +44,8 @@ class Predictor:
             self._write,
             max_queue=st.log_queue_size,
             batch_rows=st.log_batch_rows,
-            spill_dir=st.project_dir / "spill",
+            journal=project.prediction_journal(),
+            durable=st.prediction_log == "durable",
             on_written=lambda n: metrics.log_written.inc(n),
         )
         self.batcher = MicroBatcher(
@@ -52,6 +53,8 @@ class Predictor:
             max_wait_s=st.max_batch_wait_ms / 1000.0,
             on_result=self._log,
             on_batch=lambda n: metrics.batch_size.observe(n),
+            # durable: a batch's log rows are on disk before any of its answers leaves
+            before_answers=self.writer.sync,
         )
         # Feedback: committed before it is acknowledged, many answers per transaction.
         self.feedback_commit = GroupCommit(

@@ -5,22 +5,24 @@ clients) instead of memory growing without bound. The writer commits rows in bat
 (one transaction each, gathering rows for up to ``linger_s`` unless someone waits for
 them), retrying a busy or unreachable database; ``close`` flushes
 what is queued. Until its row is committed a prediction is *pending*: feedback about
-it waits for the commit (``wait_written``) rather than answering 404. Rows that
-cannot be written by the time the server stops are spilled to a JSON-lines file,
-never dropped.
+it waits for the commit (``wait_written``) rather than answering 404.
+
+With a durable journal (``prediction_log = "durable"``) ``put`` also appends the row
+to it and ``sync`` (once per batch, before its answers leave) makes it durable; a
+commit deletes what it covered. Rows that cannot be written by the time the server
+stops stay in the journal (or go to it, in the fast mode) for the next start to
+replay, never dropped.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from flywheel.serving.batching import drain
 
@@ -31,6 +33,18 @@ log = logging.getLogger("flywheel.serving")
 WriteFn = Callable[[Sequence[dict[str, Any]]], None]
 
 
+class Journal(Protocol):
+    """Where rows wait on disk for their commit (``flywheel.store.journal.Journal``)."""
+
+    directory: Path
+
+    def append(self, row: dict[str, Any]) -> None: ...
+    def sync(self) -> None: ...
+    def committed(self, ids: Iterable[str]) -> None: ...
+    def keep(self, rows: Sequence[dict[str, Any]]) -> Path | None: ...
+    def close(self) -> None: ...
+
+
 class PredictionWriter:
     def __init__(
         self,
@@ -39,13 +53,17 @@ class PredictionWriter:
         max_queue: int = 10_000,
         batch_rows: int = 512,
         linger_s: float = 0.02,
-        spill_dir: Path | None = None,
+        journal: Journal | None = None,
+        durable: bool = False,
         on_written: Callable[[int], None] | None = None,
     ) -> None:
+        if durable and journal is None:
+            raise ValueError("a durable log needs a journal")
         self._write = write
         self.batch_rows = batch_rows
         self.linger_s = linger_s
-        self.spill_dir = spill_dir
+        self.journal = journal
+        self.durable = durable
         self.on_written = on_written
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._pending: set[str] = set()
@@ -63,12 +81,21 @@ class PredictionWriter:
 
     def put(self, row: dict[str, Any]) -> None:
         """Queue one prediction row (``row["id"]`` its id); blocks while the queue is full."""
+        if self.durable:
+            assert self.journal is not None
+            self.journal.append(row)
         with self._cond:
             self._pending.add(row["id"])
             self.queued += 1
         if self._queue.qsize() >= self.batch_rows:
             self._hurry.set()  # a full batch is waiting: no reason to linger
         self._queue.put(row)
+
+    def sync(self) -> None:
+        """The rows put so far survive a crash (durable mode; raises OSError)."""
+        if self.durable:
+            assert self.journal is not None
+            self.journal.sync()
 
     def is_pending(self, prediction_id: str) -> bool:
         with self._cond:
@@ -106,6 +133,8 @@ class PredictionWriter:
         self._queue.put(None)
         self._hurry.set()
         self._thread.join()
+        if self.journal is not None:
+            self.journal.close()
 
     def _loop(self) -> None:
         stop = False
@@ -139,8 +168,11 @@ class PredictionWriter:
                 log.warning("could not log %d predictions (try %d): %s", len(rows), attempt, exc)
                 time.sleep(delay)  # back off: the database is busy or away
                 delay = min(delay * 2, 2.0)
-        if done == "written" and self.on_written is not None:
-            self.on_written(len(rows))
+        if done == "written":
+            if self.journal is not None:
+                self.journal.committed(r["id"] for r in rows)
+            if self.on_written is not None:
+                self.on_written(len(rows))
         with self._cond:
             if done == "written":
                 self.written += len(rows)
@@ -150,21 +182,14 @@ class PredictionWriter:
             self._cond.notify_all()
 
     def _spill(self, rows: list[dict[str, Any]], exc: Exception) -> None:
-        if self.spill_dir is None:
+        if self.journal is None:
             log.error("lost %d prediction rows at shutdown: %s", len(rows), exc)
             return
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spill_dir / f"predictions-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
-        with path.open("a") as f:
-            for r in rows:
-                plain = {
-                    k: base64.b64encode(v).decode() if isinstance(v, bytes) else v
-                    for k, v in r.items()
-                }
-                f.write(json.dumps(plain, default=str) + "\n")
+        kept = self.journal.keep(rows)
         log.error(
-            "the database refused %d prediction rows at shutdown (%s): kept in %s",
+            "the database refused %d prediction rows at shutdown (%s): kept in %s for "
+            "the next start to replay",
             len(rows),
             exc,
-            path,
+            kept or self.journal.directory,
         )

@@ -1,4 +1,5 @@
-"""Store: the SQL schema (SQLite by default, PostgreSQL by URL) and the blob folder."""
+"""Store: the SQL schema (SQLite by default, PostgreSQL by URL), the blob folder and the
+prediction log's journal."""
 
 from flywheel.store.blobs import BlobStore, sha256
 from flywheel.store.db import Database, make_engine, retry_locked
