@@ -1,7 +1,7 @@
 """Crash harness: `flywheel serve` killed with SIGKILL under mixed load, again and again.
 
     .venv/bin/python benchmarks/crash.py [--cycles 50] [--json results.json]   # ~25 min
-    .venv/bin/python benchmarks/crash.py --quick                            # 4 cycles each
+    .venv/bin/python benchmarks/crash.py --quick                            # 4 cycles each (~3 min)
     .venv/bin/python benchmarks/crash.py --stores sqlite --modes durable
 
 For each store (SQLite; PostgreSQL at ``--postgres``, a throwaway database, skipped with
@@ -19,9 +19,9 @@ prediction-log mode (``durable``, the default, and ``fast``), ``--cycles`` times
    ``bt_index_check`` of every index of the log's tables, where the extension can be
    created), and every stored prediction's input is in the blob folder under its hash.
 
-Then the cost of the durable log: wrk (one thread, 32 connections, ``--rate-s`` s, twice
-per mode, interleaved) against `POST /v1/predict` on the same project, predict req/s of
-the durable mode over the fast one, same run.
+Then the cost of the durable log: wrk (one thread, 32 connections, ``--rate-s`` s,
+``--rounds`` times per mode, interleaved; the median) against `POST /v1/predict` on the
+same project: predict req/s of the durable mode over the fast one, same run.
 """
 
 from __future__ import annotations
@@ -158,7 +158,10 @@ def check(project_dir: Path, store: str) -> dict[str, Any]:
             feedback = list(s.execute(select(Feedback.id, Feedback.prediction_id)))
             dup_ids = s.scalar(
                 select(func.count()).select_from(
-                    select(Prediction.id).group_by(Prediction.id).having(func.count() > 1)
+                    select(Prediction.id)
+                    .group_by(Prediction.id)
+                    .having(func.count() > 1)
+                    .subquery()
                 )
             )
             if store == "sqlite":
@@ -320,7 +323,7 @@ def run_store(store: str, args: argparse.Namespace, root: Path, out: list[Tally]
             for _ in range(args.cycles):
                 crash_cycle(project_dir, mode, tally, seen, rng, args, images, labels, logs)
             out.append(tally)
-        for _ in range(2):
+        for _ in range(args.rounds):
             for tally in out[-len(args.modes) :]:
                 tally.predict_rps.append(throughput(project_dir, tally.mode, args, images, logs))
 
@@ -414,13 +417,14 @@ def report(tallies: list[Tally], elapsed: float, args: argparse.Namespace) -> No
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cycles", type=int, default=50)
-    ap.add_argument("--quick", action="store_true", help="4 cycles and 2 s wrk runs")
+    ap.add_argument("--quick", action="store_true", help="4 cycles and one 2 s wrk run")
     ap.add_argument("--stores", default="sqlite,postgresql")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--min-s", type=float, default=0.3)
     ap.add_argument("--max-s", type=float, default=1.5)
     ap.add_argument("--rate-s", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=3, help="wrk runs per mode (median)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -433,7 +437,7 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.quick:
-        args.cycles, args.rate_s = 4, 2.0
+        args.cycles, args.rate_s, args.rounds = 4, 2.0, 1
     args.modes = [m for m in args.modes.split(",") if m]
     if set(args.modes) - set(MODES):
         ap.error(f"--modes takes {', '.join(MODES)}")

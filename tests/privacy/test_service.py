@@ -3,6 +3,7 @@ erasure as one transaction."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -70,3 +71,54 @@ def test_an_erasure_that_fails_half_way_changes_nothing(
     with project.db.session() as s:
         digest = s.get(Prediction, p.prediction_id).input_hash  # type: ignore[union-attr]
     assert project.blobs.exists(digest)  # the bytes go only once the erasure committed
+
+
+def test_a_forget_reaches_the_journal_and_a_replay_never_brings_the_user_back(
+    project: Project,
+) -> None:
+    from datetime import UTC, datetime
+
+    from flywheel.feedback.records import answer
+    from flywheel.store.journal import read_segment
+
+    def row(user: str, content: bytes) -> dict[str, object]:
+        probs = [0.0] * 10
+        probs[3] = 1.0
+        _, r = answer(
+            1,
+            [str(i) for i in range(10)],
+            np.array(probs, np.float32),
+            content=content,
+            user_id=project.pseudonym(user),
+            latency_ms=1.0,
+        )
+        return r
+
+    project.predict(digit_png(1), user_id="alice")
+    # A server killed before its commit left these (made before the forget below).
+    before = [row("alice", b"a1"), row("bob", b"b1")]
+    live, orphan = project.prediction_journal(), project.prediction_journal()
+    live.append(row("alice", b"a0"))
+    live.sync()  # a segment a live server holds: the forget leaves it to its owner
+    for r in before:
+        orphan.append(r)
+    orphan.sync()
+    orphan.close()
+    out = project.forget("alice")
+    assert out["spill_rows_deleted"] == 1  # alice's row in the orphaned segment
+    segments = sorted(project.services.predictions.journal_dir.glob("*.journal"))
+    rows = [r["user_id"] for f in segments for r in read_segment(f)[0]]
+    assert rows.count(project.pseudonym("alice")) == 1  # the live one
+    live.close()  # the server died: its segment is an orphan now
+    again = project.prediction_journal()
+    made_later = row("alice", b"a2")  # alice came back after the forget
+    made_later["created_at"] = datetime.now(UTC)
+    again.append(made_later)
+    again.sync()
+    again.close()
+    report = project.services.predictions.replay_journal()
+    assert (report.committed, report.forgotten) == (2, 1)  # bob's and alice's later one
+    with project.db.session() as s:
+        users = s.scalars(select(Prediction.user_id)).all()
+    assert users.count(project.pseudonym("alice")) == 1
+    assert users.count(project.pseudonym("bob")) == 1
