@@ -137,6 +137,20 @@ class Settings(BaseSettings):
         le=1.0,
         description="No class may lose more recall than this against the champion (None: off).",
     )
+    gate_alpha: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=0.5,
+        description="The gate's level: its intervals are 1 - alpha, and a class fails only on a "
+        "drop significant at alpha after Holm's correction.",
+    )
+    gate_inconclusive: str = Field(
+        default="promote",
+        pattern="^(promote|hold)$",
+        description="When the held-out rows cannot tell whether the challenger trails the "
+        "champion by more than the margin: promote it (it has seen more data) or hold the "
+        "champion.",
+    )
     gate_reference: str = Field(
         default="auto",
         pattern="^(auto|off)$",

@@ -46,15 +46,105 @@ def test_an_equal_challenger_is_promoted_with_no_margin() -> None:
     assert d.test["p_value"] == 1.0
 
 
-def test_a_challenger_worse_by_more_than_the_margin_is_refused() -> None:
-    d = decide(_correct(6, 10), _correct(9, 10), margin=0.05, champion_version=4)
-    assert d.promote is False
-    assert d.challenger_score == 0.6
-    assert d.champion_score == 0.9
-    assert "0.6000" in d.reason
-    assert "0.9000" in d.reason
+def test_a_challenger_significantly_worse_than_the_margin_is_refused() -> None:
+    # 30 rows only the champion gets right, none the other way: Clopper-Pearson for 0/30
+    # is [0, 1 - 0.025 ** (1/30)] = [0, 0.1157], so the interval of the difference,
+    # 0.3 x (2 x [0, 0.1157] - 1) = [-0.3000, -0.2306], lies below -0.05.
+    d = decide(_correct(50, 100), _correct(80, 100), margin=0.05, champion_version=4)
+    assert d.promote is False and d.verdict == "fail"
+    assert d.challenger_score == 0.5
+    assert d.champion_score == 0.8
+    assert d.interval == pytest.approx((-0.3, 0.3 * (2 * (1 - 0.025 ** (1 / 30)) - 1)), abs=1e-6)
     assert d.reason.startswith(
-        "challenger accuracy 0.6000 trails champion v4 0.9000 by 0.3000, more than the margin 0.05"
+        "challenger accuracy 0.5000 trails champion v4 0.8000 by 0.3000, more than the margin 0.05"
+    )
+    assert "95% interval of the difference [-0.3000, -0.2306] from 30 rows" in d.reason
+
+
+def test_when_the_rows_cannot_tell_the_setting_decides() -> None:
+    # 6/10 against 9/10: three rows the champion alone gets right (p = 0.25). The
+    # interval 0.3 x (2 x [0, 1 - 0.025 ** (1/3)] - 1) = [-0.3000, +0.1246] spans the
+    # margin: inconclusive.
+    promoted = decide(_correct(6, 10), _correct(9, 10), margin=0.05, champion_version=4)
+    assert promoted.verdict == "inconclusive" and promoted.promote is True
+    upper = 0.3 * (2 * (1 - 0.025 ** (1 / 3)) - 1)
+    assert promoted.interval == pytest.approx((-0.3, upper), abs=1e-6)
+    assert "inconclusive" in promoted.reason and "(gate_inconclusive = promote)" in promoted.reason
+    held = decide(
+        _correct(6, 10), _correct(9, 10), margin=0.05, champion_version=4, inconclusive="hold"
+    )
+    assert held.verdict == "inconclusive" and held.promote is False
+    assert "held back (gate_inconclusive = hold)" in held.reason
+
+
+def test_the_interval_of_a_paired_difference_on_hand_computed_cases() -> None:
+    from flywheel.evaluation.gate import paired_interval
+
+    # b = 2, c = 0 of 10: Clopper-Pearson for 2/2 is [0.025 ** 0.5, 1].
+    lo, hi = paired_interval(2, 0, 10, 0.05)
+    assert lo == pytest.approx(0.2 * (2 * 0.025**0.5 - 1)) and hi == pytest.approx(0.2)
+    assert paired_interval(0, 0, 10, 0.05) == (0.0, 0.0)  # they agree on every row
+    # Symmetric: swapping the models mirrors the interval.
+    a, b = paired_interval(7, 3, 50, 0.05), paired_interval(3, 7, 50, 0.05)
+    assert a == pytest.approx((-b[1], -b[0]))
+    # A clearly better challenger passes (the interval lies above 0).
+    d = decide(_correct(80, 100), _correct(50, 100), margin=0.0, champion_version=1)
+    assert d.verdict == "pass" and d.interval is not None and d.interval[0] > 0.2
+
+
+def test_holm_adjusts_p_values_step_down() -> None:
+    from flywheel.evaluation.gate import holm
+
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx(
+        {"a": 0.03, "c": 0.06, "b": 0.06}
+    )
+    assert holm({"a": 0.5, "b": 0.9}) == {"a": 1.0, "b": 1.0}
+    assert holm({}) == {}
+
+
+def test_two_images_per_class_one_lost_is_never_a_refusal() -> None:
+    """The small start: 20 held-out images, two per class. The challenger loses one 3
+    and gains three others; the champion knew both 3s."""
+    from flywheel.evaluation import class_check
+
+    labels = [str(i) for i in range(10)]
+    y = np.repeat(np.arange(10), 2)
+    champion = np.ones(20, bool)
+    champion[[0, 2, 4]] = False  # wrong on one 0, one 1, one 2
+    challenger = np.ones(20, bool)
+    challenger[6] = False  # one of the two 3s
+    passed, reason, detail = class_check(
+        y, challenger, champion, labels, class_margin=0.1, alpha=0.05
+    )
+    assert passed and reason == ""
+    assert detail["recall_drop"]["3"] == 0.5  # half its recall, on one image
+    assert detail["p_value"]["3"] == 0.5 and detail["p_holm"]["3"] == 1.0
+    d = judge(
+        challenger, champion, y=y, labels=labels, champion_version=1, policy=GatePolicy(),
+        contribution={}, parity={},
+    )  # fmt: skip
+    assert d.promote is True and d.checks["per_class"]["passed"] is True
+    assert d.verdict == "inconclusive"  # 3 against 1 of 20 rows cannot tell
+    # Without the test (the reference check's rule), the same row fails the class.
+    assert class_check(y, challenger, champion, labels, class_margin=0.1)[0] is False
+
+
+def test_a_significant_class_drop_is_refused_with_its_numbers() -> None:
+    from flywheel.evaluation import class_check
+
+    labels = [str(i) for i in range(10)]
+    y = np.repeat(np.arange(10), 30)
+    champion = np.ones(300, bool)
+    challenger = np.ones(300, bool)
+    challenger[90:102] = False  # 12 of class 3's 30 rows: p = 0.5 ** 12, x 10 (Holm)
+    passed, reason, detail = class_check(
+        y, challenger, champion, labels, class_margin=0.1, alpha=0.05
+    )
+    assert not passed and detail["failed_classes"] == ["3"]
+    assert detail["p_holm"]["3"] == pytest.approx(round(10 * 0.5**12, 4))
+    assert reason == (
+        "class '3' loses 0.4000 of its recall against the champion, more than the class "
+        "margin 0.1 (12 of 30 rows; Holm-adjusted p=0.00244)"
     )
 
 
@@ -281,13 +371,24 @@ def test_judge_refuses_a_challenger_whose_onnx_graph_differs_or_whose_class_coll
     )  # fmt: skip
     assert d.promote is False and list(d.checks) == ["onnx_parity"]
     assert d.reason.startswith("its ONNX export does not match torch (max |diff| 0.5")
-    collapsed = good.copy()
-    collapsed[8:] = False  # class "c" all wrong, 4 rows: beyond the 0.1 class margin
+    # Class "c" all wrong, 10 rows: beyond the 0.1 class margin, p = 0.5 ** 10 x 3 (Holm).
+    y30 = np.repeat(np.arange(3), 10)
+    good30 = np.ones(30, dtype=bool)
+    collapsed = good30.copy()
+    collapsed[20:] = False
     d = judge(
-        collapsed, good, y=Y, labels=LABELS, champion_version=1, policy=GatePolicy(margin=0.5),
-        contribution={}, parity={"skipped": "off"},
+        collapsed, good30, y=y30, labels=LABELS, champion_version=1,
+        policy=GatePolicy(margin=0.5), contribution={}, parity={"skipped": "off"},
     )  # fmt: skip
     assert d.promote is False and d.checks["per_class"]["failed_classes"] == ["c"]
+    # On 4 rows the same collapse is within chance (p = 0.0625 x 3): not refused.
+    few = good.copy()
+    few[8:] = False
+    d = judge(
+        few, good, y=Y, labels=LABELS, champion_version=1, policy=GatePolicy(margin=0.5),
+        contribution={}, parity={"skipped": "off"},
+    )  # fmt: skip
+    assert d.checks["per_class"]["passed"] is True
     # Regression: no classes, no per-class check, MSE compared.
     d = judge(
         np.full(4, 1.0), np.full(4, 2.0), y=np.zeros(4), labels=[], champion_version=1,

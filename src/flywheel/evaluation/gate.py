@@ -1,7 +1,17 @@
-"""The champion/challenger gate, with a paired test reported beside the decision.
+"""The champion/challenger gate: decisions with their uncertainty.
 
-Classification: accuracy on the same held-out rows, McNemar's exact test.
-Regression: mean squared error on the same held-out rows, Wilcoxon's signed-rank test.
+Classification: accuracy on the same held-out rows; the difference's confidence
+interval from the discordant pairs (exact, conditional on their number), McNemar's
+exact test beside it. Regression: mean squared error on the same rows; a bootstrap
+interval of the paired difference (fixed seed), Wilcoxon's signed-rank test beside it.
+
+The overall verdict is ``pass`` when the interval lies above the margin (the
+challenger is not worse by more than it), ``fail`` when it lies below, and
+``inconclusive`` when the rows cannot tell; ``gate_inconclusive`` says what an
+inconclusive verdict does (promote, the default: the challenger has seen more data;
+or hold the champion). A class fails only on a recall drop beyond the class margin
+that is also significant after Holm's correction over the classes: never on one row.
+
 ``judge`` runs the whole sequence of checks in order: the overall score, each class,
 the trusted reference (naive curation), who contributed the new rows, ONNX parity.
 """
@@ -23,8 +33,11 @@ __all__ = [
     "class_check",
     "decide",
     "decide_regression",
+    "holm",
     "judge",
     "mcnemar",
+    "mean_interval",
+    "paired_interval",
     "reference_check",
     "wilcoxon",
     "with_check",
@@ -47,6 +60,72 @@ def mcnemar(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> dic
         "champion_only_correct": c,
         "p_value": p,
     }
+
+
+def paired_interval(b: int, c: int, n: int, alpha: float) -> tuple[float, float]:
+    """A ``1 - alpha`` interval for the difference in accuracy, (b - c) / n, of two
+    classifiers on the same ``n`` rows: ``b`` rows only the first gets right, ``c`` only
+    the second. Exact (Clopper-Pearson) for the share b / (b + c) of the discordant
+    pairs, conditional on their number."""
+    from scipy.stats import binomtest
+
+    m = b + c
+    if m == 0 or n == 0:
+        return 0.0, 0.0
+    ci = binomtest(b, m, 0.5).proportion_ci(confidence_level=1 - alpha, method="exact")
+    return m / n * (2 * ci.low - 1), m / n * (2 * ci.high - 1)
+
+
+def mean_interval(d: np.ndarray, alpha: float) -> tuple[float, float]:
+    """A ``1 - alpha`` bootstrap (BCa, 2,000 resamples, seed 0) interval of ``d``'s mean."""
+    from scipy.stats import bootstrap
+
+    d = np.asarray(d, dtype=np.float64)
+    if len(d) < 2 or float(np.ptp(d)) == 0.0:
+        mean = float(d.mean()) if len(d) else 0.0
+        return mean, mean
+    res = bootstrap(
+        (d,),
+        np.mean,
+        confidence_level=1 - alpha,
+        n_resamples=2000,
+        method="BCa",
+        rng=np.random.default_rng(0),
+    )
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa degenerates: percentiles
+        res = bootstrap(
+            (d,),
+            np.mean,
+            confidence_level=1 - alpha,
+            n_resamples=2000,
+            method="percentile",
+            rng=np.random.default_rng(0),
+        )
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return lo, hi
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values (family-wise error over the keys)."""
+    order = sorted(p_values, key=lambda k: p_values[k])
+    m = len(order)
+    adjusted: dict[str, float] = {}
+    running = 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p_values[k]))
+        adjusted[k] = running
+    return adjusted
+
+
+def _verdict(lo: float, hi: float, boundary: float, inconclusive: str) -> tuple[str, bool]:
+    """(verdict, promote) of an interval for "challenger minus what it must reach"
+    (positive: better), against 0 at ``boundary``."""
+    if lo >= boundary - 1e-12:
+        return "pass", True
+    if hi < boundary - 1e-12:
+        return "fail", False
+    return "inconclusive", inconclusive == "promote"
 
 
 def wilcoxon(challenger_sq_err: np.ndarray, champion_sq_err: np.ndarray) -> dict[str, Any]:
@@ -73,6 +152,12 @@ class GateDecision:
     n: int
     #: further checks beside the overall score, by name: {"passed", "refuse", "detail", ...}
     checks: dict[str, Any] = field(default_factory=dict)
+    #: the overall comparison: "pass", "fail", "inconclusive" (or "first": no champion)
+    verdict: str = "first"
+    #: the interval of the difference (accuracy: challenger - champion; MSE: challenger -
+    #: champion x (1 + margin), negative is better) at ``1 - alpha``
+    interval: tuple[float, float] | None = None
+    alpha: float = 0.05
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,38 +185,64 @@ def class_check(
     *,
     class_margin: float,
     min_rows: int = 1,
+    alpha: float | None = None,
 ) -> tuple[bool, str, dict[str, Any]]:
     """No class may lose more than ``class_margin`` of its recall against the champion.
 
     Overall accuracy can rise while one class collapses (a targeted poisoning does
     exactly that); this looks at each class on the same held-out rows. A class fails
-    only if the challenger also gets at least ``min_rows`` more of its rows wrong: on a
-    small class one row can be more than the margin.
+    only if the challenger also gets at least ``min_rows`` more of its rows wrong and,
+    with ``alpha``, if the drop is significant: an exact one-sided McNemar test on the
+    class's rows, Holm-adjusted over the classes, below ``alpha``. (Two rows of a
+    class, one lost, is p = 0.5 before any correction.)
     """
+    from scipy.stats import binomtest
+
     drops: dict[str, float] = {}
     lost: dict[str, int] = {}
+    support: dict[str, int] = {}
+    p_raw: dict[str, float] = {}
     for k, label in enumerate(labels):
         rows = y_true == k
         if not rows.any():
             continue
-        drops[label] = float(champion_correct[rows].mean() - challenger_correct[rows].mean())
-        lost[label] = int(champion_correct[rows].sum()) - int(challenger_correct[rows].sum())
+        ch, cp = challenger_correct[rows], champion_correct[rows]
+        drops[label] = float(cp.mean() - ch.mean())
+        lost[label] = int(cp.sum()) - int(ch.sum())
+        support[label] = int(rows.sum())
+        b, c = int(np.sum(ch & ~cp)), int(np.sum(~ch & cp))
+        p_raw[label] = 1.0 if c == 0 else float(binomtest(c, b + c, 0.5, "greater").pvalue)
+    p_adj = holm(p_raw)
     worst = max(drops, key=lambda lab: drops[lab]) if drops else None
     failed = sorted(
-        lab for lab, d in drops.items() if d > class_margin + 1e-9 and lost[lab] >= min_rows
+        lab
+        for lab, d in drops.items()
+        if d > class_margin + 1e-9
+        and lost[lab] >= min_rows
+        and (alpha is None or p_adj[lab] < alpha)
     )
-    detail = {
+    detail: dict[str, Any] = {
         "class_margin": class_margin,
         "recall_drop": {lab: round(d, 4) for lab, d in drops.items()},
         "worst_class": worst,
         "failed_classes": failed,
     }
+    if alpha is not None:
+        detail |= {
+            "alpha": alpha,
+            "support": support,
+            "p_value": {lab: round(p, 4) for lab, p in p_raw.items()},
+            "p_holm": {lab: round(p, 4) for lab, p in p_adj.items()},
+        }
     if not failed:
         return True, "", detail
+    bad = max(failed, key=lambda lab: drops[lab])
     reason = (
-        f"class {worst!r} loses {drops[str(worst)]:.4f} of its recall against the champion, "
+        f"class {bad!r} loses {drops[bad]:.4f} of its recall against the champion, "
         f"more than the class margin {class_margin}"
     )
+    if alpha is not None:
+        reason += f" ({lost[bad]} of {support[bad]} rows; Holm-adjusted p={p_adj[bad]:.3g})"
     return False, reason, detail
 
 
@@ -141,12 +252,14 @@ def decide(
     *,
     margin: float,
     champion_version: int | None,
+    alpha: float = 0.05,
+    inconclusive: str = "promote",
 ) -> GateDecision:
-    """Promote unless the challenger's accuracy trails the champion's by more than ``margin``.
+    """Does the challenger's accuracy trail the champion's by more than ``margin``?
 
-    Both are scored on the same held-out rows, so the paired test applies; its
-    p-value is reported, not used to decide, because with a few hundred rows it
-    would refuse most genuine small gains.
+    Both are scored on the same held-out rows. The difference's ``1 - alpha`` interval
+    decides: above ``-margin``: pass; below: fail; across it: inconclusive, which
+    promotes or holds as ``inconclusive`` says.
     """
     challenger_correct = np.asarray(challenger_correct, dtype=bool)
     n = len(challenger_correct)
@@ -161,20 +274,32 @@ def decide(
     champ = float(champion_correct.mean()) if n else 0.0
     test = mcnemar(challenger_correct, champion_correct)
     delta = acc - champ
-    # Compare counts, not float differences: 45/50 against 46/50 with margin 0.02 passes.
-    shortfall = int(champion_correct.sum()) - int(challenger_correct.sum())
+    b, c = test["challenger_only_correct"], test["champion_only_correct"]
+    lo, hi = paired_interval(b, c, n, alpha)
+    verdict, promote = _verdict(lo, hi, -margin, inconclusive)
+    stats = (
+        f"{1 - alpha:.0%} interval of the difference [{lo:+.4f}, {hi:+.4f}] from {b + c} "
+        f"rows the two disagree on; McNemar p={test['p_value']:.3g}"
+    )
     args = ("accuracy", acc, champ, champion_version, margin, test, n)
-    if shortfall <= margin * n + 1e-9:
+    if verdict == "fail":
+        reason = (
+            f"challenger accuracy {acc:.4f} trails champion v{champion_version} {champ:.4f} "
+            f"by {-delta:.4f}, more than the margin {margin}; {stats}"
+        )
+    else:
         reason = (
             f"challenger accuracy {acc:.4f} vs champion v{champion_version} {champ:.4f} "
-            f"(delta {delta:+.4f}, margin {margin}); McNemar p={test['p_value']:.3g}"
+            f"(delta {delta:+.4f}, margin {margin}); {stats}"
         )
-        return GateDecision(True, reason, *args)
-    reason = (
-        f"challenger accuracy {acc:.4f} trails champion v{champion_version} {champ:.4f} "
-        f"by {-delta:.4f}, more than the margin {margin}; McNemar p={test['p_value']:.3g}"
-    )
-    return GateDecision(False, reason, *args)
+        if verdict == "inconclusive":
+            reason += (
+                f"; inconclusive: the rows cannot tell whether it trails by more than the "
+                f"margin, so it is {'promoted' if promote else 'held back'} "
+                f"(gate_inconclusive = {inconclusive})"
+            )
+    interval = (round(lo, 6), round(hi, 6))
+    return GateDecision(promote, reason, *args, verdict=verdict, interval=interval, alpha=alpha)
 
 
 def decide_regression(
@@ -183,10 +308,14 @@ def decide_regression(
     *,
     margin: float,
     champion_version: int | None,
+    alpha: float = 0.05,
+    inconclusive: str = "promote",
 ) -> GateDecision:
-    """Promote unless the challenger's MSE exceeds the champion's by more than ``margin``.
+    """Does the challenger's MSE exceed the champion's by more than ``margin``?
 
-    The margin is relative: 0.05 lets the challenger's MSE be up to 5% higher.
+    The margin is relative: 0.05 lets the challenger's MSE be up to 5% higher. The
+    interval is of the mean of the paired ``e_challenger - (1 + margin) e_champion``
+    (negative: within the margin), decided as in ``decide``.
     """
     challenger_sq_err = np.asarray(challenger_sq_err, dtype=np.float64)
     n = len(challenger_sq_err)
@@ -213,19 +342,32 @@ def decide_regression(
     champ = float(champion_sq_err.mean()) if n else 0.0
     test = wilcoxon(challenger_sq_err, champion_sq_err)
     args = ("mse", mse, champ, champion_version, margin, test, n)
-    limit = champ * (1 + margin)
     change = (mse - champ) / champ if champ > 0 else 0.0
-    if mse <= limit * (1 + 1e-12) + 1e-12:
+    # Lower is better: the interval of "what it must stay under minus the challenger".
+    lo, hi = mean_interval(challenger_sq_err - (1 + margin) * champion_sq_err, alpha)
+    verdict, promote = _verdict(-hi, -lo, 0.0, inconclusive)
+    stats = (
+        f"{1 - alpha:.0%} interval of the excess MSE [{lo:+.4g}, {hi:+.4g}] (bootstrap); "
+        f"Wilcoxon p={test['p_value']:.3g}"
+    )
+    if verdict == "fail":
+        reason = (
+            f"challenger MSE {mse:.4g} exceeds champion v{champion_version} {champ:.4g} "
+            f"by {change:.2%}, more than the margin {margin:.0%}; {stats}"
+        )
+    else:
         reason = (
             f"challenger MSE {mse:.4g} vs champion v{champion_version} {champ:.4g} "
-            f"({change:+.2%}, margin {margin:.0%}); Wilcoxon p={test['p_value']:.3g}"
+            f"({change:+.2%}, margin {margin:.0%}); {stats}"
         )
-        return GateDecision(True, reason, *args)
-    reason = (
-        f"challenger MSE {mse:.4g} exceeds champion v{champion_version} {champ:.4g} "
-        f"by {change:.2%}, more than the margin {margin:.0%}; Wilcoxon p={test['p_value']:.3g}"
-    )
-    return GateDecision(False, reason, *args)
+        if verdict == "inconclusive":
+            reason += (
+                f"; inconclusive: the rows cannot tell whether it exceeds the margin, so it "
+                f"is {'promoted' if promote else 'held back'} (gate_inconclusive = "
+                f"{inconclusive})"
+            )
+    interval = (round(lo, 6), round(hi, 6))
+    return GateDecision(promote, reason, *args, verdict=verdict, interval=interval, alpha=alpha)
 
 
 def reference_check(
@@ -283,6 +425,8 @@ class GatePolicy:
     naive_curation: bool = False
     max_new_user_share: float = 0.5
     refuse_on_contribution: bool = False
+    alpha: float = 0.05
+    inconclusive: str = "promote"
 
     @classmethod
     def from_settings(cls, st: Settings) -> GatePolicy:
@@ -294,6 +438,8 @@ class GatePolicy:
             naive_curation=st.curation == "naive",
             max_new_user_share=st.max_new_user_share,
             refuse_on_contribution=st.refuse_on_contribution,
+            alpha=st.gate_alpha,
+            inconclusive=st.gate_inconclusive,
         )
 
 
@@ -330,10 +476,22 @@ def judge(
     """
     regression = not labels
     gate = decide_regression if regression else decide
-    decision = gate(challenger, champion, margin=policy.margin, champion_version=champion_version)
+    decision = gate(
+        challenger,
+        champion,
+        margin=policy.margin,
+        champion_version=champion_version,
+        alpha=policy.alpha,
+        inconclusive=policy.inconclusive,
+    )
     if champion is not None and not regression and policy.class_margin is not None:
         passed, why, detail = class_check(
-            y, challenger, champion, list(labels), class_margin=policy.class_margin
+            y,
+            challenger,
+            champion,
+            list(labels),
+            class_margin=policy.class_margin,
+            alpha=policy.alpha,
         )
         decision = with_check(
             decision, "per_class", passed=passed, refuse=True, reason=why, **detail
