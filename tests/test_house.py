@@ -65,6 +65,7 @@ PLACES = (
     ("flywheel.explain.*", "cores"),
     ("flywheel.keys", "cores"),
     ("flywheel.jobs", "cores"),
+    ("flywheel.jobs.policy", "cores"),
     ("flywheel.training", "training"),
     ("flywheel.training.*", "training"),
     ("flywheel.models", "models"),

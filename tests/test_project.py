@@ -36,6 +36,7 @@ SURFACE = {
     "ui_session", "end_ui_session",
     # jobs
     "create_job", "run_job", "job_log", "jobs", "job", "fail_interrupted_jobs",
+    "heartbeat_jobs", "lease", "release_lease", "retrain_policy",
 }  # fmt: skip
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -511,6 +511,52 @@ def models(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
             "passed" if gate.get("promote") else "refused",
         )
     out.print(t)
+
+
+def _job_outcome(job: dict[str, Any]) -> str:
+    if job["error"]:
+        return job["error"].splitlines()[0][:80]
+    result = job["result"] or {}
+    if result.get("skipped"):
+        return f"skipped: {result.get('reason')}"
+    if "model_version" in result:
+        verdict = "promoted" if result.get("promoted") else "not promoted"
+        return f"v{result['model_version']} {verdict}"
+    return "-"
+
+
+@app.command()
+def jobs(
+    project: ProjectOpt = Path("."),
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many of the newest.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Background jobs (retrains), newest first, and the retrain policy's state."""
+    p = _open(project)
+    rows = p.jobs(limit)
+    _, policy = p.retrain_policy()
+    if as_json:
+        _print_json({"jobs": rows, "policy": policy})
+        return
+    t = Table(title="jobs")
+    for col in ("job", "kind", "trigger", "status", "created", "took", "outcome"):
+        t.add_column(col)
+    for j in rows:
+        took = "-"
+        if j["started_at"] and j["finished_at"]:
+            start = datetime.fromisoformat(j["started_at"])
+            took = f"{(datetime.fromisoformat(j['finished_at']) - start).total_seconds():.1f}s"
+        t.add_row(
+            j["job_id"][:8],
+            j["kind"],
+            j["trigger"],
+            j["status"],
+            j["created_at"][:19].replace("T", " "),
+            took,
+            _job_outcome(j),
+        )
+    out.print(t)
+    out.print(f"retrain policy: {policy['why']} ({policy['new_answers']} new answers)")
 
 
 @app.command()

@@ -346,8 +346,15 @@ class Project:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def create_job(self, kind: str, params: dict[str, Any] | None = None) -> str:
-        return self.services.jobs.create(kind, params)
+    def create_job(
+        self,
+        kind: str,
+        params: dict[str, Any] | None = None,
+        *,
+        trigger: str = "manual",
+        owner: str | None = None,
+    ) -> str:
+        return self.services.jobs.create(kind, params, trigger=trigger, owner=owner)
 
     def run_job(self, job_id: str, work: Callable[[], dict[str, Any]]) -> None:
         """Run ``work`` as job ``job_id``, recording its status, result or error."""
@@ -362,5 +369,19 @@ class Project:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.services.jobs.get(job_id)
 
-    def fail_interrupted_jobs(self) -> int:
-        return self.services.jobs.fail_interrupted()
+    def fail_interrupted_jobs(self, stale_s: float | None = None) -> int:
+        return self.services.jobs.fail_interrupted(stale_s)
+
+    def heartbeat_jobs(self, owner: str) -> int:
+        return self.services.jobs.heartbeat(owner)
+
+    def lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew a lease held in the database, across processes and machines."""
+        return self.services.jobs.lease(name, owner, ttl_s)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self.services.jobs.release(name, owner)
+
+    def retrain_policy(self) -> tuple[str | None, dict[str, Any]]:
+        """The retrain policy's state and the trigger due now (None: none)."""
+        return self.services.jobs.policy()

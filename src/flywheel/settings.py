@@ -137,6 +137,35 @@ class Settings(BaseSettings):
         le=1.0,
         description="No class may lose more recall than this against the champion (None: off).",
     )
+    retrain_min_feedback: int | None = Field(
+        default=None,
+        ge=1,
+        description="A server retrains by itself once this many new answers arrived since "
+        "the last retrain (None: off).",
+    )
+    retrain_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="A server retrains by itself this long after the last retrain, when "
+        "there are new answers (None: off).",
+    )
+    retrain_cooldown_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="No retrain starts by itself within this long of the last one.",
+    )
+    policy_check_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How often a server checks the retrain policy and shows its jobs alive.",
+    )
+    job_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running retrain holds the database's lease this long, renewed while it "
+        "works; a job whose process shows no sign of life for 3x this is marked failed.",
+    )
     gate_alpha: float = Field(
         default=0.05,
         gt=0.0,

@@ -47,3 +47,62 @@ def test_jobs_a_stopped_process_left_behind_are_marked_failed(project: Project) 
     job = project.job(left)
     assert job["status"] == "failed" and job["error"].startswith("interrupted")
     assert project.fail_interrupted_jobs() == 0
+
+
+def test_a_lease_has_one_holder_until_it_expires_or_is_released(project: Project) -> None:
+    assert project.lease("retrain", "a", 60)
+    assert not project.lease("retrain", "b", 60)  # a holds it
+    assert project.lease("retrain", "a", 60)  # a renews
+    project.release_lease("retrain", "b")  # not b's to release
+    assert not project.lease("retrain", "b", 60)
+    project.release_lease("retrain", "a")
+    assert project.lease("retrain", "b", -1)  # b takes it, already expired...
+    assert project.lease("retrain", "a", 60)  # ...so a takes it over
+
+
+def test_several_processes_share_one_lease_on_each_store(database_url: str) -> None:
+    """Eight connections race for one lease at once: exactly one wins."""
+    import threading
+
+    from flywheel.jobs import repo
+    from flywheel.store import Database, retry_locked
+
+    db = Database(database_url)
+    db.migrate()
+    start = threading.Barrier(8)
+    won: list[str] = []
+
+    def race(owner: str) -> None:
+        start.wait()
+
+        def take() -> bool:
+            with db.session() as s:
+                return repo.acquire_lease(s, "retrain", owner, 60)
+
+        if retry_locked(take):
+            won.append(owner)
+
+    threads = [threading.Thread(target=race, args=(f"p{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    db.dispose()
+    assert len(won) == 1
+
+
+def test_only_stale_or_dead_owners_jobs_are_failed_when_several_processes_serve(
+    project: Project,
+) -> None:
+    import os
+    import socket
+
+    host = socket.gethostname()[:40]
+    alive = project.create_job("retrain", {}, owner=f"{host}:{os.getpid()}:live")
+    dead = project.create_job("retrain", {}, owner=f"{host}:999999999:gone")
+    elsewhere = project.create_job("retrain", {}, owner="another-host:1:x")
+    assert project.fail_interrupted_jobs(stale_s=600) == 1  # the dead pid on this host
+    assert project.job(dead)["status"] == "failed"
+    assert project.job(alive)["status"] == project.job(elsewhere)["status"] == "queued"
+    assert project.heartbeat_jobs(f"{host}:{os.getpid()}:live") == 1
+    assert project.fail_interrupted_jobs(stale_s=-1) == 2  # nothing heard since: both

@@ -18,6 +18,7 @@ from flywheel.store.schema import Example, Feedback, ModelVersion, Prediction, R
 __all__ = [
     "answer_rows",
     "answered_inputs",
+    "answers_since",
     "first_seen",
     "golden_labels",
     "insert_feedback",
@@ -83,6 +84,19 @@ def queued(s: Session, ids: Iterable[str]) -> set[str]:
     return set(
         s.scalars(select(ReviewItem.prediction_id).where(ReviewItem.prediction_id.in_(set(ids))))
     )
+
+
+def answers_since(s: Session, since: datetime | None) -> int:
+    """Answers given after ``since`` (all: None), quarantined users' left out."""
+    q = (
+        select(func.count())
+        .select_from(Feedback)
+        .outerjoin(User, User.id == Feedback.user_id)
+        .where(User.quarantined_at.is_(None))
+    )
+    if since is not None:
+        q = q.where(Feedback.created_at > since)
+    return int(s.scalar(q) or 0)
 
 
 def answer_rows(

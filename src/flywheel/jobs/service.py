@@ -3,25 +3,52 @@ record. Each method commits in one transaction (``run``: one to start, one to fi
 
 from __future__ import annotations
 
+import os
+import socket
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from flywheel.context import Context
 from flywheel.errors import FlywheelError, NotFoundError
+from flywheel.feedback import repo as feedback_repo
 from flywheel.jobs import repo
-from flywheel.store.schema import Job
+from flywheel.jobs.policy import Policy, PolicyState, due
+from flywheel.store import retry_locked
+from flywheel.store.schema import Job, utcnow
 
 __all__ = ["JobService"]
+
+
+def _dead_here(owner: str) -> bool:
+    """Is ``owner`` (host:pid:nonce) a process of this machine that no longer runs?"""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname()[:40] or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 class JobService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def create(self, kind: str, params: dict[str, Any] | None = None) -> str:
+    def create(
+        self,
+        kind: str,
+        params: dict[str, Any] | None = None,
+        *,
+        trigger: str = "manual",
+        owner: str | None = None,
+    ) -> str:
         with self.ctx.db.session() as s:
-            return repo.create_job(s, kind, params or {})
+            return repo.create_job(s, kind, params or {}, trigger=trigger, owner=owner)
 
     def run(self, job_id: str, work: Callable[[], dict[str, Any]]) -> None:
         """Run ``work`` as job ``job_id``, recording its status, result or error."""
@@ -62,7 +89,45 @@ class JobService:
                 raise NotFoundError("job", job_id)
             return repo.job_json(job)
 
-    def fail_interrupted(self) -> int:
-        """Jobs a stopped process left queued or running are marked failed."""
+    def fail_interrupted(self, stale_s: float | None = None) -> int:
+        """Jobs a stopped process left queued or running are marked failed (with
+        ``stale_s``: only those without a sign of life for that long)."""
         with self.ctx.db.session() as s:
-            return repo.fail_interrupted(s)
+            return repo.fail_interrupted(s, stale_s, None if stale_s is None else _dead_here)
+
+    def heartbeat(self, owner: str) -> int:
+        def beat() -> int:
+            with self.ctx.db.session() as s:
+                return repo.heartbeat(s, owner)
+
+        return retry_locked(beat)
+
+    def lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew a lease in the database (one retrain at a time everywhere)."""
+
+        def take() -> bool:
+            with self.ctx.db.session() as s:
+                return repo.acquire_lease(s, name, owner, ttl_s)
+
+        return retry_locked(take)
+
+    def release(self, name: str, owner: str) -> None:
+        def drop() -> None:
+            with self.ctx.db.session() as s:
+                repo.release_lease(s, name, owner)
+
+        retry_locked(drop)
+
+    def policy(self) -> tuple[str | None, dict[str, Any]]:
+        """The retrain policy's state, and the trigger due now (None: none)."""
+        st = self.ctx.settings
+        policy = Policy(st.retrain_min_feedback, st.retrain_interval_s, st.retrain_cooldown_s)
+        with self.ctx.db.session() as s:
+            last = repo.last_created(s)
+            state = PolicyState(
+                new_answers=feedback_repo.answers_since(s, last),
+                last_retrain_at=last,
+                busy=repo.unfinished(s) > 0,
+                now=utcnow(),
+            )
+        return due(policy, state)

@@ -208,12 +208,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         access.start()
-        interrupted = project.fail_interrupted_jobs()
-        if interrupted:
-            log.warning("%d job(s) of an earlier run were interrupted; marked failed", interrupted)
         predictor = Predictor(project, metrics, backend=backend)
         app.state.predictor = predictor
         app.state.runner.after_work = predictor.refresh
+        app.state.runner.start()  # marks failed what a dead process left; the policy
         predictor.refresh()
         # Everything loaded so far (torch, the model, the app) lives as long as the
         # server: keep it out of the garbage collector's full passes, which otherwise

@@ -1,8 +1,22 @@
-"""Background jobs of a serving process (retrains), one at a time, off the request path."""
+"""Background jobs of a serving process (retrains), one at a time, off the request path.
+
+One retrain at a time *everywhere*: before a retrain starts, its process takes the
+``retrain`` lease in the database (renewed while it trains, released after), so several
+``flywheel serve`` processes or machines on one PostgreSQL never train at once; a job
+waits, queued, while another process holds it. A ticker thread, every
+``policy_check_s``, shows this process's jobs alive (a job whose process died is
+marked failed after 3 x ``job_lease_s`` without a sign of life), renews the lease while
+held, and starts a retrain when the retrain policy says one is due (``feedback`` or
+``schedule``), deciding under the lease so that two processes never both start one.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -11,7 +25,11 @@ from flywheel.errors import RegistryError
 from flywheel.project import Project
 from flywheel.training import EpochReport
 
-__all__ = ["JobRunner"]
+__all__ = ["RETRAIN_LEASE", "JobRunner"]
+
+log = logging.getLogger("flywheel.serving")
+
+RETRAIN_LEASE = "retrain"
 
 
 class JobRunner:
@@ -27,13 +45,64 @@ class JobRunner:
         #: swaps to a newly promoted version there, so requests sent after the job
         #: reports success are answered by the new production)
         self.after_work: Callable[[], object] | None = None
+        st = project.settings
+        self.lease_s = st.job_lease_s
+        self.check_s = st.policy_check_s
+        #: this process, as the jobs and the lease name it
+        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._holding = False
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Mark failed what dead processes left, then tick until ``shutdown``."""
+        self.project.fail_interrupted_jobs(stale_s=3 * self.lease_s)
+        self._ticker = threading.Thread(target=self._ticks, name="flywheel-policy", daemon=True)
+        self._ticker.start()
+
+    def _ticks(self) -> None:
+        while not self._stop.wait(self.check_s):
+            try:
+                self.tick()
+            except Exception:  # a busy or unreachable database: next tick
+                log.exception("the retrain policy could not be checked")
+
+    def tick(self) -> str | None:
+        """One round of the ticker; the id of a retrain it started, if any."""
+        self.project.heartbeat_jobs(self.owner)
+        if self._holding:
+            self.project.lease(RETRAIN_LEASE, self.owner, self.lease_s)
+        self.project.fail_interrupted_jobs(stale_s=3 * self.lease_s)
+        trigger, _ = self.project.retrain_policy()
+        if trigger is None or self._waiting is not None or self._holding:
+            return None
+        if not self.project.lease(RETRAIN_LEASE, self.owner, self.lease_s):
+            return None  # another process is retraining, or deciding to
+        trigger, _ = self.project.retrain_policy()  # again, under the lease
+        if trigger is None:
+            self.project.release_lease(RETRAIN_LEASE, self.owner)
+            return None
+        log.info("the retrain policy starts a retrain (%s)", trigger)
+        return self.submit_retrain({}, trigger=trigger)
+
+    def _leased(self, job_id: str, work: Callable[[], dict[str, Any]]) -> None:
+        """Run the job once this process holds the retrain lease (queued until then)."""
+        while not self.project.lease(RETRAIN_LEASE, self.owner, self.lease_s):
+            if self._stop.wait(min(self.check_s, 1.0)):
+                return  # stopping: the job stays queued, failed at the next start
+        self._holding = True
+        try:
+            self.project.run_job(job_id, work)
+        finally:
+            self._holding = False
+            self.project.release_lease(RETRAIN_LEASE, self.owner)
 
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
         if self.after_work is not None:
             self.after_work()
         return result
 
-    def submit_retrain(self, overrides: dict[str, Any]) -> str:
+    def submit_retrain(self, overrides: dict[str, Any], *, trigger: str = "manual") -> str:
         """Queue a retrain; one asked for while another waits to start joins it (the same
         job id), so the queue stays bounded; with other options it is refused."""
         with self._lock:
@@ -45,7 +114,9 @@ class JobRunner:
                     f"a retrain with other options ({options or 'the defaults'}) is queued as "
                     f"job {job_id}; wait for it to start, or ask with the same options"
                 )
-            job_id = self.project.create_job("retrain", overrides)
+            job_id = self.project.create_job(
+                "retrain", overrides, trigger=trigger, owner=self.owner
+            )
             self._waiting = (job_id, dict(overrides))
 
         def work() -> dict[str, Any]:
@@ -57,19 +128,21 @@ class JobRunner:
                 self.project.retrain(config, on_epoch=self._logger(job_id)).to_json()
             )
 
-        self.futures[job_id] = self._pool.submit(self.project.run_job, job_id, work)
+        self.futures[job_id] = self._pool.submit(self._leased, job_id, work)
         return job_id
 
     def submit_forget_retrain(self, audit_id: int) -> str:
         """Retrain production after a forget (the erasure itself is already committed)."""
-        job_id = self.project.create_job("forget-retrain", {"audit_id": audit_id})
+        job_id = self.project.create_job(
+            "forget-retrain", {"audit_id": audit_id}, trigger="forget", owner=self.owner
+        )
 
         def work() -> dict[str, Any]:
             return self._finish(
                 self.project.retrain_after_forget(audit_id, on_epoch=self._logger(job_id))
             )
 
-        self.futures[job_id] = self._pool.submit(self.project.run_job, job_id, work)
+        self.futures[job_id] = self._pool.submit(self._leased, job_id, work)
         return job_id
 
     def forget(self, user_id: str) -> dict[str, Any]:
@@ -94,4 +167,7 @@ class JobRunner:
 
     def shutdown(self) -> None:
         """Finish the running job; queued ones are marked failed at the next start."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -210,6 +210,9 @@ class JobPublic(BaseModel):
     job_id: str
     kind: str
     status: str
+    trigger: str = Field(
+        "manual", description="What asked for it: manual, feedback, schedule, drift, forget."
+    )
     params: dict[str, Any]
     result: dict[str, Any] | None
     error: str | None
@@ -217,6 +220,28 @@ class JobPublic(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class RetrainPolicyPublic(BaseModel):
+    """The server's retrain policy (``retrain_min_feedback``, ``retrain_interval_s``,
+    ``retrain_cooldown_s``) and where it stands."""
+
+    on: bool
+    new_answers: int = Field(description="Answers since the last retrain was asked for.")
+    min_feedback: int | None
+    interval_s: float | None
+    cooldown_s: float
+    last_retrain_at: str | None
+    next_scheduled_at: str | None
+    cooldown_until: str | None
+    busy: bool = Field(description="A retrain is queued or running, in any process.")
+    due: str | None = Field(description="The trigger due now (feedback, schedule), if any.")
+    why: str
+
+
+class JobsPublic(BaseModel):
+    jobs: list[JobPublic] = Field(description="The newest first.")
+    policy: RetrainPolicyPublic
 
 
 class Health(BaseModel):

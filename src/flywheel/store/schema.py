@@ -33,6 +33,7 @@ __all__ = [
     "Explanation",
     "Feedback",
     "Job",
+    "Lease",
     "ModelAlias",
     "ModelVersion",
     "Prediction",
@@ -276,9 +277,24 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: progress lines (one per epoch of a retrain), readable while it runs
     log: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: what asked for it: manual, feedback, schedule, drift, forget
+    trigger: Mapped[str] = mapped_column(String(16), default="manual", server_default="manual")
+    #: the process running it (host:pid:nonce) and its last sign of life
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class Lease(Base):
+    """A named lease held by one process until ``expires_at`` (renewed while it works):
+    at most one retrain at a time across every process and machine on one database."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(TS)
 
 
 class PrivacyCharge(Base):

@@ -1,15 +1,33 @@
-"""GET /v1/jobs/{id}."""
+"""GET /v1/jobs (with the retrain policy's state) and GET /v1/jobs/{id}."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from flywheel.serving.deps import JobIdPath, ProjectDep
-from flywheel.serving.schemas import KEYED, JobPublic, error
+from flywheel.serving.schemas import (
+    KEYED,
+    JobPublic,
+    JobsPublic,
+    RetrainPolicyPublic,
+    error,
+)
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["jobs"], responses=KEYED)
+
+
+@router.get("/v1/jobs", response_model=JobsPublic)
+def list_jobs(
+    project: ProjectDep,
+    limit: int = Query(50, ge=1, le=1000, description="How many of the newest jobs."),
+) -> JobsPublic:
+    """Jobs, newest first (status, trigger, times, result), and the retrain policy."""
+    _, policy = project.retrain_policy()
+    return JobsPublic(
+        jobs=[JobPublic(**j) for j in project.jobs(limit)], policy=RetrainPolicyPublic(**policy)
+    )
 
 
 @router.get(

@@ -368,7 +368,8 @@ def user_action(
 
 @router.get("/ui/jobs")
 def jobs_page(request: Request) -> Response:
-    return _page(request, "jobs.html", jobs=_project(request).jobs())
+    project = _project(request)
+    return _page(request, "jobs.html", jobs=project.jobs(), policy=project.retrain_policy()[1])
 
 
 # -- inputs and overlays (session-authenticated) ------------------------------------------
