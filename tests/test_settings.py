@@ -166,3 +166,21 @@ def test_a_project_made_with_a_setting_turned_off_reads_it_back(tmp_path: Path) 
     assert 'gate_class_margin = "off"' in text and "arch =" not in text
     assert Settings.load(tmp_path / "p").gate_class_margin is None
     project.close()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('gate_inconclusive = "maybe"\n', "gate_inconclusive"),
+        ("gate_alpha = 0.7\n", "gate_alpha"),
+        ("retrain_min_feedback = 0\n", "retrain_min_feedback"),
+        ('prediction_log = "sometimes"\n', "prediction_log"),
+        ("job_lease_s = 4\npolicy_check_s = 5\n", "job_lease_s .4. must be more than twice"),
+    ],
+)
+def test_the_gate_policy_and_log_settings_are_checked(
+    project_dir: Path, toml: str, message: str
+) -> None:
+    _write_toml(project_dir, toml)
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(project_dir)

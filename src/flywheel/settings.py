@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -387,6 +387,15 @@ class Settings(BaseSettings):
                     "nothing after it (e.g. 'https://app.example.com')"
                 )
         return [o.lower() for o in v]
+
+    @model_validator(mode="after")
+    def _lease_outlives_its_renewals(self) -> Settings:
+        if self.job_lease_s <= 2 * self.policy_check_s:
+            raise ValueError(
+                f"job_lease_s ({self.job_lease_s:g}) must be more than twice policy_check_s "
+                f"({self.policy_check_s:g}): a running retrain renews its lease every check"
+            )
+        return self
 
     @field_validator("project_dir", mode="after")
     @classmethod
