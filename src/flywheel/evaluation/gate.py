@@ -84,25 +84,18 @@ def mean_interval(d: np.ndarray, alpha: float) -> tuple[float, float]:
     if len(d) < 2 or float(np.ptp(d)) == 0.0:
         mean = float(d.mean()) if len(d) else 0.0
         return mean, mean
-    res = bootstrap(
-        (d,),
-        np.mean,
-        confidence_level=1 - alpha,
-        n_resamples=2000,
-        method="BCa",
-        rng=np.random.default_rng(0),
-    )
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa degenerates: percentiles
+    for method in ("BCa", "percentile"):  # BCa degenerates on some samples: percentiles
         res = bootstrap(
             (d,),
             np.mean,
             confidence_level=1 - alpha,
             n_resamples=2000,
-            method="percentile",
+            method=method,
             rng=np.random.default_rng(0),
         )
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if np.isfinite(lo) and np.isfinite(hi):
+            break
     return lo, hi
 
 
