@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +223,59 @@ def test_several_workers_share_one_store(
     assert set(load.predicted) == logged
     assert feedback == len(load.answered) == len(load.predicted)  # every 201 is a row
     assert out.count("2 workers") == 1
+
+
+def test_two_server_processes_on_postgresql_never_retrain_at_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """`--workers 2`: two processes, each with its runner and policy ticker, one store.
+    Answers cross the policy's threshold (both tickers see it), then retrains are asked
+    of both: the jobs run one after another, and the threshold started exactly one."""
+    settings = {
+        "database_url": postgres_url,
+        "retrain_min_feedback": 6,
+        "retrain_cooldown_s": 0,
+        "policy_check_s": 0.2,
+    }
+    project = make_project(tmp_path / "p", settings=settings)
+    key, _ = project.create_key(["admin"])
+    project.close()
+    admin = {"Authorization": f"Bearer {key}"}
+    server = Served(tmp_path / "p", "--workers", "2")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for i in range(1000, 1006):  # images the project does not hold
+                files = {"file": ("d.png", digit_png(i), "image/png")}
+                pid = c.post("/v1/predict", files=files).json()["prediction_id"]
+                r = c.post("/v1/feedback", json={"prediction_id": pid, "label": str(LABELS[i])})
+                assert r.status_code == 201
+            # One of the two tickers starts a retrain for the threshold.
+            deadline = time.monotonic() + 60
+            while not c.get("/v1/jobs", headers=admin).json()["jobs"]:
+                assert time.monotonic() < deadline, "the policy started no retrain"
+                time.sleep(0.1)
+            # New connections spread over both workers; each queues its own job.
+            for _ in range(6):
+                with httpx.Client(base_url=server.url, timeout=60, headers=admin) as fresh:
+                    assert fresh.post("/v1/retrain").status_code == 202
+            deadline = time.monotonic() + 300
+            while True:
+                jobs = c.get("/v1/jobs", headers=admin).json()["jobs"]
+                if jobs and all(j["status"] in ("succeeded", "failed") for j in jobs):
+                    break
+                assert time.monotonic() < deadline, jobs
+                time.sleep(0.2)
+    finally:
+        _, out = server.stop()
+    assert "Traceback" not in out, out
+    assert {j["status"] for j in jobs} == {"succeeded"}, jobs
+    assert [j["trigger"] for j in jobs].count("feedback") == 1
+    spans = sorted(
+        (datetime.fromisoformat(j["started_at"]), datetime.fromisoformat(j["finished_at"]))
+        for j in jobs
+    )
+    for (_, end), (begin, _) in itertools.pairwise(spans):
+        assert end <= begin  # never two at once
 
 
 def test_twenty_promotions_and_rollbacks_under_load_fail_no_request(tmp_path: Path) -> None:

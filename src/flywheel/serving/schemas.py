@@ -312,7 +312,10 @@ class ForgetPublic(BaseModel):
     production_before: int | None
     blobs_deleted: int
     inputs_kept_shared: int
-    spill_rows_deleted: int
+    spill_rows_deleted: int = Field(
+        description="The user's rows dropped from the prediction log's journal (rows a "
+        "killed server left for replay) and from older versions' spill files."
+    )
     counts_after: dict[str, int]
     table_rows_after: dict[str, int]
     production_after: int | None
