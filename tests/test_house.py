@@ -66,6 +66,8 @@ PLACES = (
     ("flywheel.keys", "cores"),
     ("flywheel.jobs", "cores"),
     ("flywheel.jobs.policy", "cores"),
+    ("flywheel.events", "cores"),
+    ("flywheel.events.*", "cores"),
     ("flywheel.training", "training"),
     ("flywheel.training.*", "training"),
     ("flywheel.models", "models"),

@@ -37,6 +37,8 @@ SURFACE = {
     # jobs
     "create_job", "run_job", "job_log", "jobs", "job", "fail_interrupted_jobs",
     "heartbeat_jobs", "lease", "release_lease", "retrain_policy",
+    # webhooks
+    "deliver_webhooks", "webhook_deliveries",
 }  # fmt: skip
 
 

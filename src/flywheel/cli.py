@@ -560,6 +560,26 @@ def jobs(
 
 
 @app.command()
+def webhooks(
+    project: ProjectOpt = Path("."),
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many of the newest.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Webhook deliveries, newest first: event, where to, status, attempts, last error."""
+    rows = _open(project).webhook_deliveries(limit)
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table(title="webhook deliveries")
+    for col in ("delivery", "event", "url", "status", "attempts", "last"):
+        t.add_column(col)
+    for d in rows:
+        last = d["last_error"] or ("-" if d["last_status"] is None else str(d["last_status"]))
+        t.add_row(d["id"][:8], d["event"], d["url"], d["status"], str(d["attempts"]), last[:60])
+    out.print(t)
+
+
+@app.command()
 def promote(
     version: Annotated[int, typer.Argument(help="Model version to put in production.")],
     project: ProjectOpt = Path("."),

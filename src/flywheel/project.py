@@ -12,6 +12,7 @@ from typing import Any
 from flywheel.context import Context, PendingLog
 from flywheel.data import Arrays, DatasetInfo, Source
 from flywheel.errors import FlywheelError, ProjectError
+from flywheel.events.service import Send
 from flywheel.feedback.records import FeedbackIn, FeedbackResult, PredictionResult
 from flywheel.keys import SCOPES
 from flywheel.loop import evaluate as evaluation
@@ -381,6 +382,13 @@ class Project:
 
     def release_lease(self, name: str, owner: str) -> None:
         self.services.jobs.release(name, owner)
+
+    def deliver_webhooks(self, send: Send) -> int:
+        """Send the webhook deliveries that are due through ``send``; how many tried."""
+        return self.services.events.deliver_due(send)
+
+    def webhook_deliveries(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self.services.events.deliveries(limit)
 
     def retrain_policy(self) -> tuple[str | None, dict[str, Any]]:
         """The retrain policy's state and the trigger due now (None: none)."""

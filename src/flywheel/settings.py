@@ -16,8 +16,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,7 +31,9 @@ from flywheel.tasks import TASKS
 
 __all__ = [
     "CONFIG_FILE",
+    "EVENTS",
     "Settings",
+    "Webhook",
     "config_text",
     "is_loopback",
     "keep_private",
@@ -48,6 +51,48 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: every event a hook may ask for ("*": all of them)
+EVENTS = (
+    "retrain.queued",
+    "retrain.finished",
+    "gate.decision",
+    "model.promoted",
+    "model.rolled_back",
+    "user.forgotten",
+)
+
+
+class Webhook(BaseModel):
+    """One ``[[webhooks]]`` table of ``flywheel.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="Where deliveries are POSTed (http or https).")
+    events: list[str] = Field(default_factory=lambda: ["*"], description="Events, or '*'.")
+    secret: str = Field(min_length=16, description="The HMAC-SHA256 key (16+ characters).")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"webhook url {v!r} is not an http(s) URL with a host")
+        if parts.username or parts.password:
+            raise ValueError(f"webhook url {v!r} carries credentials: use the secret instead")
+        return v
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - {*EVENTS, "*"})
+        if unknown or not v:
+            raise ValueError(f"webhook events {unknown or v} unknown; choose from {list(EVENTS)}")
+        return v
+
+    def wants(self, event: str) -> bool:
+        return "*" in self.events or event in self.events
 
 
 class Settings(BaseSettings):
@@ -82,6 +127,16 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins (scheme://host[:port]) whose web pages may call the API; "
         "empty: none, and a request another site's page sends is refused (403).",
+    )
+    webhooks: list[Webhook] = Field(
+        default_factory=list,
+        description="[[webhooks]] tables: url, events (or '*'), secret; each event POSTed "
+        "signed (HMAC-SHA256), retried with backoff, every delivery on record.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let webhooks reach loopback, private and link-local addresses (refused "
+        "by default: the server would make requests into its own network).",
     )
     auth_failures_per_minute: int = Field(
         default=10,

@@ -77,6 +77,7 @@ def _requests(pid: str) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
         ("POST", "/v1/rollback"): ("/v1/rollback", {}),
         ("POST", "/v1/retrain"): ("/v1/retrain", {"json": {"epochs": "many"}}),
         ("GET", "/v1/jobs"): ("/v1/jobs", {}),
+        ("GET", "/v1/webhooks/deliveries"): ("/v1/webhooks/deliveries", {}),
         ("GET", "/v1/jobs/{job_id}"): ("/v1/jobs/nope", {}),
         ("GET", "/v1/users"): ("/v1/users", {}),
         ("DELETE", "/v1/users/{user_id}"): (nobody, {}),

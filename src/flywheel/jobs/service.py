@@ -11,6 +11,7 @@ from typing import Any
 
 from flywheel.context import Context
 from flywheel.errors import FlywheelError, NotFoundError
+from flywheel.events import repo as events
 from flywheel.feedback import repo as feedback_repo
 from flywheel.jobs import repo
 from flywheel.jobs.policy import Policy, PolicyState, due
@@ -48,7 +49,13 @@ class JobService:
         owner: str | None = None,
     ) -> str:
         with self.ctx.db.session() as s:
-            return repo.create_job(s, kind, params or {}, trigger=trigger, owner=owner)
+            job_id = repo.create_job(s, kind, params or {}, trigger=trigger, owner=owner)
+            if kind in repo.RETRAINS:
+                events.record(
+                    s, self.ctx.settings.webhooks, "retrain.queued",
+                    {"job_id": job_id, "kind": kind, "trigger": trigger, "params": params or {}},
+                )  # fmt: skip
+            return job_id
 
     def run(self, job_id: str, work: Callable[[], dict[str, Any]]) -> None:
         """Run ``work`` as job ``job_id``, recording its status, result or error."""
@@ -69,6 +76,14 @@ class JobService:
             job = s.get(Job, job_id)
             assert job is not None
             repo.finish_job(s, job, result=result, error=error)
+            if job.kind in repo.RETRAINS:
+                events.record(
+                    s, self.ctx.settings.webhooks, "retrain.finished",
+                    {"job_id": job_id, "kind": job.kind, "trigger": job.trigger,
+                     "status": job.status, "error": (error or "").split("\n")[0] or None,
+                     "model_version": (result or {}).get("model_version"),
+                     "promoted": (result or {}).get("promoted")},
+                )  # fmt: skip
 
     def log(self, job_id: str, line: str) -> None:
         """Append a progress line to a job (shown while it runs)."""

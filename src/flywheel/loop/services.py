@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from flywheel.context import Context
 from flywheel.data.service import DatasetService
 from flywheel.evaluation.service import MonitoringService
+from flywheel.events.service import EventService
 from flywheel.explain.service import ExplainService
 from flywheel.export.service import ExportService
 from flywheel.feedback.predictions import PredictionLog
@@ -46,6 +47,7 @@ class Services:
     explanations: ExplainService
     keys: KeyService
     jobs: JobService
+    events: EventService
 
     @classmethod
     def build(cls, ctx: Context) -> Services:
@@ -69,4 +71,5 @@ class Services:
             explanations=ExplainService(ctx, registry.cache),
             keys=KeyService(ctx),
             jobs=JobService(ctx),
+            events=EventService(ctx),
         )

@@ -19,6 +19,7 @@ from flywheel.context import Context
 from flywheel.data import WeightedRow
 from flywheel.data import repo as data_repo
 from flywheel.errors import InputError, NotFoundError, ProjectError
+from flywheel.events import repo as events
 from flywheel.privacy import forget as forget_rows
 from flywheel.privacy import ledger
 from flywheel.privacy.identity import IdentityService
@@ -214,6 +215,11 @@ class PrivacyService:
                 "production_before": production,
             }
             record = forget_rows.audit(s, er, detail)
+            events.record(
+                s, self.ctx.settings.webhooks, "user.forgotten",
+                {"audit_id": record.id, "subject": record.subject,
+                 "versions_affected": sorted(er.affected), "production_before": production},
+            )  # fmt: skip
             return Erased(
                 audit_id=record.id,
                 pseudonym=pid,

@@ -14,6 +14,7 @@ from torch import nn
 
 from flywheel.context import Context
 from flywheel.errors import NotFoundError
+from flywheel.events import repo as events
 from flywheel.models import ModelSpec
 from flywheel.outputs import finite_json
 from flywheel.privacy import ledger
@@ -102,6 +103,10 @@ class RegistryService:
         def commit() -> VersionInfo:
             with self.ctx.db.session() as s:
                 repo.promote(s, version, reason)
+                events.record(
+                    s, self.ctx.settings.webhooks, "model.promoted",
+                    {"version": version, "reason": reason},
+                )  # fmt: skip
                 return self._resolved(repo.get_version(s, version))
 
         return self.cache.move(version, commit)
@@ -115,6 +120,10 @@ class RegistryService:
         def commit() -> tuple[int, int]:
             with self.ctx.db.session() as s:
                 repo.set_alias(s, PRODUCTION, target, action="rollback", reason=reason)
+                events.record(
+                    s, self.ctx.settings.webhooks, "model.rolled_back",
+                    {"from_version": current, "to_version": target, "reason": reason},
+                )  # fmt: skip
             return current, target
 
         return self.cache.move(target, commit)
@@ -189,6 +198,16 @@ class RegistryService:
                 repo.set_alias(s, CANDIDATE, mv.version, action="set", reason=reason)
                 if promote is not None:
                     repo.promote(s, mv.version, promote)
+                hooks = self.ctx.settings.webhooks
+                events.record(
+                    s, hooks, "gate.decision",
+                    {"model_version": mv.version, "dataset_version": dataset_version,
+                     "reason": reason, "gate": mv.gate},
+                )  # fmt: skip
+                if promote is not None:
+                    events.record(
+                        s, hooks, "model.promoted", {"version": mv.version, "reason": promote}
+                    )
                 s.commit()
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)

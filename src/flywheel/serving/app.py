@@ -51,6 +51,7 @@ from flywheel.serving.routers import (
 )
 from flywheel.serving.scopes import Refusal, authorize, document, refused
 from flywheel.serving.throttle import AuthThrottle
+from flywheel.serving.webhooks import WebhookSender
 from flywheel.settings import Settings
 
 __all__ = ["create_app"]
@@ -212,6 +213,8 @@ def create_app(
         app.state.predictor = predictor
         app.state.runner.after_work = predictor.refresh
         app.state.runner.start()  # marks failed what a dead process left; the policy
+        sender = WebhookSender(project)
+        sender.start()
         predictor.refresh()
         # Everything loaded so far (torch, the model, the app) lives as long as the
         # server: keep it out of the garbage collector's full passes, which otherwise
@@ -235,6 +238,7 @@ def create_app(
             watcher.join()
             predictor.close()
             app.state.runner.shutdown()
+            sender.stop()
             access.stop()
 
     app = FastAPI(

@@ -239,6 +239,19 @@ class RetrainPolicyPublic(BaseModel):
     why: str
 
 
+class WebhookDeliveryPublic(BaseModel):
+    id: str = Field(description="The delivery id (X-Flywheel-Delivery), the same on retries.")
+    event: str
+    url: str
+    status: str = Field(description="pending, delivered or failed (given up on).")
+    attempts: int
+    last_status: int | None = Field(description="The HTTP status of the last attempt.")
+    last_error: str | None
+    created_at: str
+    next_at: str | None
+    delivered_at: str | None
+
+
 class JobsPublic(BaseModel):
     jobs: list[JobPublic] = Field(description="The newest first.")
     policy: RetrainPolicyPublic

@@ -100,6 +100,7 @@ TABLE: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/rollback"): Rule("admin"),
     ("POST", "/v1/retrain"): Rule("admin"),
     ("GET", "/v1/jobs"): Rule("admin"),
+    ("GET", "/v1/webhooks/deliveries"): Rule("admin"),
     ("GET", "/v1/jobs/{job_id}"): Rule("admin"),
     ("GET", "/v1/users"): Rule("admin"),
     ("DELETE", "/v1/users/{user_id}"): Rule("admin"),

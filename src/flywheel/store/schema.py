@@ -42,6 +42,7 @@ __all__ = [
     "StoreMeta",
     "UiSession",
     "User",
+    "WebhookDelivery",
     "utcnow",
 ]
 
@@ -285,6 +286,26 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: pending until delivered (2xx) or given up on."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_at"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    #: a sender holds it until then (several processes never send one twice at once)
+    claimed_until: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
 
 
 class Lease(Base):

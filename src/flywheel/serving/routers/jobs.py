@@ -10,6 +10,7 @@ from flywheel.serving.schemas import (
     JobPublic,
     JobsPublic,
     RetrainPolicyPublic,
+    WebhookDeliveryPublic,
     error,
 )
 
@@ -28,6 +29,15 @@ def list_jobs(
     return JobsPublic(
         jobs=[JobPublic(**j) for j in project.jobs(limit)], policy=RetrainPolicyPublic(**policy)
     )
+
+
+@router.get("/v1/webhooks/deliveries", response_model=list[WebhookDeliveryPublic])
+def webhook_deliveries(
+    project: ProjectDep,
+    limit: int = Query(50, ge=1, le=1000, description="How many of the newest."),
+) -> list[WebhookDeliveryPublic]:
+    """Every webhook delivery, newest first: its event, status, attempts, last error."""
+    return [WebhookDeliveryPublic(**d) for d in project.webhook_deliveries(limit)]
 
 
 @router.get(
