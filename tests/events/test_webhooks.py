@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from flywheel import Project
 from flywheel.errors import ConfigError
@@ -138,6 +138,13 @@ def test_events_are_delivered_signed_and_retried_until_a_2xx(tmp_path: Path) -> 
         project.promote(v2)
         kinds = [d["event"] for d in project.webhook_deliveries()]
         assert set(kinds) == {"gate.decision", "model.promoted"}
+        with project.db.session() as s:
+            gate = next(
+                d.payload["data"] for d in s.scalars(select(WebhookDelivery))
+                if d.event == "gate.decision"
+            )  # fmt: skip
+        assert gate["model_version"] == v2 and gate["verdict"] in ("pass", "inconclusive", "fail")
+        assert set(gate["checks"]) <= {"per_class", "contribution", "trusted_reference"}
         assert project.deliver_webhooks(_send) == len(kinds)
         first = receiver.got[0]
         assert receiver.statuses == [] and len(receiver.got) == len(kinds)

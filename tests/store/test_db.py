@@ -31,6 +31,7 @@ TABLES = {
     "feedback",
     "review_items",
     "jobs",
+    "webhook_deliveries",
     "leases",
     "model_aliases",
     "model_versions",

@@ -200,10 +200,8 @@ class RegistryService:
                     repo.promote(s, mv.version, promote)
                 hooks = self.ctx.settings.webhooks
                 events.record(
-                    s, hooks, "gate.decision",
-                    {"model_version": mv.version, "dataset_version": dataset_version,
-                     "reason": reason, "gate": mv.gate},
-                )  # fmt: skip
+                    s, hooks, "gate.decision", _decision_event(mv, dataset_version, reason)
+                )
                 if promote is not None:
                     events.record(
                         s, hooks, "model.promoted", {"version": mv.version, "reason": promote}
@@ -229,3 +227,17 @@ class RegistryService:
         """Remove the artifact folders of ``versions`` (withdrawn: never served again)."""
         for v in versions:
             shutil.rmtree(self.ctx.settings.models_dir / f"v{v}", ignore_errors=True)
+
+
+def _decision_event(mv: ModelVersion, dataset_version: int, reason: str) -> dict[str, Any]:
+    """What a webhook hears of a gate decision: the numbers and each check's outcome,
+    never a user (the contribution check names its top contributor's pseudonym)."""
+    gate = mv.gate or {}
+    keep = ("promote", "promoted", "reason", "metric", "challenger_score", "champion_score")
+    return {
+        "model_version": mv.version,
+        "dataset_version": dataset_version,
+        "run": reason,
+        **{k: gate.get(k) for k in (*keep, "champion_version", "verdict", "interval", "alpha")},
+        "checks": {name: c.get("passed") for name, c in (gate.get("checks") or {}).items()},
+    }
