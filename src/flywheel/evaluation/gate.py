@@ -121,6 +121,13 @@ def _verdict(lo: float, hi: float, boundary: float, inconclusive: str) -> tuple[
     return "inconclusive", inconclusive == "promote"
 
 
+def _inconclusive(what: str, promote: bool, setting: str) -> str:
+    return (
+        f"; inconclusive: the rows cannot tell whether it {what}, so it is "
+        f"{'promoted' if promote else 'held back'} (gate_inconclusive = {setting})"
+    )
+
+
 def wilcoxon(challenger_sq_err: np.ndarray, champion_sq_err: np.ndarray) -> dict[str, Any]:
     """Wilcoxon signed-rank test on paired squared errors (two-sided)."""
     from scipy.stats import wilcoxon as scipy_wilcoxon
@@ -286,11 +293,7 @@ def decide(
             f"(delta {delta:+.4f}, margin {margin}); {stats}"
         )
         if verdict == "inconclusive":
-            reason += (
-                f"; inconclusive: the rows cannot tell whether it trails by more than the "
-                f"margin, so it is {'promoted' if promote else 'held back'} "
-                f"(gate_inconclusive = {inconclusive})"
-            )
+            reason += _inconclusive("trails by more than the margin", promote, inconclusive)
     interval = (round(lo, 6), round(hi, 6))
     return GateDecision(promote, reason, *args, verdict=verdict, interval=interval, alpha=alpha)
 
@@ -354,11 +357,7 @@ def decide_regression(
             f"({change:+.2%}, margin {margin:.0%}); {stats}"
         )
         if verdict == "inconclusive":
-            reason += (
-                f"; inconclusive: the rows cannot tell whether it exceeds the margin, so it "
-                f"is {'promoted' if promote else 'held back'} (gate_inconclusive = "
-                f"{inconclusive})"
-            )
+            reason += _inconclusive("exceeds the margin", promote, inconclusive)
     interval = (round(lo, 6), round(hi, 6))
     return GateDecision(promote, reason, *args, verdict=verdict, interval=interval, alpha=alpha)
 
