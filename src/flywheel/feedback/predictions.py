@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +101,7 @@ class PredictionLog:
             user = subjects[str(subject)]
             last[user] = max(at, last.get(user, at))
         return {
-            r["id"]
-            for r in rows
-            if r["user_id"] in last and _aware(r["created_at"]) <= _aware(last[r["user_id"]])
+            r["id"] for r in rows if r["user_id"] in last and r["created_at"] <= last[r["user_id"]]
         }
 
     def predict(self, content: bytes, user_id: str | None = None) -> PredictionResult:
@@ -135,8 +132,3 @@ class PredictionLog:
                 raise NotFoundError("prediction", prediction_id)
             digest = pred.input_hash
         return self.ctx.blobs.get(digest)
-
-
-def _aware(t: datetime) -> datetime:
-    """A stored time read back (SQLite gives it without its zone, which is UTC)."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -135,7 +135,7 @@ class Journal:
         self._current: _Segment | None = None
         self._segments: dict[str, _Segment] = {}
         self._where: dict[str, _Segment] = {}
-        self._dirty = False
+        self._dirty: dict[str, _Segment] = {}  # written since the last sync
         self.appended = 0
         self.synced = 0
 
@@ -171,7 +171,7 @@ class Journal:
             seg.size += len(record)
             seg.outstanding += 1
             self._where[row["id"]] = seg
-            self._dirty = True
+            self._dirty[seg.path.name] = seg
             self.appended += 1
 
     def sync(self) -> None:
@@ -179,12 +179,13 @@ class Journal:
         with self._lock:
             if not self._dirty:
                 return
-            for seg in self._segments.values():
+            # Only the segments written since (the current one, and one just sealed).
+            for seg in self._dirty.values():
                 if not seg.file.closed:
                     seg.file.flush()
                     if self.fsync:
                         os.fsync(seg.file.fileno())
-            self._dirty = False
+            self._dirty.clear()
             self.synced = self.appended
 
     def committed(self, ids: Iterable[str]) -> None:
@@ -205,6 +206,7 @@ class Journal:
         if seg is self._current:
             self._current = None
         del self._segments[seg.path.name]
+        self._dirty.pop(seg.path.name, None)
         with contextlib.suppress(FileNotFoundError):
             seg.path.unlink()
         seg.file.close()  # the lock goes with it
