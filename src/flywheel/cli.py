@@ -284,7 +284,8 @@ def data_report(
         return
     out.print(
         f"dataset version {info.version} ({info.task}): {info.n_train} training, "
-        f"{info.n_holdout} held-out, {info.n_feedback} from feedback; parent "
+        f"{info.n_holdout} held-out, {info.n_evaluation} evaluation, {info.n_feedback} from "
+        "feedback; parent "
         f"{info.parent if info.parent is not None else '-'}; content {info.content_hash[:12]}"
     )
     _print_cleaning(info.cleaning)
@@ -413,7 +414,8 @@ def retrain(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
         return
     c = result.curation
     out.print(
-        f"feedback: {c['answers']} answers → {c['rows']} new rows "
+        f"feedback: {c['answers']} answers → {c['rows']} new rows, "
+        f"{c.get('evaluation_rows', 0)} of them set aside for evaluation "
         f"(dropped: {c['dropped_holdout']} held-out, {c['dropped_known']} known; "
         f"{c['merged_duplicates']} merged duplicates)"
     )

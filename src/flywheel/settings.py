@@ -235,6 +235,21 @@ class Settings(BaseSettings):
         "champion by more than the margin: promote it (it has seen more data) or hold the "
         "champion.",
     )
+    eval_share: float = Field(
+        default=0.15,
+        ge=0.0,
+        le=0.5,
+        description="Share of each label's curated, trusted answers set aside as an "
+        "evaluation split that no training sees; the gate scores on it and the held-out "
+        "split (0: none).",
+    )
+    eval_min_trust: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="The trust an answer needs to enter the evaluation split (a user nobody "
+        "could check yet has 0.67). Regression answers carry no trust estimate: all qualify.",
+    )
     gate_reference: str = Field(
         default="auto",
         pattern="^(auto|off)$",

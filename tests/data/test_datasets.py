@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from typing import Any
 
 import pytest
 
 from flywheel.data import (
+    EVALUATION,
     HOLDOUT,
     TRAIN,
     RawExample,
     assign_splits,
     content_hash,
+    evaluation_draw,
     split_by_group,
     targets,
 )
@@ -134,3 +137,44 @@ def test_targets_are_sorted_labels_or_value_bins_and_say_what_is_missing() -> No
     assert labels == [] and strata == [str(v // 2) for v in range(10)]
     with pytest.raises(DataError, match="numeric value"):
         targets([RawExample(b"x", None)], regression=True, source="s")
+
+
+def _rows(label: str, n: int, *, eligible: bool = True, start: int = 0) -> list[Any]:
+    return [(f"{label}{i:03d}", label, None, eligible) for i in range(start, start + n)]
+
+
+def test_the_evaluation_draw_takes_the_share_of_each_label() -> None:
+    new = _rows("a", 40) + _rows("b", 20) + _rows("c", 3)
+    picked, dropped = evaluation_draw(new, {}, {}, 0.15, seed=0)
+    by_label = Counter(d[0] for d in picked)
+    # round(0.15 x 40) = 6, round(0.15 x 20) = 3, round(0.45) = 0
+    assert by_label == {"a": 6, "b": 3} and not dropped
+    # The same answers in another order: the same draw; another seed: another.
+    assert evaluation_draw(new[::-1], {}, {}, 0.15, seed=0)[0] == picked
+    assert evaluation_draw(new, {}, {}, 0.15, seed=1)[0] != picked
+
+
+def test_the_evaluation_split_grows_with_the_answers_and_takes_only_trusted_ones() -> None:
+    # 40 feedback rows of 'a' so far, 6 of them evaluation rows: 20 more make 60 → 9.
+    picked, _ = evaluation_draw(_rows("a", 20, start=40), {}, {"a": (40, 6)}, 0.15, seed=0)
+    assert len(picked) == 3
+    # Untrusted answers never judge a model, however many there are.
+    picked, _ = evaluation_draw(_rows("a", 100, eligible=False), {}, {}, 0.15, seed=0)
+    assert picked == set()
+
+
+def test_near_duplicates_fall_on_the_side_of_the_rows_they_copy() -> None:
+    new = [
+        ("x1", "a", "k-train", True),  # a near-copy of a training row: trains
+        ("x2", "a", "k-held", True),  # of a held-out row: judges
+        ("x3", "a", "k-held", False),  # ... but untrusted: dropped, never trained on
+        ("x4", "a", "k-new", True),  # two new near-copies: drawn together
+        ("x5", "a", "k-new", True),
+        *_rows("a", 8),
+    ]
+    sides = {"k-train": TRAIN, "k-held": EVALUATION}
+    picked, dropped = evaluation_draw(new, sides, {}, 0.5, seed=0)
+    assert "x2" in picked and "x1" not in picked
+    assert dropped == {"x3"}
+    assert ("x4" in picked) == ("x5" in picked)
+    assert len(picked) == round(0.5 * 12)  # 12 rows kept: x2 plus five drawn

@@ -3,6 +3,9 @@ read back weighted by their users' trust, curated into a dataset version."""
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, select
 
@@ -10,8 +13,8 @@ from flywheel import Project
 from flywheel.errors import InputError, NotFoundError
 from flywheel.feedback.records import FeedbackIn, FeedbackResult
 from flywheel.feedback.trust import PRIOR_TRUST
-from flywheel.store.schema import Feedback, User, utcnow
-from tests.factories import digit_png
+from flywheel.store.schema import Example, Feedback, User, utcnow
+from tests.factories import digit_png, digits_arrays, make_project
 
 
 def test_a_batch_commits_the_good_answers_and_gives_each_bad_one_its_error(
@@ -72,3 +75,46 @@ def test_curation_makes_a_version_that_says_who_gave_its_rows(project: Project) 
     # Used once: the same answers curate into nothing the next time.
     again, summary = project.services.feedback.curate(naive=True)
     assert again is None and summary["answers"] == 0
+
+
+def test_trusted_answers_grow_an_evaluation_split_that_no_training_sees(tmp_path: Path) -> None:
+    # (No cap on one user's share: every answer becomes a row at once.)
+    project = make_project(tmp_path / "proj", settings={"max_user_share": 1.0})
+    _, labels = digits_arrays()
+    for user, indices in (("sure", range(300, 360)), ("new", range(360, 400))):
+        for i in indices:
+            p = project.predict(digit_png(i), user_id=user)
+            project.record_feedback(p.prediction_id, label=str(labels[i]), user_id=user)
+    with project.db.session() as s:
+        sure = s.get(User, project.pseudonym("sure"))
+        assert sure is not None
+        sure.trust = 0.9  # checked; "new" stays at the prior, below eval_min_trust
+    info, summary = project.services.feedback.curate(naive=False)
+    assert info is not None and info.n_evaluation == summary["evaluation_rows"] > 0
+    ds = project.services.data.training_set()
+    evaluation = {h for h, *_ in ds.evaluation}
+    assert len(evaluation) == info.n_evaluation
+    assert not evaluation & {h for h, *_ in ds.train}  # never trained on
+    with project.db.session() as s:
+        owners = set(s.scalars(select(Example.user_id).where(Example.split == "evaluation")))
+        per_label = Counter(s.scalars(select(Example.label).where(Example.split == "evaluation")))
+        fed = Counter(s.scalars(select(Example.label).where(Example.origin == "feedback")))
+    assert owners == {project.pseudonym("sure")}
+    # Stratified: no label holds more than its share (rounded) of the feedback rows.
+    share = project.settings.eval_share
+    assert all(n <= int(share * fed[lab] + 0.5) for lab, n in per_label.items())
+    # Another answer about an evaluation input never becomes a training row.
+    digest = sorted(evaluation)[0]
+    i = next(i for i in range(300, 360) if project.blobs.put(digit_png(i)) == digest)
+    p = project.predict(digit_png(i), user_id="late")
+    project.record_feedback(p.prediction_id, label=str(labels[i]), user_id="late")
+    again, summary = project.services.feedback.curate(naive=False)
+    assert again is None and summary["dropped_holdout"] == 1
+    project.close()
+
+
+def test_naive_curation_sets_nothing_aside(project: Project) -> None:
+    p = project.predict(digit_png(300), user_id="ann")
+    project.record_feedback(p.prediction_id, correct=True, user_id="ann")
+    info, summary = project.services.feedback.curate(naive=True)
+    assert info is not None and info.n_evaluation == 0 and summary["evaluation_rows"] == 0

@@ -11,9 +11,9 @@ from sqlalchemy import select
 from flywheel import Project
 from flywheel.errors import NotFoundError, RegistryError
 from flywheel.privacy.forget import subject_digest
-from flywheel.store.schema import DatasetVersion, Example, ModelVersion
+from flywheel.store.schema import DatasetVersion, Example, ModelVersion, User
 from flywheel.store.search import search_store
-from tests.factories import digit_png, digits_arrays
+from tests.factories import digit_png, digits_arrays, make_project
 
 
 def _answer(project: Project, user: str, indices: range) -> None:
@@ -151,4 +151,34 @@ def test_forget_an_imported_speaker_takes_probes_label_issues_and_spill_too(
     assert not any(project.blobs.exists(h) for h in his)
     assert out["spill_rows_deleted"] == 1
     assert (spill / "0001.jsonl").read_text() == '{"user_id": null}\n'
+    project.close()
+
+
+def test_a_forgotten_users_evaluation_rows_leave_with_them(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj", settings={"max_user_share": 1.0})
+    _answer(project, "judge", range(300, 360))
+    _answer(project, "other", range(360, 380))
+    with project.db.session() as s:
+        for user in ("judge", "other"):
+            row = s.get(User, project.pseudonym(user))
+            assert row is not None
+            row.trust = 0.9
+    info, _ = project.services.feedback.curate(naive=False)
+    assert info is not None and info.n_evaluation > 0
+    judge = project.pseudonym("judge")
+    with project.db.session() as s:
+        theirs = set(
+            s.scalars(
+                select(Example.input_hash).where(
+                    Example.split == "evaluation", Example.user_id == judge
+                )
+            )
+        )
+    assert theirs
+    out = project.forget("judge", retrain=False)
+    after = project.dataset()
+    assert after.version == out["dataset_version_new"]
+    left = {h for h, *_ in project.services.data.training_set().evaluation}
+    assert not left & theirs and after.n_evaluation == len(left) < info.n_evaluation
+    assert search_store(project.db.engine, {judge}) == []
     project.close()

@@ -14,6 +14,7 @@ from flywheel.data.codecs import (
     tabular_bytes,
 )
 from flywheel.data.datasets import (
+    EVALUATION,
     HOLDOUT,
     TRAIN,
     Arrays,
@@ -23,6 +24,7 @@ from flywheel.data.datasets import (
     arrays_from_source,
     assign_splits,
     content_hash,
+    evaluation_draw,
     label_sort_key,
     load_arrays,
     split_by_group,
@@ -54,6 +56,7 @@ from flywheel.data.sources import (
 
 __all__ = [
     "AUDIO_SUFFIXES",
+    "EVALUATION",
     "HOLDOUT",
     "IMAGE_SUFFIXES",
     "TRAIN",
@@ -84,6 +87,7 @@ __all__ = [
     "decode_image",
     "digits_arrays",
     "encode_png",
+    "evaluation_draw",
     "known_codecs",
     "label_sort_key",
     "load_arrays",

@@ -15,6 +15,7 @@ from flywheel.data.sources import RawExample, Source
 from flywheel.errors import DataError, InputError
 
 __all__ = [
+    "EVALUATION",
     "HOLDOUT",
     "TRAIN",
     "Arrays",
@@ -24,6 +25,7 @@ __all__ = [
     "arrays_from_source",
     "assign_splits",
     "content_hash",
+    "evaluation_draw",
     "label_sort_key",
     "load_arrays",
     "split_by_group",
@@ -33,6 +35,8 @@ __all__ = [
 
 TRAIN = "train"
 HOLDOUT = "holdout"
+#: answers set aside for the gate as they arrive (``eval_share``): never trained on
+EVALUATION = "evaluation"
 
 #: a dataset row: (input hash, label, value)
 Row = tuple[str, str | None, float | None]
@@ -53,6 +57,8 @@ class DatasetInfo:
     n_feedback: int
     labels: list[str]
     cleaning: dict[str, Any]
+    #: rows of the evaluation split that grows with the answers (``eval_share``)
+    n_evaluation: int = 0
     #: the dataset's native preprocessing (what the codec inferred at import)
     preprocessing: dict[str, Any] = field(default_factory=dict, compare=False)
     #: everything recorded with the version (curation, contribution, label issues...)
@@ -73,6 +79,7 @@ class DatasetInfo:
             "task": self.task,
             "n_train": self.n_train,
             "n_holdout": self.n_holdout,
+            "n_evaluation": self.n_evaluation,
             "n_feedback": self.n_feedback,
             "labels": self.labels,
             "skipped": self.skipped,
@@ -184,6 +191,63 @@ def assign_splits(labels: Sequence[str], holdout_fraction: float, seed: int) -> 
         for i in rng.permutation(by_class[c])[: int(k)]:
             splits[int(i)] = HOLDOUT
     return splits
+
+
+def evaluation_draw(
+    new: Sequence[tuple[str, str, str | None, bool]],
+    sides: dict[str, str],
+    counts: dict[str, tuple[int, int]],
+    share: float,
+    seed: int,
+) -> tuple[set[str], set[str]]:
+    """Which of a curation's new rows go to the evaluation split, and which are dropped.
+
+    ``new`` holds (input hash, stratum, near-duplicate key or None, eligible) per row —
+    eligible: its answer is trusted enough to judge models on. ``sides`` maps the
+    near-duplicate keys of the version's rows to their side (``TRAIN``, or ``HOLDOUT``
+    / ``EVALUATION``); ``counts`` maps a stratum to (its feedback rows so far, how many
+    of them are evaluation rows).
+
+    - A near-duplicate of a row already placed goes to that row's side: of a training
+      row, to training; of an evaluation or held-out row, to evaluation if eligible,
+      and otherwise it is dropped (nothing trains on a near-copy of what judges it).
+    - The other eligible rows are drawn per stratum, so that each stratum's evaluation
+      rows come to ``round(share × its feedback rows)``; near-duplicates among the new
+      rows are drawn together, in an order keyed by ``seed`` and the input (the same
+      answers give the same draw, whatever order they came in).
+    """
+    evaluation: set[str] = set()
+    dropped: set[str] = set()
+    groups: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
+    for digest, stratum, key, eligible in new:
+        side = None if key is None else sides.get(key)
+        if side == TRAIN:
+            continue
+        if side is not None:
+            (evaluation if eligible else dropped).add(digest)
+            continue
+        groups.setdefault((stratum, key or f"row:{digest}"), []).append((digest, stratum, eligible))
+    # Each stratum's feedback rows once these are in: all but the dropped.
+    total = {st: n for st, (n, _) in counts.items()}
+    picked = {st: e for st, (_, e) in counts.items()}
+    for digest, stratum, _, _ in new:
+        if digest not in dropped:
+            total[stratum] = total.get(stratum, 0) + 1
+        if digest in evaluation:
+            picked[stratum] = picked.get(stratum, 0) + 1
+
+    def order(item: tuple[tuple[str, str], list[tuple[str, str, bool]]]) -> str:
+        first = min(d for d, *_ in item[1])
+        return hashlib.sha256(f"{seed}:{first}".encode()).hexdigest()
+
+    for (stratum, _), rows in sorted(groups.items(), key=order):
+        if not all(eligible for *_, eligible in rows):
+            continue
+        if picked.get(stratum, 0) + len(rows) > int(share * total[stratum] + 0.5):
+            continue
+        evaluation |= {d for d, *_ in rows}
+        picked[stratum] = picked.get(stratum, 0) + len(rows)
+    return evaluation, dropped
 
 
 def content_hash(rows: Iterable[tuple[str, str, str]]) -> str:

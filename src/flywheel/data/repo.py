@@ -13,7 +13,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from flywheel.data.datasets import HOLDOUT, TRAIN, DatasetInfo, Row, WeightedRow, content_hash
+from flywheel.data.datasets import (
+    EVALUATION,
+    HOLDOUT,
+    TRAIN,
+    DatasetInfo,
+    Row,
+    WeightedRow,
+    content_hash,
+)
 from flywheel.store.schema import DatasetVersion, DatasetVersionExample, Example
 
 __all__ = [
@@ -27,6 +35,7 @@ __all__ = [
     "probe_pool",
     "rows",
     "source_paths",
+    "split_rows",
     "versions",
     "weighted_rows",
 ]
@@ -63,6 +72,7 @@ def info(dv: DatasetVersion, task: str) -> DatasetInfo:
         task=str(st.get("task", task)),
         n_train=int(st["n_train"]),
         n_holdout=int(st["n_holdout"]),
+        n_evaluation=int(st.get("n_evaluation", 0)),
         n_feedback=int(st["n_feedback"]),
         labels=list(st["labels"]),
         cleaning=dict(st.get("cleaning", {})),
@@ -91,6 +101,13 @@ def weighted_rows(
 def rows(s: Session, version: int, split: str) -> list[Row]:
     """(input hash, label, value) of a dataset version's rows of ``split``, by content."""
     return [(h, lab, val) for h, lab, val, *_ in weighted_rows(s, version, split)]
+
+
+def split_rows(s: Session, version: int) -> list[tuple[str, str, str | None, str]]:
+    """(input hash, split, label, origin) of every row of a dataset version."""
+    cols = select(Example.input_hash, Example.split, Example.label, Example.origin)
+    q = in_version(cols, version)
+    return [(h, sp, lab, o) for h, sp, lab, o in s.execute(q.order_by(Example.input_hash))]
 
 
 def examples(s: Session, version: int) -> list[Example]:
@@ -135,6 +152,7 @@ def new_version(
         "task": task,
         "n_train": counts.get(TRAIN, 0),
         "n_holdout": counts.get(HOLDOUT, 0),
+        "n_evaluation": counts.get(EVALUATION, 0),
         "n_feedback": sum(e.origin == "feedback" for e in examples),
         "labels": labels,
         **extra,

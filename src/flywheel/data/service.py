@@ -15,6 +15,7 @@ from flywheel.context import Context
 from flywheel.data import repo
 from flywheel.data.cleaning import Cleaned, clean
 from flywheel.data.datasets import (
+    EVALUATION,
     HOLDOUT,
     TRAIN,
     Arrays,
@@ -55,6 +56,8 @@ class TrainingSet:
     label_issues: dict[str, Any]
     train: list[WeightedRow]
     holdout: list[Row]
+    #: the answers set aside for judging (``eval_share``): the gate scores on both
+    evaluation: list[Row]
 
 
 class DatasetService:
@@ -98,17 +101,20 @@ class DatasetService:
                 label_issues=dict(dv.stats.get("label_issues", {})),
                 train=repo.weighted_rows(s, dv.id, TRAIN),
                 holdout=repo.rows(s, dv.id, HOLDOUT),
+                evaluation=repo.rows(s, dv.id, EVALUATION),
             )
 
     def reference_base(self, version: int) -> tuple[DatasetInfo, list[WeightedRow], set[str]]:
-        """(the version, its imported training rows, its held-out inputs): what a gate
-        reference is trained on besides the feedback."""
+        """(the version, its imported training rows, the inputs that judge models — held
+        out or set aside for evaluation): what a gate reference is trained on besides the
+        feedback, and what it must not be."""
         with self.ctx.db.session() as s:
             dv = s.get(DatasetVersion, version)
             if dv is None:
                 raise NotFoundError("dataset version", version)
             base = repo.weighted_rows(s, version, TRAIN, base_only=True)
-            held = {h for h, _, _ in repo.rows(s, version, HOLDOUT)}
+            judged = repo.rows(s, version, HOLDOUT) + repo.rows(s, version, EVALUATION)
+            held = {h for h, _, _ in judged}
             return repo.info(dv, self.ctx.task.name), base, held
 
     def rows(self, version: int, split: str) -> list[Row]:

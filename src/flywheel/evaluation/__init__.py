@@ -15,6 +15,7 @@ from flywheel.evaluation.gate import (
     reference_check,
     wilcoxon,
     with_check,
+    with_splits,
 )
 from flywheel.evaluation.metrics import classification_report, regression_report
 from flywheel.evaluation.scoring import score
@@ -34,4 +35,5 @@ __all__ = [
     "score",
     "wilcoxon",
     "with_check",
+    "with_splits",
 ]

@@ -158,6 +158,9 @@ class GateDecision:
     #: champion x (1 + margin), negative is better) at ``1 - alpha``
     interval: tuple[float, float] | None = None
     alpha: float = 0.05
+    #: the scores on each split the gate judged on ("holdout", "evaluation") and on
+    #: both ("combined", what it decided on); empty: the held-out rows alone
+    splits: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +178,40 @@ def with_check(
             decision, promote=False, reason=f"{reason}; {decision.reason}", checks=checks
         )
     return replace(decision, reason=f"{decision.reason}; {reason}", checks=checks)
+
+
+def with_splits(
+    decision: GateDecision,
+    challenger: np.ndarray,
+    champion: np.ndarray | None,
+    n_holdout: int,
+) -> GateDecision:
+    """Record the scores on each split: the first ``n_holdout`` rows are the held-out
+    split, the rest the evaluation split (none: nothing to add)."""
+    if n_holdout >= len(challenger):
+        return decision
+    parts = {
+        "holdout": slice(0, n_holdout),
+        "evaluation": slice(n_holdout, None),
+        "combined": slice(None),
+    }
+    splits = {
+        name: {
+            "n": len(challenger[part]),
+            "challenger": round(float(np.mean(challenger[part])), 4),
+            "champion": None if champion is None else round(float(np.mean(champion[part])), 4),
+        }
+        for name, part in parts.items()
+    }
+    ev = splits["evaluation"]
+    ho = splits["holdout"]
+    note = (
+        f"on {ho['n']} held-out and {ev['n']} evaluation rows ({decision.metric} "
+        f"{ho['challenger']:.4f} and {ev['challenger']:.4f}"
+        + ("" if champion is None else f"; champion {ho['champion']:.4f} and {ev['champion']:.4f}")
+        + ")"
+    )
+    return replace(decision, splits=splits, reason=f"{decision.reason} {note}")
 
 
 def class_check(

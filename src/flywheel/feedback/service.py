@@ -10,11 +10,11 @@ from datetime import datetime
 from typing import Any
 
 from flywheel.context import Context
-from flywheel.data import HOLDOUT, TRAIN, DatasetInfo
+from flywheel.data import EVALUATION, HOLDOUT, TRAIN, DatasetInfo, evaluation_draw
 from flywheel.data import repo as data_repo
 from flywheel.errors import FlywheelError, InputError, ProjectError
 from flywheel.feedback import repo
-from flywheel.feedback.curation import Answer, curate
+from flywheel.feedback.curation import Answer, CuratedRow, curate
 from flywheel.feedback.records import (
     FeedbackIn,
     FeedbackResult,
@@ -172,14 +172,18 @@ class FeedbackService:
             if regression:  # a value stored before it was checked, or far out: not trained on
                 kept = [a for a in answers if _in_range(a.value, dv.preprocessing, self.ctx)]
                 out_of_range, answers = len(answers) - len(kept), kept
-            holdout = {h for h, _, _ in data_repo.rows(s, dv.id, HOLDOUT)}
-            known = {h for h, _, _ in data_repo.rows(s, dv.id, TRAIN)}
+            judged = data_repo.rows(s, dv.id, HOLDOUT) + data_repo.rows(s, dv.id, EVALUATION)
+            known = data_repo.rows(s, dv.id, TRAIN)
             cap = None if naive else self.ctx.settings.max_user_share
-            c = curate(answers, holdout, known, max_user_share=cap)
+            c = curate(answers, {h for h, *_ in judged}, {h for h, *_ in known}, max_user_share=cap)
+            evaluation, dropped = self._evaluation_draw(s, dv.id, c.rows, naive=naive)
+            c.rows = [r for r in c.rows if r.input_hash not in dropped]
             summary: dict[str, Any] = {
                 "answers": c.answers,
                 "rows": len(c.rows),
+                "evaluation_rows": len(evaluation),
                 "dropped_holdout": c.dropped_holdout,
+                "dropped_near_evaluation": len(dropped),
                 "dropped_known": c.dropped_known,
                 "merged_duplicates": c.merged_duplicates,
                 "quarantined": held_back,
@@ -201,7 +205,7 @@ class FeedbackService:
                     input_hash=r.input_hash,
                     label=r.label,
                     value=r.value,
-                    split=TRAIN,
+                    split=EVALUATION if r.input_hash in evaluation else TRAIN,
                     origin="feedback",
                     feedback_id=r.feedback_id,
                     user_id=r.user_id,
@@ -222,6 +226,51 @@ class FeedbackService:
                 extra={"curation": summary, "contribution": who},
             )
             return data_repo.info(nv, self.ctx.task.name), summary
+
+    def _evaluation_draw(
+        self, s: Any, version: int, rows: Sequence[CuratedRow], *, naive: bool
+    ) -> tuple[set[str], set[str]]:
+        """(the new rows that go to the evaluation split, those dropped as near-copies of
+        an evaluation or held-out row). Naive curation has no trust to go by: none."""
+        st = self.ctx.settings
+        if naive or st.eval_share == 0 or not rows:
+            return set(), set()
+        regression = self.ctx.task.is_regression
+        placed = data_repo.split_rows(s, version)
+        keys = self._near_keys({r.input_hash for r in rows} | {h for h, *_ in placed})
+        sides = {
+            keys[h]: (TRAIN if sp == TRAIN else EVALUATION) for h, sp, *_ in placed if h in keys
+        }
+        counts: dict[str, tuple[int, int]] = {}
+        for _, sp, label, origin in placed:
+            if origin == "feedback":
+                n, e = counts.get("" if regression else str(label), (0, 0))
+                counts["" if regression else str(label)] = (n + 1, e + (sp == EVALUATION))
+        new = [
+            (
+                r.input_hash,
+                "" if regression else str(r.label),
+                keys.get(r.input_hash),
+                regression or r.weight >= st.eval_min_trust,
+            )
+            for r in rows
+        ]
+        return evaluation_draw(new, sides, counts, st.eval_share, st.seed)
+
+    def _near_keys(self, hashes: set[str]) -> dict[str, str]:
+        """Input hash → its near-duplicate key (a perceptual hash for images); empty for
+        modalities without one."""
+        codec, out = self.ctx.codec, {}
+        for digest in sorted(hashes):
+            try:
+                content = self.ctx.blobs.get(digest)
+                key = codec.fingerprint(content, codec.probe(content))
+            except (FlywheelError, OSError):
+                continue  # expired or unreadable: no key, drawn on its own
+            if key is None:
+                return {}
+            out[digest] = key
+        return out
 
 
 def _in_range(value: float | None, preprocessing: dict[str, Any], ctx: Context) -> bool:

@@ -23,7 +23,7 @@ from torch import nn
 from flywheel.data import Arrays, WeightedRow
 from flywheel.data.service import TrainingSet
 from flywheel.errors import DataError, RegistryError
-from flywheel.evaluation import GateDecision, GatePolicy, Reference, judge
+from flywheel.evaluation import GateDecision, GatePolicy, Reference, judge, with_splits
 from flywheel.export.onnx import challenger_parity
 from flywheel.feedback.curation import curate
 from flywheel.feedback.label_issues import flag_weights
@@ -69,6 +69,7 @@ class TrainResult:
             "reason": d.reason,
             "test": d.test,
             "checks": d.checks,
+            "splits": d.splits,
             "metrics": self.model.metrics,
         }
 
@@ -102,6 +103,8 @@ def train(
     if (weights != 1.0).any():
         rows.weights = weights
     holdout = sv.data.arrays(ds.holdout, spec)
+    # The gate judges on the held-out rows and the evaluation split together.
+    judged = sv.data.arrays(ds.holdout + ds.evaluation, spec) if ds.evaluation else holdout
 
     model, champion_model = _set_up(sv, spec, config, champion, privacy)
     parent = None if champion is None else champion.version
@@ -121,17 +124,20 @@ def train(
     )
     train_seconds = time.perf_counter() - started
 
-    report, score = LoadedModel(0, model, spec, ctx.codec).score(holdout)
+    challenger = LoadedModel(0, model, spec, ctx.codec)
+    report, _ = challenger.score(holdout)
+    score = challenger.score(judged)[1]
+    champion_score = None if champion_model is None else champion_model.score(judged)[1]
     parity = challenger_parity(model, spec, holdout.x, enabled=ctx.settings.onnx_check)
 
     def reference() -> Reference:
         assert champion_model is not None  # the gate asks only when there is a champion
-        return _reference(sv, ds.version, config, spec, flagged, holdout, champion_model)
+        return _reference(sv, ds.version, config, spec, flagged, judged, champion_model)
 
     decision = judge(
         score,
-        None if champion_model is None else champion_model.score(holdout)[1],
-        y=holdout.y,
+        champion_score,
+        y=judged.y,
         labels=list(spec.labels),
         champion_version=parent,
         policy=GatePolicy.from_settings(ctx.settings),
@@ -139,6 +145,7 @@ def train(
         parity=parity,
         reference=reference,
     )
+    decision = with_splits(decision, score, champion_score, len(ds.holdout))
     metrics = {**report, "export_onnx": parity, **_fit_metrics(result, len(rows), train_seconds)}
     if result.privacy is not None:
         metrics["privacy"] = {**result.privacy.to_json(), **privacy}
