@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from flywheel import Project
 from flywheel.data import digits_arrays
 from flywheel.serving import create_app
-from flywheel.store.schema import Example, Feedback, ReviewItem
+from flywheel.store.schema import Example, Feedback, Prediction, ReviewItem
 from tests.factories import digit_png, make_project
 
 LABELS = digits_arrays()[1]
@@ -143,8 +143,6 @@ def test_trust_quarantine_and_curation_hold_a_liar_back(
     with project.db.session() as s:
         rows = s.scalars(select(Example).where(Example.origin == "feedback")).all()
         assert {r.user_id for r in rows} <= {p[u] for u in honest}
-        from flywheel.store.schema import Prediction
-
         preds = s.scalars(select(Prediction).where(Prediction.id.in_(truth_of))).all()
         truth_of_input = {p.input_hash: truth_of[p.id] for p in preds}
         assert len(rows) == 12 and all(r.label == truth_of_input[r.input_hash] for r in rows)
@@ -286,3 +284,105 @@ def test_trust_curation_needs_no_reference(project: Project, client: TestClient)
     result = project.retrain()
     assert result.train is not None
     assert "trusted_reference" not in result.train.decision.checks
+
+
+def _truth(project: Project, indices: range) -> dict[str, str]:
+    """Input hash → true label for digits ``indices`` (and the project's own rows)."""
+    out = {project.blobs.put(digit_png(i)): str(LABELS[i]) for i in indices}
+    with project.db.session() as s:
+        out |= {h: str(lab) for h, lab in s.execute(select(Example.input_hash, Example.label))}
+    return out
+
+
+def _work_the_queue(
+    client: TestClient, project: Project, user: str, key: dict[str, str], *, liar: bool
+) -> tuple[int, int | None]:
+    """``user`` answers queue items (sent with their X-User-Id), always wrongly or always
+    rightly, ten at a time, trust re-estimated after each batch, up to 60 answers.
+    Returns (answers given, the count at which the user was quarantined, or None)."""
+    truth = _truth(project, range(300, 420))
+    given = 0
+    while given < 60:
+        r = client.post("/v1/review-queue?limit=10", headers={"X-User-Id": user, **key})
+        assert r.status_code == 200, r.text
+        items = r.json()["items"]
+        assert items, "the queue ran dry"
+        with project.db.session() as s:
+            digest = {
+                p.id: p.input_hash
+                for p in s.scalars(
+                    select(Prediction).where(Prediction.id.in_([i["prediction_id"] for i in items]))
+                )
+            }
+        for item in items:
+            right = truth[digest[item["prediction_id"]]]
+            said = str((int(right) + 1) % 10) if liar else right
+            answer(client, item["prediction_id"], said, user, key)
+            given += 1
+        project.update_trust()
+        me = next(u for u in project.users() if u["user_id"] == project.pseudonym(user))
+        if me["quarantined"]:
+            return given, given
+    return given, None
+
+
+def test_a_lone_liar_is_quarantined_within_ten_answers_though_nobody_overlaps(
+    client: TestClient, project: Project, reviewer: dict[str, str]
+) -> None:
+    # Traffic nobody answered: each of the liar's items is answered by the liar alone.
+    for i in range(300, 420):
+        ask(client, i, "someone")
+    given, quarantined_at = _work_the_queue(client, project, "liar", reviewer, liar=True)
+    assert quarantined_at is not None and quarantined_at <= 10
+    trust = next(u for u in project.users() if u["user_id"] == project.pseudonym("liar"))
+    detail = trust["trust_detail"]
+    assert detail["golden_seen"] >= project.settings.golden_early
+    assert detail["golden_correct"] == 0 and trust["trust"] < project.settings.quarantine_below
+    # An honest user working the same queue is never quarantined, and once their
+    # probes are answered they are trusted enough to judge models.
+    given, quarantined_at = _work_the_queue(client, project, "honest", reviewer, liar=False)
+    assert quarantined_at is None and given == 60
+    honest = next(u for u in project.users() if u["user_id"] == project.pseudonym("honest"))
+    assert honest["trust"] >= project.settings.eval_min_trust
+
+
+def test_a_known_users_queue_asks_again_about_what_another_answered_alone(
+    tmp_path: Path,
+) -> None:
+    project = make_project(tmp_path / "proj", settings={"golden_early": 0})
+    with TestClient(create_app(project.settings, project), base_url="http://127.0.0.1") as c:
+        key, _ = project.create_key(["feedback"])
+        auth = {"Authorization": f"Bearer {key}"}
+        for i in range(300, 320):  # ann answers her own predictions; nobody overlaps
+            answer(c, ask(c, i, "ann"), str(LABELS[i]), "ann")
+        for i in range(320, 360):
+            ask(c, i, "someone")
+        r = c.post("/v1/review-queue?limit=10", headers={"X-User-Id": "bob", **auth})
+        items = r.json()["items"]
+        ann_inputs = {project.blobs.put(digit_png(i)) for i in range(300, 320)}
+        with project.db.session() as s:
+            handed = {
+                p.id: p
+                for p in s.scalars(
+                    select(Prediction).where(Prediction.id.in_([i["prediction_id"] for i in items]))
+                )
+            }
+        again = [p for p in handed.values() if p.input_hash in ann_inputs]
+        # limit 10: one golden probe's room, then 20% of the other nine → two asked again.
+        assert len(again) == 2
+        assert all(p.user_id == project.pseudonym("bob") for p in again)
+        truth = _truth(project, range(300, 320))
+        for p in again:
+            answer(c, p.id, truth[p.input_hash], "bob", auth)
+        trust = project.update_trust()
+        assert trust[project.pseudonym("ann")]["compared_with_others"] == 2
+        assert trust[project.pseudonym("ann")]["agreed_with_others"] == 2
+        # Without a named user the queue is as before: nothing asked again.
+        r = c.post("/v1/review-queue?limit=10", headers=auth)
+        pids = [i["prediction_id"] for i in r.json()["items"]]
+        with project.db.session() as s:
+            again_anon = s.scalars(
+                select(Prediction.input_hash).where(Prediction.id.in_(pids))
+            ).all()
+        assert not set(again_anon) & ann_inputs
+    project.close()

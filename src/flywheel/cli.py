@@ -69,7 +69,7 @@ class _EpochBar:
 
     def __init__(self, quiet: bool) -> None:
         self.progress = Progress(
-            TextColumn("[bold]train[/]"),
+            TextColumn("[bold]{task.description}[/]"),
             BarColumn(),
             TextColumn("epoch {task.completed}/{task.total}"),
             TextColumn("{task.fields[info]}"),
@@ -79,6 +79,7 @@ class _EpochBar:
             transient=True,
         )
         self.task: Any = None
+        self.phase = ""
 
     def __enter__(self) -> _EpochBar:
         self.progress.__enter__()
@@ -88,9 +89,15 @@ class _EpochBar:
         self.progress.__exit__(None, None, None)
 
     def __call__(self, r: EpochReport) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task("train", total=r.epochs, info="")
-        info = f"loss {r.train_loss:.3f} val_loss {r.val_loss:.3f} val_acc {r.val_accuracy:.3f}"
+        if self.task is None or r.phase != self.phase:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.phase = r.phase
+            self.task = self.progress.add_task(r.phase, total=r.epochs, info="")
+        if r.phase == "refit":  # on training + validation rows: nothing to validate on
+            info = f"refit on all rows: loss {r.train_loss:.3f}"
+        else:
+            info = f"loss {r.train_loss:.3f} val_loss {r.val_loss:.3f} val_acc {r.val_accuracy:.3f}"
         self.progress.update(self.task, completed=r.epoch, info=info)
 
 
@@ -107,6 +114,8 @@ def _print_train(result: TrainResult) -> None:
         "epochs run (best)",
         f"{m['epochs_run']} ({m['best_epoch']})" + (f", resumed at {resumed}" if resumed else ""),
     )
+    if m.get("refit_rows"):
+        t.add_row("refit", f"{m['best_epoch']} epochs on {m['refit_rows']} rows (train + val)")
     t.add_row(f"held-out {d.metric}", f"{d.challenger_score:.4f}")
     t.add_row(
         f"champion {d.metric}", "-" if d.champion_score is None else f"{d.champion_score:.4f}"
@@ -736,10 +745,18 @@ def review(
     spread: Annotated[
         bool, typer.Option("--spread", help="Spread picks across classes and near-duplicates.")
     ] = False,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user",
+            help="Who will answer: a new user gets golden probes early, a known one second "
+            "opinions on inputs another user answered alone.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The unanswered predictions most worth a user's answer, and why each was picked."""
-    items = _open(project).review_queue(limit=limit, strategy=strategy, spread=spread)
+    items = _open(project).review_queue(limit=limit, strategy=strategy, spread=spread, user_id=user)
     if as_json:
         _print_json(items)
         return

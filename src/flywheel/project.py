@@ -230,10 +230,11 @@ class Project:
         return self.services.feedback.record_many(items)
 
     def review_queue(
-        self, *, limit: int = 20, strategy: str | None = None, spread: bool = False, seed: int = 0
+        self, *, limit: int = 20, strategy: str | None = None, spread: bool = False, **more: Any
     ) -> list[dict[str, Any]]:
-        """The logged predictions most worth a user's answer (golden probes among them)."""
-        return self.services.review.queue(limit=limit, strategy=strategy, spread=spread, seed=seed)
+        """The logged predictions most worth a user's answer (golden probes and second
+        opinions among them); ``more``: ``user_id`` (who asks), ``seed``."""
+        return self.services.review.queue(limit=limit, strategy=strategy, spread=spread, **more)
 
     def users(self) -> list[dict[str, Any]]:
         return self.services.users.users()

@@ -280,6 +280,19 @@ class Settings(BaseSettings):
     golden_share: float = Field(
         default=0.1, ge=0.0, le=0.5, description="Share of queue items that are golden probes."
     )
+    golden_early: int = Field(
+        default=5,
+        ge=0,
+        description="Golden probes a new user answers early: until then up to half of their "
+        "queue items are probes (a lone liar is told apart before their answers count).",
+    )
+    second_opinion_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=0.5,
+        description="Share of a named user's queue items that ask again about an input one "
+        "other user answered alone, so that answers overlap.",
+    )
     quarantine_below: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Quarantine users whose trust falls below this."
     )

@@ -18,8 +18,16 @@ from tests.training.test_fit import _accuracy, _arrays, _new_model
 
 pytest.importorskip("opacus")
 
+# A private run trains on the training part alone (no refit on the validation rows): so
+# does the plain run it is compared with.
 BASE = TrainConfig(
-    epochs=1, patience=50, learning_rate=5e-3, batch_size=10_000, val_fraction=0.2, seed=3
+    epochs=1,
+    patience=50,
+    learning_rate=5e-3,
+    batch_size=10_000,
+    val_fraction=0.2,
+    seed=3,
+    refit=False,
 )
 
 

@@ -18,8 +18,15 @@ from tests.factories import digits_subset
 
 LABELS = [str(d) for d in range(10)]
 PREP = ImagePreprocessing(mode="L", height=8, width=8)
+# The search alone (early stopping on the validation split); the refit has its own tests.
 CONFIG = TrainConfig(
-    epochs=8, patience=3, learning_rate=5e-3, batch_size=16, val_fraction=0.2, seed=0
+    epochs=8,
+    patience=3,
+    learning_rate=5e-3,
+    batch_size=16,
+    val_fraction=0.2,
+    seed=0,
+    refit=False,
 )
 
 
@@ -110,6 +117,62 @@ def test_fit_ends_with_the_weights_of_its_best_validation_epoch(run: Run) -> Non
     assert all(torch.equal(final[k], best[k]) for k in final)
     assert any(not torch.equal(final[k], last[k]) for k in final)
     assert not run.model.training
+
+
+def _without_dropout(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def test_refit_trains_on_every_row_for_the_best_epoch_count(
+    digits: tuple[Arrays, Arrays],
+) -> None:
+    """The refit is the search's start trained again on training + validation rows for
+    best_epoch epochs at the search's learning rates: computed here by hand (full batch,
+    so the row order cannot matter) and compared weight by weight."""
+    train, _ = digits
+    config = TrainConfig(
+        epochs=6, patience=2, learning_rate=5e-3, batch_size=10_000, val_fraction=0.2, seed=0,
+        lr_schedule="cosine",
+    )  # fmt: skip
+    model = _without_dropout(_new_model(1))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    reports: list[EpochReport] = []
+    result = fit(model, train, config, on_epoch=reports.append)
+
+    search = [r for r in reports if r.phase == "fit"]
+    refit = [r for r in reports if r.phase == "refit"]
+    assert search == result.history and reports == search + refit
+    assert [r.epoch for r in refit] == list(range(1, result.best_epoch + 1))
+    # Each refit epoch ran at the learning rate its search epoch had (a cosine schedule).
+    assert [r.lr for r in refit] == [h.lr for h in result.history[: result.best_epoch]]
+    assert len({r.lr for r in refit}) == len(refit)
+    assert result.refit_rows == len(train)
+
+    by_hand = _without_dropout(_new_model(1))
+    by_hand.load_state_dict(start)
+    opt = torch.optim.Adam(by_hand.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    for h in result.history[: result.best_epoch]:
+        for g in opt.param_groups:
+            g["lr"] = h.lr
+        by_hand.train()
+        opt.zero_grad()
+        nn.functional.cross_entropy(by_hand(x), y).backward()
+        opt.step()
+    for (name, a), b in zip(model.state_dict().items(), by_hand.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_refit_run_repeats_exactly(digits: tuple[Arrays, Arrays]) -> None:
+    train, _ = digits
+    config = dataclasses.replace(CONFIG, refit=True, epochs=3)
+    a, b = _new_model(2), _new_model(2)
+    fit(a, train, config)
+    fit(b, train, config)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
 def test_early_stopping_stops_before_epochs_when_validation_stalls(

@@ -20,10 +20,12 @@ __all__ = [
     "answered_inputs",
     "answers_since",
     "first_seen",
+    "golden_answered",
     "golden_labels",
     "insert_feedback",
     "insert_predictions",
     "known_inputs",
+    "lone_answers",
     "model_votes",
     "predictions_by_id",
     "probes_used",
@@ -232,6 +234,64 @@ def answered_inputs(s: Session, hashes: set[str]) -> set[str]:
             .where(Prediction.input_hash.in_(hashes))
         )
     )
+
+
+def golden_answered(s: Session, user: str) -> int:
+    """How many golden probes ``user`` has answered."""
+    return int(
+        s.scalar(
+            select(func.count())
+            .select_from(Feedback)
+            .join(ReviewItem, ReviewItem.prediction_id == Feedback.prediction_id)
+            .where(Feedback.user_id == user, ReviewItem.golden_example_id.is_not(None))
+        )
+        or 0
+    )
+
+
+def lone_answers(s: Session, asker: str, window: int) -> list[str]:
+    """Inputs exactly one named user answered — someone other than ``asker`` — and that
+    are not imported examples, among the newest ``window`` answers: what a second
+    opinion can check. Spread over the users who gave them (round-robin, the users
+    with the fewest answers first), newest first within each user."""
+    recent = (
+        select(Feedback.user_id, Prediction.input_hash, Feedback.created_at)
+        .join(Prediction, Prediction.id == Feedback.prediction_id)
+        .where(Feedback.user_id.is_not(None))
+        .order_by(Feedback.created_at.desc(), Feedback.id)
+        .limit(window)
+    ).subquery()
+    lone = (
+        select(recent.c.input_hash)
+        .group_by(recent.c.input_hash)
+        .having(func.count(func.distinct(recent.c.user_id)) == 1)
+    )
+    imported = select(Example.input_hash).where(Example.origin != "feedback")
+    rows = s.execute(
+        select(recent.c.user_id, recent.c.input_hash)
+        .where(
+            recent.c.input_hash.in_(lone),
+            recent.c.user_id != asker,
+            recent.c.input_hash.not_in(imported),
+        )
+        .order_by(recent.c.created_at.desc(), recent.c.input_hash)
+    ).all()
+    by_user: dict[str, list[str]] = {}
+    for user, digest in rows:
+        if digest not in by_user.setdefault(str(user), []):
+            by_user[str(user)].append(digest)
+    mine = set(
+        s.scalars(
+            select(Prediction.input_hash)
+            .join(Feedback, Feedback.prediction_id == Prediction.id)
+            .where(Feedback.user_id == asker)
+        )
+    )
+    queues = [
+        [h for h in hs if h not in mine]
+        for _, hs in sorted(by_user.items(), key=lambda kv: (len(kv[1]), kv[0]))
+    ]
+    return [q[r] for r in range(max(map(len, queues), default=0)) for q in queues if r < len(q)]
 
 
 def probes_used(s: Session) -> int:

@@ -65,7 +65,7 @@ class Services:
             feedback=FeedbackService(ctx, identity),
             users=UserService(ctx, identity),
             predictions=PredictionLog(ctx, identity, door, registry.cache),
-            review=ReviewService(ctx, registry.cache),
+            review=ReviewService(ctx, registry.cache, identity),
             monitoring=MonitoringService(ctx),
             export=ExportService(ctx, registry, data),
             explanations=ExplainService(ctx, registry.cache),

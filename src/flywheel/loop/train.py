@@ -254,6 +254,8 @@ def _fit_metrics(result: FitResult, n_train: int, seconds: float) -> dict[str, A
             seconds / max(1, result.epochs_run - (result.resumed_from or 1) + 1), 4
         ),
         "resumed_from_epoch": result.resumed_from,
+        # The model kept was refit on training + validation rows for best_epoch epochs.
+        "refit_rows": result.refit_rows,
     }
 
 

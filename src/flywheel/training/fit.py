@@ -64,6 +64,10 @@ class TrainConfig:
     federated_clients: int = 0
     federated_rounds: int = 10
     local_epochs: int = 1
+    # Every labelled row counts: after early stopping has chosen the epoch count on the
+    # validation split, train again from the same start on training + validation rows
+    # for that many epochs, replaying the search's learning rates (non-private runs).
+    refit: bool = True
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("none", "cosine", "plateau"):
@@ -101,6 +105,7 @@ class EpochReport:
     val_loss: float
     val_metric: float  # accuracy (classification) or MSE (regression)
     lr: float
+    phase: str = "fit"  # "fit": the search with early stopping; "refit": on all rows (no val)
 
     @property
     def val_accuracy(self) -> float:
@@ -117,6 +122,7 @@ class FitResult:
     resumed_from: int | None = None
     privacy: PrivacyRecord | None = None  # what a private run spent
     federated: dict[str, Any] | None = None  # clients, rounds, rows per client
+    refit_rows: int | None = None  # rows of the refit (training + validation); None: none
 
     @property
     def best_val_accuracy(self) -> float:
@@ -228,7 +234,9 @@ def fit(
     resume: bool = False,
     users: np.ndarray | None = None,
 ) -> FitResult:
-    """Train ``model`` in place; it ends with the weights of its best validation epoch.
+    """Train ``model`` in place; it ends with the weights of its best validation epoch,
+    or, with ``config.refit`` (the default), with those of a second run from the same
+    start on training + validation rows for the best epoch's count.
 
     With ``checkpoint_dir`` the state after each epoch is saved there; ``resume``
     continues from it (same ``run_id``) as if the run had not been interrupted.
@@ -288,11 +296,57 @@ def fit(
             model, trainable, x, y, w, (xv, yv, wv), opt, gen, loss_fn, config,
             regression=regression, augment=augment, on_epoch=on_epoch, units=units,
         )  # fmt: skip
-    return _fit_epochs(
+    start = copy.deepcopy(model.state_dict()) if config.refit else None
+    result = _fit_epochs(
         model, trainable, (x, y, w), (xv, yv, wv), opt, gen, loss_fn, config,
         regression=regression, augment=augment, on_epoch=on_epoch,
         checkpoint_dir=checkpoint_dir, run_id=run_id, resume=resume,
     )  # fmt: skip
+    if start is not None:
+        both = (
+            torch.cat([x, xv]),
+            torch.cat([y, yv]),
+            None if w is None and wv is None else torch.cat([_ones(w, y), _ones(wv, yv)]),
+        )
+        _refit(model, trainable, start, both, result, loss_fn, config, augment, on_epoch)
+    return result
+
+
+def _ones(w: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    return torch.ones(len(y)) if w is None else w
+
+
+def _refit(
+    model: nn.Module,
+    trainable: nn.Module,
+    start: dict[str, Any],
+    rows: Rows,
+    result: FitResult,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
+    config: TrainConfig,
+    augment: Augment | None,
+    on_epoch: Callable[[EpochReport], None] | None,
+) -> None:
+    """From the search's starting weights, ``result.best_epoch`` epochs on all ``rows``
+    (training + validation), each at the learning rate the search used in that epoch;
+    the model ends with the last epoch's weights (nothing is left to choose them on)."""
+    model.load_state_dict(start)
+    gen = seed_everything(config.seed)
+    opt = torch.optim.Adam(
+        [p for p in trainable.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+    )
+    epochs = result.best_epoch
+    for e in range(1, epochs + 1):
+        lr = result.history[e - 1].lr
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = _epoch(trainable, rows, opt, gen, loss_fn, augment, config.batch_size)
+        if on_epoch is not None:
+            on_epoch(EpochReport(e, epochs, loss, math.nan, math.nan, lr, phase="refit"))
+    model.eval()
+    result.refit_rows = len(rows[1])
 
 
 Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -543,6 +597,7 @@ def _fit_federated(
             dp_epsilon=None,
             dp_noise_multiplier=None,
             val_fraction=min(cfg.val_fraction, 0.05),
+            refit=False,
         )
         fit(m, rows, local, regression=regression, augment=augment)
 
