@@ -51,6 +51,8 @@ PLACES = (
     ("flywheel.privacy.forget", "repos"),
     ("flywheel.privacy.ledger", "repos"),
     ("flywheel.privacy.pseudonym", "repos"),
+    ("flywheel.drift", "cores"),
+    ("flywheel.drift.*", "cores"),
     ("flywheel.evaluation", "cores"),
     ("flywheel.evaluation.*", "cores"),
     ("flywheel.feedback", "cores"),

@@ -25,7 +25,7 @@ SURFACE = {
     "pseudonym", "serving_model", "stored_input",
     # feedback, users, explanations, monitoring
     "record_feedback", "record_feedback_many", "review_queue", "users", "update_trust",
-    "quarantine", "release", "explain", "explanation_png", "stats",
+    "quarantine", "release", "explain", "explanation_png", "stats", "monitoring",
     # the registry
     "models", "version_info", "production_version", "promote", "rollback",
     # privacy and user rights

@@ -571,6 +571,55 @@ def jobs(
 
 
 @app.command()
+def monitor(
+    project: ProjectOpt = Path("."),
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the newest.")] = 20,
+    update: Annotated[
+        bool, typer.Option(help="Close the windows due first (a server's ticker does it).")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drift and accuracy per window of production's calls: each drift test's score
+    against its calibrated threshold, the alarm, the label-free accuracy estimate and the
+    accuracy the window's answers show so far."""
+    m = _open(project).monitoring(limit, update=update)
+    if as_json:
+        _print_json(m)
+        return
+    t = Table(title=f"monitoring: windows of {m['window']} calls, alpha {m['alpha']:g}")
+    for col in ("#", "model", "calls", "closed", "test: score / threshold", "alarm", "est.",
+                "observed (n)"):  # fmt: skip
+        t.add_column(col, overflow="fold")
+    short = {"input_mmd": "inputs", "label_tv": "labels", "confidence_ks": "confidence",
+             "value_ks": "values"}  # fmt: skip
+    for w in m["windows"]:
+        tests = (
+            w["unavailable"] or "-"
+            if not w["scores"]
+            else "\n".join(
+                f"{short.get(k, k)} {v:.3g}/{w['thresholds'][k]:.3g}"
+                for k, v in w["scores"].items()
+            )
+        )
+        est, obs = w["estimated_accuracy"], w["observed_accuracy"]
+        t.add_row(
+            str(w["window"]),
+            f"v{w['model_version']}",
+            str(w["calls"]),
+            w["last_at"][5:16].replace("T", " "),
+            tests,
+            "[red]yes[/]" if w["alarm"] else "no",
+            "-" if est is None else f"{est:.3f}",
+            "-" if obs is None else f"{obs:.3f} ({w['answered']})",
+        )
+    out.print(t)
+    if not m["windows"]:
+        out.print(f"no window yet: one closes after {m['window']} calls of the production model")
+    if m["reference"] and m["reference"]["unavailable"]:
+        out.print(m["reference"]["unavailable"])
+
+
+@app.command()
 def webhooks(
     project: ProjectOpt = Path("."),
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many of the newest.")] = 20,

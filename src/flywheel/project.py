@@ -261,6 +261,10 @@ class Project:
         """Call frequency per version, label and minute; feedback; accuracy per version."""
         return self.services.monitoring.stats(minutes=minutes)
 
+    def monitoring(self, limit: int = 100, *, update: bool = False) -> dict[str, Any]:
+        """Drift windows, oldest first (``update``: close the windows due first)."""
+        return self.services.drift.windows(limit, update=update)
+
     # -- the registry ---------------------------------------------------------------------
 
     def models(self) -> list[VersionInfo]:

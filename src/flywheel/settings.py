@@ -61,6 +61,7 @@ EVENTS = (
     "model.promoted",
     "model.rolled_back",
     "user.forgotten",
+    "drift.alarm",
 )
 
 
@@ -208,6 +209,42 @@ class Settings(BaseSettings):
         default=300.0,
         ge=0,
         description="No retrain starts by itself within this long of the last one.",
+    )
+    retrain_on_drift: bool = Field(
+        default=False,
+        description="A server retrains by itself after a drift alarm, once "
+        "drift_min_feedback new answers have arrived since the last retrain.",
+    )
+    drift_min_feedback: int = Field(
+        default=20,
+        ge=1,
+        description="New answers a drift-triggered retrain waits for (it learns from them).",
+    )
+    drift_window: int = Field(
+        default=200,
+        ge=20,
+        le=100_000,
+        description="Calls of the production model per monitoring window (drift is judged "
+        "per window, never on one call).",
+    )
+    drift_window_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Also close a window this long after its first call, if it has at least "
+        "drift_min_window calls (None: windows close on drift_window calls only).",
+    )
+    drift_min_window: int = Field(
+        default=50,
+        ge=10,
+        description="The fewest calls a window closed on time is judged on.",
+    )
+    drift_alpha: float = Field(
+        default=0.01,
+        gt=0.0,
+        lt=0.5,
+        description="False alarms allowed per window on a stream without a shift: each of "
+        "the window's tests alarms above its (1 - drift_alpha / tests) quantile on "
+        "reference windows drawn from the project's rows.",
     )
     policy_check_s: float = Field(
         default=5.0,
@@ -477,6 +514,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"job_lease_s ({self.job_lease_s:g}) must be more than twice policy_check_s "
                 f"({self.policy_check_s:g}): a running retrain renews its lease every check"
+            )
+        if self.drift_min_window > self.drift_window:
+            raise ValueError(
+                f"drift_min_window ({self.drift_min_window}) must be at most drift_window "
+                f"({self.drift_window})"
             )
         return self
 

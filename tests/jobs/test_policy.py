@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from flywheel.jobs.policy import Policy, PolicyState, due
@@ -51,3 +52,25 @@ def test_nothing_starts_while_a_retrain_is_queued_or_running_anywhere() -> None:
     trigger, view = due(policy, state(100, 10_000, busy=True))
     assert trigger is None and view["busy"] is True
     assert view["why"] == "a retrain is queued or running"
+
+
+def test_a_drift_alarm_fires_once_enough_answers_arrived_and_respects_the_cooldown() -> None:
+    policy = Policy(on_drift=True, drift_min_feedback=20, cooldown_s=600)
+    assert policy.on
+
+    def drifted(new: int, last_s_ago: float | None, alarms: int) -> PolicyState:
+        return dataclasses.replace(state(new, last_s_ago), drift_alarms=alarms)
+
+    assert due(policy, drifted(500, 3600, 0))[0] is None  # no alarm: answers alone do not
+    trigger, view = due(policy, drifted(19, 3600, 2))
+    assert (
+        trigger is None and view["why"] == "a drift alarm; waiting for 20 new answers (19 so far)"
+    )
+    trigger, view = due(policy, drifted(20, 3600, 2))
+    assert trigger == "drift" and view["drift_alarms"] == 2
+    assert (
+        view["why"]
+        == "2 drift alarm(s) since the last retrain, 20 new answers (drift_min_feedback 20)"
+    )
+    assert due(policy, drifted(20, 599, 2))[0] is None  # cooling down
+    assert due(Policy(drift_min_feedback=1), drifted(100, 3600, 3))[0] is None  # off

@@ -375,9 +375,13 @@ def test_retrain_job_uses_feedback_and_reports_the_gate(
     assert res["champion_version"] == 1
     assert isinstance(res["promoted"], bool)
     assert "McNemar p=" in res["reason"]
-    # The job's log has one line per epoch the retrain ran.
-    epochs = project.version_info(2).metrics["epochs_run"]
-    assert len(job["log"]) == epochs and job["log"][0].startswith("epoch 1/")
+    # The job's log has one line per epoch the search ran, then one per refit epoch.
+    metrics = project.version_info(2).metrics
+    epochs, best = metrics["epochs_run"], metrics["best_epoch"]
+    assert len(job["log"]) == epochs + best and job["log"][0].startswith("epoch 1/")
+    assert all(
+        line.startswith(f"refit {i + 1}/{best} ") for i, line in enumerate(job["log"][epochs:])
+    )
     versions = {m["version"]: m for m in client.get("/v1/models", headers=admin).json()}
     assert versions[2]["parent"] == 1
     assert versions[2]["dataset_version"] == 2

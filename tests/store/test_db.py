@@ -32,6 +32,7 @@ TABLES = {
     "review_items",
     "jobs",
     "webhook_deliveries",
+    "drift_windows",
     "leases",
     "model_aliases",
     "model_versions",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flywheel.context import Context
+from flywheel.drift import repo as drift_repo
 from flywheel.errors import FlywheelError, NotFoundError
 from flywheel.events import repo as events
 from flywheel.feedback import repo as feedback_repo
@@ -136,7 +137,10 @@ class JobService:
     def policy(self) -> tuple[str | None, dict[str, Any]]:
         """The retrain policy's state, and the trigger due now (None: none)."""
         st = self.ctx.settings
-        policy = Policy(st.retrain_min_feedback, st.retrain_interval_s, st.retrain_cooldown_s)
+        policy = Policy(
+            st.retrain_min_feedback, st.retrain_interval_s, st.retrain_cooldown_s,
+            st.retrain_on_drift, st.drift_min_feedback,
+        )  # fmt: skip
         with self.ctx.db.session() as s:
             last = repo.last_created(s)
             state = PolicyState(
@@ -144,5 +148,6 @@ class JobService:
                 last_retrain_at=last,
                 busy=repo.unfinished(s) > 0,
                 now=utcnow(),
+                drift_alarms=drift_repo.alarms_since(s, last),
             )
         return due(policy, state)

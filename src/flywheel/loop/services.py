@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from flywheel.context import Context
 from flywheel.data.service import DatasetService
+from flywheel.drift.service import DriftService
 from flywheel.evaluation.service import MonitoringService
 from flywheel.events.service import EventService
 from flywheel.explain.service import ExplainService
@@ -43,6 +44,7 @@ class Services:
     predictions: PredictionLog
     review: ReviewService
     monitoring: MonitoringService
+    drift: DriftService
     export: ExportService
     explanations: ExplainService
     keys: KeyService
@@ -67,6 +69,7 @@ class Services:
             predictions=PredictionLog(ctx, identity, door, registry.cache),
             review=ReviewService(ctx, registry.cache, identity),
             monitoring=MonitoringService(ctx),
+            drift=DriftService(ctx, registry, data),
             export=ExportService(ctx, registry, data),
             explanations=ExplainService(ctx, registry.cache),
             keys=KeyService(ctx),

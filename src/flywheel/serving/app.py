@@ -212,6 +212,7 @@ def create_app(
         predictor = Predictor(project, metrics, backend=backend)
         app.state.predictor = predictor
         app.state.runner.after_work = predictor.refresh
+        app.state.runner.on_windows = metrics.windows
         app.state.runner.start()  # marks failed what a dead process left; the policy
         sender = WebhookSender(project)
         sender.start()

@@ -25,11 +25,13 @@ from flywheel.errors import RegistryError
 from flywheel.project import Project
 from flywheel.training import EpochReport
 
-__all__ = ["RETRAIN_LEASE", "JobRunner"]
+__all__ = ["DRIFT_LEASE", "RETRAIN_LEASE", "JobRunner"]
 
 log = logging.getLogger("flywheel.serving")
 
 RETRAIN_LEASE = "retrain"
+#: one process at a time closes monitoring windows
+DRIFT_LEASE = "drift"
 
 
 class JobRunner:
@@ -45,6 +47,8 @@ class JobRunner:
         #: swaps to a newly promoted version there, so requests sent after the job
         #: reports success are answered by the new production)
         self.after_work: Callable[[], object] | None = None
+        #: called with the newest monitoring windows after each tick (the metrics)
+        self.on_windows: Callable[[dict[str, Any]], object] | None = None
         st = project.settings
         self.lease_s = st.job_lease_s
         self.check_s = st.policy_check_s
@@ -73,6 +77,10 @@ class JobRunner:
         if self._holding:
             self.project.lease(RETRAIN_LEASE, self.owner, self.lease_s)
         self.project.fail_interrupted_jobs(stale_s=3 * self.lease_s)
+        try:
+            self.monitor()
+        except Exception:  # monitoring must never stop the policy (or the heartbeats)
+            log.exception("the monitoring windows could not be updated")
         trigger, _ = self.project.retrain_policy()
         if trigger is None or self._waiting is not None or self._holding:
             return None
@@ -84,6 +92,26 @@ class JobRunner:
             return None
         log.info("the retrain policy starts a retrain (%s)", trigger)
         return self.submit_retrain({}, trigger=trigger)
+
+    def monitor(self) -> list[int]:
+        """Close the monitoring windows due (one process at a time, under the drift
+        lease), log alarms; the windows closed."""
+        closing = self.project.lease(DRIFT_LEASE, self.owner, self.lease_s)
+        try:
+            m = self.project.monitoring(limit=5, update=closing)
+        finally:
+            if closing:
+                self.project.release_lease(DRIFT_LEASE, self.owner)
+        for w in m["windows"]:
+            if w["window"] in m["closed"] and w["alarm"]:
+                log.warning(
+                    "drift alarm: window %d of v%d (%d calls), scores %s above %s",
+                    w["window"], w["model_version"], w["calls"], w["scores"], w["thresholds"],
+                )  # fmt: skip
+        if self.on_windows is not None:
+            self.on_windows(m)
+        closed: list[int] = m["closed"]
+        return closed
 
     def _leased(self, job_id: str, work: Callable[[], dict[str, Any]]) -> None:
         """Run the job once this process holds the retrain lease (queued until then)."""

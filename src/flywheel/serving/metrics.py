@@ -75,6 +75,46 @@ class Metrics:
             "The model version in production as this process serves it.",
             registry=self.registry,
         )
+        self.drift_test = Gauge(
+            "flywheel_drift_score",
+            "The newest monitoring window's drift test statistics, by test (input_mmd, "
+            "label_tv, confidence_ks, value_ks).",
+            ["test"],
+            registry=self.registry,
+        )
+        self.drift_threshold = Gauge(
+            "flywheel_drift_threshold",
+            "Each drift test's calibrated alarm threshold for the newest window.",
+            ["test"],
+            registry=self.registry,
+        )
+        self.drift_alarm = Gauge(
+            "flywheel_drift_alarm",
+            "1 when the newest monitoring window alarmed, else 0.",
+            registry=self.registry,
+        )
+        self.accuracy = Gauge(
+            "flywheel_window_accuracy",
+            "The newest window's accuracy: 'estimated' (label-free, calibrated confidence) "
+            "and 'observed' (from the answers its calls got so far).",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def windows(self, monitoring: dict[str, Any]) -> None:
+        """Show the newest monitoring window (``Project.monitoring``)."""
+        windows = monitoring["windows"]
+        if not windows:
+            return
+        w = windows[-1]
+        for test, score in (w["scores"] or {}).items():
+            self.drift_test.labels(test).set(score)
+            self.drift_threshold.labels(test).set(w["thresholds"][test])
+        self.drift_alarm.set(1.0 if w["alarm"] else 0.0)
+        for kind in ("estimated", "observed"):
+            value = w[f"{kind}_accuracy"]
+            if value is not None:
+                self.accuracy.labels(kind).set(value)
 
 
 class MetricsMiddleware:

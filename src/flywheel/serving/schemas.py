@@ -372,6 +372,48 @@ class StatsPublic(BaseModel):
     versions: list[VersionStats]
 
 
+class DriftWindowPublic(BaseModel):
+    """One closed window of production calls."""
+
+    window: int
+    model_version: int
+    calls: int
+    first_at: str
+    last_at: str
+    scores: dict[str, float] | None = Field(
+        description="Each drift test's statistic (None: no test, see unavailable)."
+    )
+    thresholds: dict[str, float] | None = Field(
+        description="Each test's alarm threshold, calibrated on reference windows."
+    )
+    p_values: dict[str, float] | None = Field(
+        description="Each test's calibrated p-value: the share of reference windows as far."
+    )
+    drift_score: float | None = Field(description="The largest score / threshold (> 1: alarm).")
+    alarm: bool
+    unavailable: str | None = Field(description="Why the window has no drift test, if not.")
+    estimated_accuracy: float | None = Field(
+        description="Label-free: the mean temperature-scaled confidence of its calls."
+    )
+    observed_accuracy: float | None = Field(
+        description="From the answers its calls got outside the review queue so far."
+    )
+    answered: int
+    estimate_error: float | None = Field(description="estimated - observed accuracy.")
+
+
+class MonitoringPublic(BaseModel):
+    window: int = Field(description="drift_window: calls per window.")
+    window_s: float | None
+    alpha: float = Field(description="drift_alpha: false alarms allowed per window.")
+    min_reference: int = Field(description="Untrained rows a drift test needs.")
+    reference: dict[str, Any] | None = Field(
+        description="What production's windows are compared with (once this process built it)."
+    )
+    closed: list[int]
+    windows: list[DriftWindowPublic]
+
+
 class ExplanationItem(BaseModel):
     name: str
     score: float

@@ -94,6 +94,7 @@ TABLE: dict[tuple[str, str], Rule] = {
     # aggregates
     ("GET", "/v1/models"): Rule(ANY),
     ("GET", "/v1/stats"): Rule(ANY),
+    ("GET", "/v1/monitoring"): Rule(ANY),
     ("GET", "/metrics"): Rule(ANY),
     # changes, jobs, users (their ids, trust and privacy ledger)
     ("POST", "/v1/models/{version}/promote"): Rule("admin"),

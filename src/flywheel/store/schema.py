@@ -288,6 +288,30 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
 
 
+class DriftWindow(Base):
+    """One closed window of production calls: its drift tests against the reference,
+    the label-free accuracy estimate, and the accuracy its answers showed since."""
+
+    __tablename__ = "drift_windows"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_version: Mapped[int] = mapped_column(
+        Integer, ForeignKey("model_versions.version"), index=True
+    )
+    calls: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[datetime] = mapped_column(TS)
+    last_at: Mapped[datetime] = mapped_column(TS)
+    #: the window's first and last calls (windows follow (created_at, id) order)
+    first_id: Mapped[str] = mapped_column(String(36))
+    last_id: Mapped[str] = mapped_column(String(36))
+    #: scores, thresholds, calibrated p-values, the reference it was compared with
+    tests: Mapped[dict[str, Any]] = mapped_column(JSON)
+    alarm: Mapped[bool] = mapped_column(Boolean)
+    estimated_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    observed_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    answered: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
 class WebhookDelivery(Base):
     """One event for one webhook: pending until delivered (2xx) or given up on."""
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flywheel.serving.deps import MetricsDep, ProjectDep
-from flywheel.serving.schemas import KEYED, Health, StatsPublic, json_body
+from flywheel.serving.schemas import KEYED, Health, MonitoringPublic, StatsPublic, json_body
 
 __all__ = ["router"]
 
@@ -25,6 +25,18 @@ def read_stats(
 ) -> JSONResponse:
     """Call frequency per model version, label and minute; feedback counts; accuracy per version."""
     return json_body(project.stats(minutes=minutes))
+
+
+@router.get("/v1/monitoring", response_model=MonitoringPublic, responses=KEYED)
+def read_monitoring(
+    project: ProjectDep,
+    limit: int = Query(100, ge=1, le=10_000, description="The newest windows to list."),
+) -> JSONResponse:
+    """Production's calls in windows of `drift_window`: each window's drift tests against
+    the project's untrained rows (scores, calibrated thresholds, `alarm`) and its
+    label-free accuracy estimate beside the accuracy its answers show so far. Windows
+    are closed by the server's ticker (every `policy_check_s`)."""
+    return json_body(project.monitoring(limit))
 
 
 @router.get("/healthz", response_model=Health)

@@ -233,6 +233,7 @@ def overview(request: Request, minutes: int = 24 * 60) -> Response:
             "y": metrics["labels"],
             "z": metrics["confusion_matrix"],
         }
+    charts |= _monitoring_charts(project.monitoring(60))
     fb = stats["feedback"]
     judged = fb["agreed"] + fb["disagreed"]
     return _page(
@@ -242,6 +243,38 @@ def overview(request: Request, minutes: int = 24 * 60) -> Response:
         stats=stats,
         agreement=None if judged == 0 else fb["agreed"] / judged,
     )
+
+
+def _monitoring_charts(m: dict[str, Any]) -> dict[str, Any]:
+    """Drift score against its threshold, and estimated against observed accuracy, per
+    monitoring window (none before the first window closes)."""
+    windows = m["windows"]
+    if not windows:
+        return {}
+    xs = [f"#{w['window']} {w['last_at'][5:16].replace('T', ' ')}" for w in windows]
+    scores = [w["drift_score"] for w in windows]
+    top = max([2.0, *(s for s in scores if s is not None)])
+    return {
+        "drift": {
+            "kind": "line",
+            "title": f"drift per window of {m['window']} calls: the largest test score over "
+            "its threshold (an alarm above the dashed line)",
+            "x": xs,
+            "y": scores,
+            "ymax": top,
+            "rule": 1.0,
+            "names": ["drift score / threshold", ""],
+        },
+        "window_accuracy": {
+            "kind": "line",
+            "title": "accuracy per window: estimated without labels (blue), observed from the "
+            "answers so far (orange)",
+            "x": xs,
+            "y": [w["estimated_accuracy"] for w in windows],
+            "series2": [w["observed_accuracy"] for w in windows],
+            "names": ["estimated", "observed"],
+        },
+    }
 
 
 @router.get("/ui/models")

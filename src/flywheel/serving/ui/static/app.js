@@ -51,14 +51,21 @@ function bar(svg, c) {
 }
 
 function line(svg, c) {
+  // c.y (blue) and c.series2 (orange) on [0, c.ymax || 1]; c.rule: a dashed level line.
   const n = c.y.length, iw = W - PAD.l - PAD.r, ih = H - PAD.t - PAD.b, step = iw / Math.max(1, n);
-  frame(svg, 1, 4);
-  const series = [[c.y, "mark point", "held-out"], [c.series2 || [], "mark2 point live", "live (feedback)"]];
+  const top = c.ymax || 1;
+  frame(svg, top, 4);
+  const names = c.names || ["held-out", "live (feedback)"];
+  if (c.rule !== undefined) {
+    const ry = PAD.t + ih - (ih * c.rule) / top;
+    el("line", { x1: PAD.l, x2: W - PAD.r, y1: ry, y2: ry, class: "rule" }, svg);
+  }
+  const series = [[c.y, "mark point", names[0]], [c.series2 || [], "mark2 point live", names[1]]];
   for (const [ys, cls, name] of series) {
     const pts = [];
     ys.forEach((y, i) => {
       if (y === null || y === undefined) return;
-      const px = PAD.l + step * (i + 0.5), py = PAD.t + ih - ih * y;
+      const px = PAD.l + step * (i + 0.5), py = PAD.t + ih - (ih * Math.min(y, top)) / top;
       pts.push(`${px},${py}`);
       const p = el("circle", { cx: px, cy: py, r: 4, class: cls, "data-x": c.x[i], "data-y": y }, svg);
       el("title", {}, p).textContent = `${name} ${c.x[i]}: ${Number(y).toFixed(4)}`;
