@@ -72,6 +72,7 @@ def _requests(pid: str) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
         ("GET", "/v1/explain/{prediction_id}.png"): ("/v1/explain/nope.png", {}),
         ("GET", "/v1/models"): ("/v1/models", {}),
         ("GET", "/v1/stats"): ("/v1/stats", {}),
+        ("GET", "/v1/monitoring"): ("/v1/monitoring", {}),
         ("GET", "/metrics"): ("/metrics", {}),
         ("POST", "/v1/models/{version}/promote"): ("/v1/models/99/promote", {}),
         ("POST", "/v1/rollback"): ("/v1/rollback", {}),
