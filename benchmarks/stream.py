@@ -110,6 +110,7 @@ def run_arm(arm: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
                 "accuracy": float(np.mean([p == t for _, p, t in calls])),
                 "alarm": w["alarm"], "drift_score": w["drift_score"],
                 "estimated": w["estimated_accuracy"], "observed": w["observed_accuracy"],
+                "atc": (w["estimates"] or {}).get("atc"),
                 "answered": w["answered"],
             }
         )  # fmt: skip
@@ -147,6 +148,7 @@ def summarise(
     first_alarm = next((w["window"] for w in post if w["alarm"]), None)
     err_obs = [abs(w["estimated"] - w["observed"]) for w in pre if w["observed"] is not None]
     err_true = [abs(w["estimated"] - w["accuracy"]) for w in pre]
+    atc_true = [abs(w["atc"] - w["accuracy"]) for w in pre if w["atc"] is not None]
     return {
         "arm": arm,
         "accuracy": float(np.mean([w["accuracy"] for w in windows])),
@@ -160,6 +162,7 @@ def summarise(
         "false_alarms_before_shift": sum(w["alarm"] for w in pre),
         "estimate_mae_vs_observed": float(np.mean(err_obs)) if err_obs else None,
         "estimate_mae_vs_true": float(np.mean(err_true)),
+        "atc_mae_vs_true": float(np.mean(atc_true)) if atc_true else None,
         "windows": windows,
         "retrain_log": retrains,
     }
@@ -173,7 +176,7 @@ def control(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed + 2)
     project = new_project(root / "control", order, args)
     pool = order[600:]
-    alarms, errors = [], []
+    alarms, errors, atc_errors = [], [], []
     for _ in range(args.control):
         truth_right = []
         for i in rng.choice(pool, size=args.window, replace=True):
@@ -182,12 +185,15 @@ def control(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         (w,) = project.monitoring(1, update=True)["windows"]
         alarms.append(bool(w["alarm"]))
         errors.append(abs(w["estimated_accuracy"] - float(np.mean(truth_right))))
+        if (w["estimates"] or {}).get("atc") is not None:
+            atc_errors.append(abs(w["estimates"]["atc"] - float(np.mean(truth_right))))
     project.close()
     return {
         "windows": args.control,
         "alarms": int(sum(alarms)),
         "alarms_per_100_windows": 100 * sum(alarms) / args.control,
         "estimate_mae_vs_true": float(np.mean(errors)),
+        "atc_mae_vs_true": float(np.mean(atc_errors)) if atc_errors else None,
     }
 
 
@@ -206,22 +212,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="flywheel-stream-") as tmp:
         arms = [run_arm(a, Path(tmp), args) for a in args.arms.split(",")]
         ctrl = control(Path(tmp), args) if args.control else None
-    print(f"{'arm':<10} {'acc':>6} {'before':>7} {'after':>6} {'retrains':>8} "
-          f"{'/1k ans':>7} {'to alarm':>8} {'MAE obs':>8} {'MAE true':>8}")  # fmt: skip
+    head = ("arm", "acc", "before", "after", "retrains", "/1k ans", "to alarm", "MAE obs",
+            "MAE true", "ATC true")  # fmt: skip
+    print(f"{head[0]:<10} " + " ".join(f"{h:>8}" for h in head[1:]))
     for a in arms:
         mae_obs = a["estimate_mae_vs_observed"]
         print(
-            f"{a['arm']:<10} {a['accuracy']:>6.3f} {a['accuracy_before']:>7.3f} "
-            f"{a['accuracy_after']:>6.3f} {a['retrains']:>4} ({a['promoted']}) "
+            f"{a['arm']:<10} {a['accuracy']:>8.3f} {a['accuracy_before']:>8.3f} "
+            f"{a['accuracy_after']:>8.3f} {a['retrains']:>4} ({a['promoted']}) "
             f"{a['retrains_per_1000_answers']:>7.2f} {a['windows_to_alarm']!s:>8} "
             f"{'-' if mae_obs is None else f'{mae_obs:.3f}':>8} "
-            f"{a['estimate_mae_vs_true']:>8.3f}"
+            f"{a['estimate_mae_vs_true']:>8.3f} {a['atc_mae_vs_true'] or float('nan'):>8.3f}"
         )
     if ctrl:
         print(
             f"control: {ctrl['alarms']} alarms in {ctrl['windows']} windows without a shift "
             f"({ctrl['alarms_per_100_windows']:.1f} per 100); label-free estimate MAE "
-            f"{ctrl['estimate_mae_vs_true']:.3f} against the windows' true accuracy"
+            f"{ctrl['estimate_mae_vs_true']:.3f} (ATC "
+            f"{ctrl['atc_mae_vs_true'] or float('nan'):.3f}) against the windows' true accuracy"
         )
     print(f"{time.perf_counter() - started:.0f} s")
     if args.json:

@@ -352,6 +352,13 @@ def train(
     warm_start: Annotated[
         bool | None, typer.Option("--warm-start/--cold-start", help="Start from production.")
     ] = None,
+    refit: Annotated[
+        bool | None,
+        typer.Option(
+            "--refit/--no-refit",
+            help="Train again on training + validation rows for the best epoch count.",
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Finish an interrupted run from its last checkpoint.")
     ] = False,
@@ -396,6 +403,7 @@ def train(
         image_size=image_size,
         seed=seed,
         warm_start=warm_start,
+        refit=refit,
         dp_epsilon=dp_epsilon,
         dp_delta=dp_delta,
         dp_max_grad_norm=dp_max_grad_norm,

@@ -461,6 +461,11 @@ class Settings(BaseSettings):
     )
     lr_schedule: str = Field(default="none", pattern="^(none|cosine|plateau)$")
     augment: bool = Field(default=False, description="Augment training batches (images, audio).")
+    refit: bool = Field(
+        default=True,
+        description="After early stopping has chosen the epoch count, train again on training "
+        "+ validation rows for that many epochs (not for private or federated runs).",
+    )
     image_size: int | None = Field(
         default=None, ge=4, le=1024, description="Images: side to resize to; default: the arch's."
     )

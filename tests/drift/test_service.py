@@ -182,7 +182,7 @@ def test_without_enough_untrained_rows_a_window_says_why_and_still_estimates(
         m = project.monitoring(update=True)
         (w,) = m["windows"]
         assert w["alarm"] is False and w["scores"] is None
-        assert "60 reference rows" in w["unavailable"] and "needs at least 120" in w["unavailable"]
+        assert "60 reference rows" in w["unavailable"] and "needs at least 100" in w["unavailable"]
         assert 0 < w["estimated_accuracy"] <= 1
     finally:
         project.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,11 +199,24 @@ def test_train_config_json_round_trip() -> None:
         val_fraction=0.3,
         seed=42,
         warm_start=False,
+        refit=False,
     )
     data = config.to_json()
     assert set(data) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert TrainConfig(**json.loads(json.dumps(data))) == config
     assert TrainConfig(**TrainConfig().to_json()) == TrainConfig()
+    # A version recorded before the refit existed reads back with today's default.
+    older = {k: v for k, v in data.items() if k != "refit"}
+    assert TrainConfig.from_json(older).refit is True
+
+
+def test_the_refit_setting_and_option_reach_the_config(tmp_path: Path) -> None:
+    from flywheel.settings import Settings
+    from flywheel.training import train_config
+
+    assert train_config(Settings.load(tmp_path)).refit is True
+    assert train_config(Settings.load(tmp_path, refit=False)).refit is False
+    assert train_config(Settings.load(tmp_path), refit=False).refit is False
 
 
 def test_row_weights_let_training_ignore_rows() -> None:

@@ -163,6 +163,7 @@ class DriftService:
             else:
                 conf = scaled_confidence(probs, base.temperature or 1.0)
                 result = base.drift.score(emb, probs.argmax(1), conf)
+                tests["estimates"] = {"confidence": estimated, "atc": base.drift.atc(conf)}
             alarm = result.alarm
             tests |= {
                 "scores": result.scores,
@@ -257,6 +258,7 @@ def window_json(w: DriftWindow) -> dict[str, Any]:
         "alarm": w.alarm,
         "unavailable": tests.get("unavailable") or tests.get("reference", {}).get("unavailable"),
         "estimated_accuracy": w.estimated_accuracy,
+        "estimates": tests.get("estimates"),
         "observed_accuracy": w.observed_accuracy,
         "answered": w.answered,
         "estimate_error": None,

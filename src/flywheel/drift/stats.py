@@ -13,13 +13,16 @@ them. Three tests per window (two for regression):
 * ``confidence_ks`` / ``value_ks`` — the Kolmogorov-Smirnov statistic between the
   window's and the reference's confidences (classification) or predicted values.
 
-Raw p-values over-alarm (every window is compared with the same reference rows, and
-a window of a stream is not a random sample of the reference). So each test's
-threshold is *calibrated*: the reference is split at random, many times, into a
-pseudo-window of the window's size and a pseudo-reference of the live reference's
-size, and the threshold is the (1 - alpha / tests) quantile of the statistic over
-those splits; a window alarms when any test passes its threshold, which keeps false
-alarms at about alpha per window on a stream without a shift (Bonferroni over tests).
+Raw p-values over-alarm: an asymptotic KS or chi-square p-value is wrong for
+ties, small windows and kernel statistics, and three tests per window at alpha
+each alarm about three times as often. So each test is calibrated by permutation:
+the window's rows and the reference rows are pooled and split at random ``rounds``
+(1,000) times into a pseudo-window and a pseudo-reference of the same sizes; the
+threshold is the (1 - alpha / tests) quantile of the statistic over those splits.
+Under no shift (the window and the reference drawn from one distribution) the split
+that came is one more random split, so each test alarms with probability at most
+alpha / tests, whatever the reference rows happen to be, and a window alarms (any
+test past its threshold) at most alpha of the time (Bonferroni over tests).
 
 The label-free accuracy estimate of a window is the mean calibrated confidence: the
 stored probabilities, temperature-scaled with a temperature fitted (by likelihood) on
@@ -29,7 +32,7 @@ the reference rows' true labels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -113,14 +116,13 @@ class WindowScores:
 
 @dataclass
 class Reference:
-    """The reference rows as the model sees them, and the calibrations made so far."""
+    """The reference rows as the model sees them."""
 
-    emb: np.ndarray  # standardised embeddings of all reference rows (m, d)
+    emb: np.ndarray  # standardised embeddings of the reference rows (m, d)
     mean: np.ndarray
     std: np.ndarray
     bandwidth: float
     kernel: np.ndarray  # (m, m) Gaussian kernel between reference rows
-    fixed: np.ndarray  # indices of the rows live windows are compared with
     predicted: np.ndarray | None  # predicted label index per row (classification)
     outputs: np.ndarray  # confidence per row (classification) or predicted value
     n_labels: int
@@ -128,9 +130,15 @@ class Reference:
     alpha: float
     rounds: int
     seed: int
-    _thresholds: dict[int, tuple[dict[str, float], dict[str, np.ndarray]]] = field(
-        default_factory=dict
-    )
+    #: average thresholded confidence: the confidence above which the reference's share
+    #: of rows equals its accuracy (None: regression, or no labels)
+    atc_threshold: float | None = None
+
+    def atc(self, confidences: np.ndarray) -> float | None:
+        """The ATC estimate of a window's accuracy: its share of rows past the threshold."""
+        if self.atc_threshold is None or not len(confidences):
+            return None
+        return float(np.mean(np.asarray(confidences) > self.atc_threshold))
 
     @property
     def regression(self) -> bool:
@@ -142,83 +150,53 @@ class Reference:
             "input_mmd", "label_tv", "confidence_ks",
         )  # fmt: skip
 
-    def _standardise(self, emb: np.ndarray) -> np.ndarray:
-        return (np.asarray(emb, np.float64) - self.mean) / self.std
-
     def _k(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = torch.cdist(torch.from_numpy(a), torch.from_numpy(b)).numpy() ** 2
         return np.asarray(np.exp(-d2 / (2.0 * self.bandwidth**2)))
 
-    def calibration(self, n: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """Thresholds for windows of ``n`` calls, and the statistics they came from."""
-        if n not in self._thresholds:
-            self._thresholds[n] = self._calibrate(n)
-        return self._thresholds[n]
-
-    def _calibrate(self, n: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        m, r = len(self.emb), len(self.fixed)
-        if n + r > m:
-            raise ValueError(f"a window of {n} calls needs {n + r} reference rows; have {m}")
-        rng = np.random.default_rng(self.seed + n)
-        # Each round: a random order of the rows; its first n are the pseudo-window W,
-        # its first m - r are all rows outside the pseudo-reference R (W among them).
-        perms = np.argsort(rng.random((self.rounds, m)), axis=1)
-        w, out_of_r, in_r = perms[:, :n], perms[:, : m - r], perms[:, m - r :]
-        rows = np.arange(self.rounds)[:, None]
-        s_w = np.zeros((self.rounds, m))
-        s_w[rows, w] = 1.0
-        s_e = np.zeros((self.rounds, m))
-        s_e[rows, out_of_r] = 1.0
-        k, row_sums = self.kernel, self.kernel.sum(1)
-        a_w, a_e = s_w @ k, s_e @ k
-        k_ww, k_we, k_ee = (a_w * s_w).sum(1), (a_w * s_e).sum(1), (a_e * s_e).sum(1)
-        k_wr = s_w @ row_sums - k_we
-        k_rr = float(k.sum()) - 2.0 * (s_e @ row_sums) + k_ee
-        samples = {"input_mmd": k_ww / n**2 + k_rr / r**2 - 2.0 * k_wr / (n * r)}
-        if self.predicted is None:
-            samples["value_ks"] = _ks(self.outputs[w], self.outputs[in_r])
-        else:
-            shares = []
-            for idx in (w, in_r):
-                counts = np.zeros((self.rounds, self.n_labels))
-                np.add.at(counts, (np.broadcast_to(rows, idx.shape), self.predicted[idx]), 1.0)
-                shares.append(counts / idx.shape[1])
-            samples["label_tv"] = 0.5 * np.abs(shares[0] - shares[1]).sum(1)
-            samples["confidence_ks"] = _ks(self.outputs[w], self.outputs[in_r])
-        q = 1.0 - self.alpha / len(self.tests)
-        thresholds = {t: float(np.quantile(v, q, method="higher")) for t, v in samples.items()}
-        return thresholds, samples
-
     def score(
         self, emb: np.ndarray, predicted: np.ndarray | None, outputs: np.ndarray
     ) -> WindowScores:
-        """A window's tests against the fixed reference rows, with calibrated thresholds."""
-        n = len(emb)
-        thresholds, samples = self.calibration(n)
-        w = self._standardise(emb)
-        ref = self.emb[self.fixed]
-        r = len(ref)
-        k_rr = float(self.kernel[np.ix_(self.fixed, self.fixed)].sum())
-        mmd = float(
-            self._k(w, w).sum() / n**2 + k_rr / r**2 - 2.0 * self._k(w, ref).sum() / (n * r)
-        )
-        scores = {"input_mmd": mmd}
+        """A window's tests against the reference, each with its permutation threshold
+        and p-value: the window's and the reference's rows are pooled and split at
+        random ``rounds`` times into a pseudo-window and a pseudo-reference of the same
+        sizes (the same splits for every window of that size)."""
+        n, m = len(emb), len(self.emb)
+        w = (np.asarray(emb, np.float64) - self.mean) / self.std
+        k_wr = self._k(w, self.emb)
+        pooled = np.block([[self._k(w, w), k_wr], [k_wr.T, self.kernel]])
+        N = n + m
+        rng = np.random.default_rng([self.seed, n])
+        perms = np.vstack([np.arange(N), np.argsort(rng.random((self.rounds, N)), axis=1)])
+        pw, pr = perms[:, :n], perms[:, n:]  # row 0: the window as it came
+        rows = np.arange(len(perms))[:, None]
+        s_w = np.zeros((len(perms), N))
+        s_w[rows, pw] = 1.0
+        a_w = s_w @ pooled
+        sum_ww = (a_w * s_w).sum(1)
+        sum_wr = s_w @ pooled.sum(1) - sum_ww
+        sum_rr = float(pooled.sum()) - sum_ww - 2.0 * sum_wr
+        stats = {"input_mmd": sum_ww / n**2 + sum_rr / m**2 - 2.0 * sum_wr / (n * m)}
+        values = np.concatenate([np.asarray(outputs, np.float64), self.outputs])
         if self.predicted is None:
-            scores["value_ks"] = float(_ks(np.asarray(outputs), self.outputs[self.fixed]))
+            stats["value_ks"] = _ks(values[pw], values[pr])
         else:
             assert predicted is not None
-            scores["label_tv"] = _tv(predicted, self.predicted[self.fixed], self.n_labels)
-            scores["confidence_ks"] = float(_ks(np.asarray(outputs), self.outputs[self.fixed]))
+            labels = np.concatenate([np.asarray(predicted), self.predicted])
+            shares = []
+            for idx in (pw, pr):
+                counts = np.zeros((len(perms), self.n_labels))
+                np.add.at(counts, (np.broadcast_to(rows, idx.shape), labels[idx]), 1.0)
+                shares.append(counts / idx.shape[1])
+            stats["label_tv"] = 0.5 * np.abs(shares[0] - shares[1]).sum(1)
+            stats["confidence_ks"] = _ks(values[pw], values[pr])
+        q = 1.0 - self.alpha / len(self.tests)
+        scores = {t: float(v[0]) for t, v in stats.items()}
+        thresholds = {t: float(np.quantile(v[1:], q, method="higher")) for t, v in stats.items()}
         p_values = {
-            t: float((1 + np.sum(samples[t] >= scores[t])) / (1 + len(samples[t]))) for t in scores
+            t: float((1 + np.sum(v[1:] >= v[0] - 1e-12)) / len(v)) for t, v in stats.items()
         }
         return WindowScores(scores, thresholds, p_values)
-
-
-def _tv(a: np.ndarray, b: np.ndarray, n_labels: int) -> float:
-    pa = np.bincount(a, minlength=n_labels) / max(len(a), 1)
-    pb = np.bincount(b, minlength=n_labels) / max(len(b), 1)
-    return float(0.5 * np.abs(pa - pb).sum())
 
 
 def _ks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -247,11 +225,11 @@ def build_reference(
     Raises ValueError when there are too few rows to compare a window of ``window``
     calls with at least ``MIN_REFERENCE`` rows."""
     m = len(emb)
-    if m < window + MIN_REFERENCE:
+    need = max(window, MIN_REFERENCE)
+    if m < need:
         raise ValueError(
-            f"{m} reference rows; a window of {window} calls needs at least "
-            f"{window + MIN_REFERENCE} (the window's size for calibration, {MIN_REFERENCE} "
-            "to compare with)"
+            f"{m} reference rows; a window of {window} calls needs at least {need} "
+            f"(as many as the window, and {MIN_REFERENCE} or more)"
         )
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.permutation(m)[:max_rows]) if m > max_rows else np.arange(m)
@@ -265,9 +243,7 @@ def build_reference(
     upper = d[np.triu_indices(len(z), 1)]
     bandwidth = float(np.median(upper)) or 1.0
     kernel = np.exp(-(d**2) / (2.0 * bandwidth**2))
-    # Live windows meet the rows left once a pseudo-window's worth is set aside.
-    fixed = np.sort(rng.permutation(len(z))[: len(z) - window])
-    temperature = None
+    temperature = atc = None
     predicted = None
     n_labels = 0
     if probabilities is not None:
@@ -277,10 +253,13 @@ def build_reference(
         if y is not None:
             temperature = fit_temperature(probs, np.asarray(y)[keep])
         outputs = scaled_confidence(probs, temperature or 1.0)
+        if y is not None:
+            accuracy = float(np.mean(predicted == np.asarray(y)[keep]))
+            atc = float(np.quantile(outputs, 1.0 - accuracy))
     else:
         outputs = np.asarray(outputs, np.float64)[keep]
     return Reference(
-        emb=z, mean=mean, std=std, bandwidth=bandwidth, kernel=kernel, fixed=fixed,
+        emb=z, mean=mean, std=std, bandwidth=bandwidth, kernel=kernel,
         predicted=predicted, outputs=outputs, n_labels=n_labels, temperature=temperature,
-        alpha=alpha, rounds=rounds, seed=seed,
+        alpha=alpha, rounds=rounds, seed=seed, atc_threshold=atc,
     )  # fmt: skip

@@ -395,6 +395,11 @@ class DriftWindowPublic(BaseModel):
     estimated_accuracy: float | None = Field(
         description="Label-free: the mean temperature-scaled confidence of its calls."
     )
+    estimates: dict[str, float | None] | None = Field(
+        default=None,
+        description="The label-free estimates: 'confidence' (the one above) and 'atc' "
+        "(average thresholded confidence).",
+    )
     observed_accuracy: float | None = Field(
         description="From the answers its calls got outside the review queue so far."
     )

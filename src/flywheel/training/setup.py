@@ -35,6 +35,7 @@ def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
         warm_start=st.warm_start,
         lr_schedule=st.lr_schedule,
         augment=st.augment,
+        refit=st.refit,
         image_size=st.image_size,
         finetune_layers=st.finetune_layers,
         dp_epsilon=st.dp_epsilon,
