@@ -2,7 +2,7 @@
 validation split, then the model is trained again on training + validation rows for
 that many epochs) against the search's best epoch alone, on rows outside the project.
 
-    .venv/bin/python benchmarks/refit.py [--seeds 0,1,2] [--cifar-seeds 0,1] [--json out.json]
+    .venv/bin/python benchmarks/refit.py [--seeds 0,...,4] [--cifar-seeds 0,1] [--defaults]
 
 - ``diabetes``: per seed, the 442 patients are shuffled; 350 make a project (20% held
   out: 280 training rows, of which the search keeps 15% for validation), 92 stay
@@ -34,7 +34,7 @@ CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-mini"
 KERAS_CIFAR = 0.490
 
 
-def diabetes(seed: int, root: Path, epochs: int) -> dict[str, Any]:
+def diabetes(seed: int, root: Path, epochs: int, defaults: bool) -> dict[str, Any]:
     from sklearn.linear_model import RidgeCV
 
     from flywheel import Project
@@ -44,10 +44,10 @@ def diabetes(seed: int, root: Path, epochs: int) -> dict[str, Any]:
     order = np.random.default_rng(seed).permutation(len(rows))
     inside = ListSource("diabetes-inside", [rows[i] for i in order[:350]])
     outside = ListSource("diabetes-outside", [rows[i] for i in order[350:]])
+    tuned = {"epochs": epochs, "patience": 30, "weight_decay": 0.1, "dropout": 0.1}
     project = Project.init(
         root / f"diabetes-{seed}", inside, task="regression", seed=seed,
-        settings={"epochs": epochs, "patience": 30, "weight_decay": 0.1, "dropout": 0.1,
-                  "warm_start": False},
+        settings={**({} if defaults else tuned), "warm_start": False},
     )  # fmt: skip
     train = project.dataset_arrays(TRAIN)
     ridge = RidgeCV(alphas=np.logspace(-3, 3, 25)).fit(train.x, train.y)
@@ -110,12 +110,17 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4", help="diabetes seeds")
     ap.add_argument("--cifar-seeds", default="0,1", help="cifar10-mini seeds ('' to skip)")
     ap.add_argument("--epochs", type=int, default=300, help="diabetes epochs (patience 30)")
+    ap.add_argument(
+        "--defaults", action="store_true",
+        help="diabetes with the CLI's training defaults (30 epochs, patience 5, weight decay "
+        "1e-4, dropout 0.25) instead of regression_diabetes.py's settings",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     out: dict[str, Any] = {"diabetes": [], "cifar": []}
     with tempfile.TemporaryDirectory(prefix="flywheel-refit-") as tmp:
         for s in [int(v) for v in args.seeds.split(",") if v]:
-            r = diabetes(s, Path(tmp), args.epochs)
+            r = diabetes(s, Path(tmp), args.epochs, args.defaults)
             out["diabetes"].append(r)
             print(
                 f"diabetes seed {s}: Ridge {r['ridge_mse']:.1f}; no refit "
