@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -590,7 +591,14 @@ def monitor(
     """Drift and accuracy per window of production's calls: each drift test's score
     against its calibrated threshold, the alarm, the label-free accuracy estimate and the
     accuracy the window's answers show so far."""
-    m = _open(project).monitoring(limit, update=update)
+    p = _open(project)
+    # Closing windows decodes the reference rows and each window's inputs: seconds.
+    with (
+        err.status("closing the monitoring windows due…", spinner="dots")
+        if update
+        else nullcontext()
+    ):
+        m = p.monitoring(limit, update=update)
     if as_json:
         _print_json(m)
         return

@@ -222,8 +222,8 @@ def build_reference(
     ``probabilities`` its probabilities there (classification; None: regression, with
     ``outputs`` its predicted values) and ``y`` their true labels (for the temperature).
 
-    Raises ValueError when there are too few rows to compare a window of ``window``
-    calls with at least ``MIN_REFERENCE`` rows."""
+    Raises ValueError when there are fewer rows than a window of ``window`` calls, or
+    fewer than ``MIN_REFERENCE``."""
     m = len(emb)
     need = max(window, MIN_REFERENCE)
     if m < need:
