@@ -14,14 +14,18 @@ clock of one hour per window — may retrain (curation, the gate, promotion):
 - ``never``: the first model serves the whole stream;
 - ``interval``: every 3 windows (``retrain_interval_s``), with new answers;
 - ``every_n``: every 160 new answers (``retrain_min_feedback``: two windows' worth);
-- ``drift``: after a drift alarm, once 80 new answers arrived (``retrain_on_drift``).
+- ``drift``: after a drift alarm, once 80 new answers arrived (``retrain_on_drift``);
+- ``drift+n``: both of the last two.
 
 Reported per arm: the accuracy on the live stream (every call's true label) averaged
 over windows, before and after the shift; retrains per 1,000 answers; windows from the
 shift to the first alarm; the label-free estimate's error before the shift, against the
-accuracy the answers showed and against the window's true accuracy. The control stream:
+accuracy the answers showed and against the window's true accuracy, and (``floor``) the
+error of a perfect estimate — the window's true accuracy — against the answers' (their
+own sampling error, under which no estimate can go). The control stream:
 ``--control`` (100) windows drawn with replacement from the images outside the project,
-no shift, no retrain; its alarms per 100 windows (target <= 1).
+no shift, no retrain, 40% of each window's calls answered: its alarms per 100 windows
+(target <= 1) and the label-free estimate's error over those 100 windows.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ def policy_for(arm: str) -> Any:
         "interval": Policy(interval_s=3 * HOUR, cooldown_s=0),
         "every_n": Policy(min_feedback=160, cooldown_s=0),
         "drift": Policy(on_drift=True, drift_min_feedback=80, cooldown_s=0),
+        "drift+n": Policy(
+            min_feedback=160, on_drift=True, drift_min_feedback=80, cooldown_s=0
+        ),
     }[arm]
 
 
@@ -148,6 +155,8 @@ def summarise(
     first_alarm = next((w["window"] for w in post if w["alarm"]), None)
     err_obs = [abs(w["estimated"] - w["observed"]) for w in pre if w["observed"] is not None]
     err_true = [abs(w["estimated"] - w["accuracy"]) for w in pre]
+    # what a perfect estimate (the window's true accuracy) would score against the answers
+    floor = [abs(w["accuracy"] - w["observed"]) for w in pre if w["observed"] is not None]
     atc_true = [abs(w["atc"] - w["accuracy"]) for w in pre if w["atc"] is not None]
     return {
         "arm": arm,
@@ -162,6 +171,7 @@ def summarise(
         "false_alarms_before_shift": sum(w["alarm"] for w in pre),
         "estimate_mae_vs_observed": float(np.mean(err_obs)) if err_obs else None,
         "estimate_mae_vs_true": float(np.mean(err_true)),
+        "true_accuracy_mae_vs_observed": float(np.mean(floor)) if floor else None,
         "atc_mae_vs_true": float(np.mean(atc_true)) if atc_true else None,
         "windows": windows,
         "retrain_log": retrains,
@@ -176,23 +186,34 @@ def control(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed + 2)
     project = new_project(root / "control", order, args)
     pool = order[600:]
-    alarms, errors, atc_errors = [], [], []
-    for _ in range(args.control):
-        truth_right = []
+    alarms, errors, atc_errors, vs_observed, floor = [], [], [], [], []
+    for k in range(args.control):
+        truth_right, calls = [], []
         for i in rng.choice(pool, size=args.window, replace=True):
             r = project.predict(encode_png(images[i]))
             truth_right.append(str(r.label) == str(labels[i]))
+            calls.append((r.prediction_id, str(labels[i])))
         (w,) = project.monitoring(1, update=True)["windows"]
+        # 40% of the calls answered (one user each): the observed accuracy, and the
+        # calibration of the windows after
+        for j in rng.permutation(len(calls))[: int(0.4 * len(calls))]:
+            project.record_feedback(calls[j][0], label=calls[j][1], user_id=f"user-{k % 10}")
+        (w,) = project.monitoring(1)["windows"]
+        true = float(np.mean(truth_right))
         alarms.append(bool(w["alarm"]))
-        errors.append(abs(w["estimated_accuracy"] - float(np.mean(truth_right))))
+        errors.append(abs(w["estimated_accuracy"] - true))
+        vs_observed.append(abs(w["estimated_accuracy"] - w["observed_accuracy"]))
+        floor.append(abs(true - w["observed_accuracy"]))
         if (w["estimates"] or {}).get("atc") is not None:
-            atc_errors.append(abs(w["estimates"]["atc"] - float(np.mean(truth_right))))
+            atc_errors.append(abs(w["estimates"]["atc"] - true))
     project.close()
     return {
         "windows": args.control,
         "alarms": int(sum(alarms)),
         "alarms_per_100_windows": 100 * sum(alarms) / args.control,
         "estimate_mae_vs_true": float(np.mean(errors)),
+        "estimate_mae_vs_observed": float(np.mean(vs_observed)),
+        "true_accuracy_mae_vs_observed": float(np.mean(floor)),
         "atc_mae_vs_true": float(np.mean(atc_errors)) if atc_errors else None,
     }
 
@@ -205,7 +226,7 @@ def main() -> None:
     ap.add_argument("--post", type=int, default=6, help="windows after the shift")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--control", type=int, default=100, help="windows of the control stream")
-    ap.add_argument("--arms", default="never,interval,every_n,drift")
+    ap.add_argument("--arms", default="never,interval,every_n,drift,drift+n")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     started = time.perf_counter()
@@ -213,7 +234,7 @@ def main() -> None:
         arms = [run_arm(a, Path(tmp), args) for a in args.arms.split(",")]
         ctrl = control(Path(tmp), args) if args.control else None
     head = ("arm", "acc", "before", "after", "retrains", "/1k ans", "to alarm", "MAE obs",
-            "MAE true", "ATC true")  # fmt: skip
+            "MAE true", "ATC true", "floor")  # fmt: skip
     print(f"{head[0]:<10} " + " ".join(f"{h:>8}" for h in head[1:]))
     for a in arms:
         mae_obs = a["estimate_mae_vs_observed"]
@@ -222,14 +243,17 @@ def main() -> None:
             f"{a['accuracy_after']:>8.3f} {a['retrains']:>4} ({a['promoted']}) "
             f"{a['retrains_per_1000_answers']:>7.2f} {a['windows_to_alarm']!s:>8} "
             f"{'-' if mae_obs is None else f'{mae_obs:.3f}':>8} "
-            f"{a['estimate_mae_vs_true']:>8.3f} {a['atc_mae_vs_true'] or float('nan'):>8.3f}"
+            f"{a['estimate_mae_vs_true']:>8.3f} {a['atc_mae_vs_true'] or float('nan'):>8.3f} "
+            f"{a['true_accuracy_mae_vs_observed'] or float('nan'):>8.3f}"
         )
     if ctrl:
         print(
             f"control: {ctrl['alarms']} alarms in {ctrl['windows']} windows without a shift "
             f"({ctrl['alarms_per_100_windows']:.1f} per 100); label-free estimate MAE "
             f"{ctrl['estimate_mae_vs_true']:.3f} (ATC "
-            f"{ctrl['atc_mae_vs_true'] or float('nan'):.3f}) against the windows' true accuracy"
+            f"{ctrl['atc_mae_vs_true'] or float('nan'):.3f}) against the windows' true accuracy, "
+            f"{ctrl['estimate_mae_vs_observed']:.3f} against the answers' (floor: "
+            f"{ctrl['true_accuracy_mae_vs_observed']:.3f})"
         )
     print(f"{time.perf_counter() - started:.0f} s")
     if args.json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -89,38 +90,66 @@ def test_keys_create_shows_the_key_once_and_stores_its_hash(tmp_path: Path) -> N
     assert [k["status"] for k in listed] == ["revoked", "live"]
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["train", "--project", "{missing}"], "no flywheel project in"),
-        (["init", "{tmp}/x", "--data", "{tmp}/nowhere"], "does not exist (expected"),
-        (["keys", "create", "--scope", "root", "--project", "{proj}"], "scopes must be among"),
-        (["promote", "42", "--project", "{proj}"], "model version 42 not found"),
-        (["rollback", "--project", "{proj}"], "no production model to roll back"),
-        (["keys", "revoke", "nobody", "--project", "{proj}"], "API key 'nobody' not found"),
-    ],
-)
+WRONG_INPUTS = [
+    # (what a newcomer typed, what the one line must say, the environment, flywheel.toml)
+    (["train", "--project", "{missing}"], "no flywheel project in", {}, ""),
+    (["init", "{tmp}/x", "--data", "{tmp}/nowhere"], "does not exist (expected", {}, ""),
+    (["init", "{tmp}/y"], "--data is required: the built-in 'digits' or 'diabetes'", {}, ""),
+    (["trian"], "No such command 'trian'. Did you mean 'train'", {}, ""),
+    (["train", "--epoch", "3", "-p", "{proj}"], "No such option '--epoch'", {}, ""),
+    (["train", "--epochs", "abc", "-p", "{proj}"], "'abc' is not a valid integer", {}, ""),
+    (["train", "--arch", "cnn23", "-p", "{proj}"], "did you mean 'cnn32'?", {}, ""),
+    (["train", "--arch", "foo", "-p", "{proj}"], "unknown architecture 'foo'", {}, ""),
+    (
+        ["train", "-p", "{proj}"],
+        "from the environment variable FLYWHEEL_EPOCHS",
+        {"FLYWHEEL_EPOCHS": "x"},
+        "",
+    ),
+    (["train", "-p", "{proj}"], "unknown setting 'epochz' in", {}, "epochz = 3\n"),
+    (["train", "-p", "{proj}"], "gate_margin = 1.5 (in ", {}, "gate_margin = 1.5\n"),
+    (["serve", "-p", "{proj}", "--port", "{busy}"], "the port is in use", {}, ""),
+    (["keys", "create", "--scope", "root", "--project", "{proj}"], "scopes must be among", {}, ""),
+    (["promote", "42", "--project", "{proj}"], "model version 42 not found", {}, ""),
+    (["rollback", "--project", "{proj}"], "no production model to roll back", {}, ""),
+    (["keys", "revoke", "nobody", "--project", "{proj}"], "API key 'nobody' not found", {}, ""),
+]
+
+
+@pytest.mark.parametrize(("args", "message", "env", "toml"), WRONG_INPUTS)
 def test_errors_are_one_clear_line_and_exit_1(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     args: list[str],
     message: str,
+    env: dict[str, str],
+    toml: str,
 ) -> None:
     proj = make_project(tmp_path / "proj", train=False)
-    fill = {
-        "missing": str(tmp_path / "missing"),
-        "tmp": str(tmp_path),
-        "proj": str(proj.settings.project_dir),
-    }
-    monkeypatch.setattr("sys.argv", ["flywheel", *(a.format(**fill) for a in args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
+    if toml:
+        with (proj.settings.project_dir / "flywheel.toml").open("a") as f:
+            f.write(toml)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        fill = {
+            "missing": str(tmp_path / "missing"),
+            "tmp": str(tmp_path),
+            "proj": str(proj.settings.project_dir),
+            "busy": str(busy.getsockname()[1]),
+        }
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr("sys.argv", ["flywheel", *(a.format(**fill) for a in args)])
+        with pytest.raises(SystemExit) as exc:
+            main()
     assert exc.value.code == 1
-    err = capsys.readouterr().err
-    assert "error:" in err
-    assert message in " ".join(err.split())
-    assert "Traceback" not in err
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    # serve says where it is starting before it fails: the error is the one line after
+    errors = [line for line in lines if not line.startswith("starting ")]
+    assert len(errors) == 1, lines
+    assert errors[0].startswith("error: ") and message in errors[0], errors[0]
 
 
 def test_failed_init_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -100,20 +100,36 @@ def test_an_invalid_toml_value_raises_config_error_naming_the_field(
     project_dir: Path, toml: str, field: str
 ) -> None:
     _write_toml(project_dir, toml)
-    with pytest.raises(ConfigError, match=rf"^invalid settings \({field}: "):
+    with pytest.raises(
+        ConfigError, match=rf"^invalid settings: (unknown setting )?'?{field}\b"
+    ) as e:
         Settings.load(project_dir)
+    assert str(project_dir / "flywheel.toml") in str(e.value)  # where the value came from
 
 
 def test_an_invalid_environment_value_raises_config_error_naming_the_field(
     project_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLYWHEEL_PORT", "-1")
-    with pytest.raises(ConfigError, match=r"^invalid settings \(port: "):
+    with pytest.raises(
+        ConfigError,
+        match=r"^invalid settings: port = '-1' \(from the environment variable FLYWHEEL_PORT\): ",
+    ):
+        Settings.load(project_dir)
+
+
+def test_an_unknown_toml_setting_gets_a_did_you_mean(project_dir: Path) -> None:
+    _write_toml(project_dir, "epochz = 3\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown setting 'epochz' in .*; did you mean 'epochs'\?"
+    ):
         Settings.load(project_dir)
 
 
 def test_an_unknown_keyword_raises_config_error_naming_it(project_dir: Path) -> None:
-    with pytest.raises(ConfigError, match=r"bogus: Extra inputs are not permitted"):
+    with pytest.raises(
+        ConfigError, match=r"unknown setting 'bogus' given as an option \(README: Configuration\)"
+    ):
         Settings.load(project_dir, bogus=1)
 
 

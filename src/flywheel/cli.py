@@ -8,12 +8,14 @@ import sys
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from flywheel.data import SourceOptions, resolve_source
 from flywheel.demo import DemoConfig, run_demo
@@ -184,13 +186,15 @@ def _source(data: str, **options: Any) -> tuple[Any, str]:
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")],
     data: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--data",
-            help="'digits' or 'diabetes' (built in), a folder (image or audio class folders, or "
-            "WAVs named {label}_{user}_{n}.wav), or a CSV (manifest, text or tabular).",
+            help="Required: 'digits' or 'diabetes' (built in), a folder (image or audio class "
+            "folders, or WAVs named {label}_{user}_{n}.wav), or a CSV (manifest, text or "
+            "tabular).",
+            show_default=False,
         ),
-    ] = "digits",
+    ] = None,
     task: TaskOpt = None,
     path_column: PathColOpt = "path",
     label_column: LabelColOpt = "label",
@@ -205,6 +209,13 @@ def init(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a project and import its base data (cleaned) as dataset version 1."""
+    if data is None:
+        raise click.UsageError(
+            "--data is required: the built-in 'digits' or 'diabetes', a folder of class "
+            "folders (images, audio) or WAVs, or a CSV (e.g. flywheel init myproject --data "
+            "digits)",
+            click.get_current_context(),
+        )
     source, task_name = _source(
         data,
         task=task,
@@ -690,11 +701,12 @@ def serve(
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings.load(project, **overrides)
     err.print(
-        f"serving {settings.project_dir} on http://{settings.host}:{settings.port} "
-        f"({settings.workers} worker{'s' if settings.workers > 1 else ''}, "
-        f"{settings.serving_backend} backend; dashboard at /, docs at /docs)"
+        f"starting {settings.project_dir} on {settings.host}:{settings.port} "
+        f"({settings.workers} worker{'s' if settings.workers > 1 else ''}) ...",
+        soft_wrap=True,
+        highlight=False,
     )
-    run_server(settings)
+    run_server(settings)  # binds first; says "ready on http://..." once it answers
 
 
 @keys_app.command("create")
@@ -1127,12 +1139,39 @@ def demo(
         out.print(table)
 
 
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr, never wrapped (a script greps it, a person reads it whole)."""
+    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    raise SystemExit(code)
+
+
 def main() -> None:
+    """The console script: every error a user can cause is one line and exit code 1
+    (usage errors, with the command's --help to see; flywheel's own errors; a file or
+    folder that cannot be read or written); Ctrl-C is exit code 130."""
     # Everything the CLI and its server create is its user's alone: the database, users'
     # inputs, the models, the user-id key chain, the logs (0600 files, 0700 folders).
     os.umask(0o077)
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # a bare command (flywheel, flywheel keys): its help
+        raise SystemExit(2) from None
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "flywheel"
+        message = exc.format_message()
+        first = message.find("Did you mean")
+        if first >= 0 and message.find("Did you mean", first + 1) > first:
+            message = message[: message.rfind("(Did you mean")].rstrip()  # typer's and click's
+        _fail(f"{message} (see: {where} --help)")
+    except click.ClickException as exc:
+        _fail(exc.format_message())
     except FlywheelError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise SystemExit(1) from None
+        _fail(str(exc))
+    except (click.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except OSError as exc:  # a path the user gave: missing, unreadable, a disk full
+        name = f" {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{name}")
+    if isinstance(code, int) and code:
+        raise SystemExit(code)

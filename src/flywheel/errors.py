@@ -32,7 +32,21 @@ __all__ = [
     "ProjectError",
     "RegistryError",
     "UnsupportedMediaError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(name: str, choices: object, *, list_all: bool = True) -> str:
+    """ "; did you mean 'x'?" for the closest of ``choices`` to ``name``, or (``list_all``)
+    the choices themselves when none is close: the tail of an error about an unknown
+    name."""
+    import difflib
+
+    options = sorted(str(c) for c in choices)  # type: ignore[attr-defined]
+    close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; choose from: {', '.join(options)}" if list_all else ""
 
 
 class FlywheelError(Exception):

@@ -582,13 +582,35 @@ class Settings(BaseSettings):
         try:
             return cls(**kwargs)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise ConfigError(f"invalid settings ({problems})") from exc
+            folder = kwargs.get("project_dir") or os.environ.get("FLYWHEEL_PROJECT_DIR")
+            toml = Path(folder or Path.cwd()) / CONFIG_FILE
+            problems = "; ".join(_problem(err, kwargs, toml) for err in exc.errors())
+            raise ConfigError(f"invalid settings: {problems}") from exc
         except ValueError as exc:  # a malformed flywheel.toml
             raise ConfigError(f"cannot read {CONFIG_FILE}: {exc}") from exc
+
+
+def _problem(err: Any, overrides: dict[str, Any], toml: Path) -> str:
+    """One validation error, naming the setting, where its value came from (an option,
+    an environment variable or flywheel.toml) and, for an unknown name, the nearest."""
+    loc = [str(p) for p in err["loc"]]
+    key = loc[0] if loc else ""
+    name = ".".join(loc) or "settings"
+    env = f"FLYWHEEL_{key.upper()}"
+    if key in overrides:
+        where = "given as an option"
+    elif key and env in os.environ:
+        where = f"from the environment variable {env}"
+    else:
+        where = f"in {toml}"
+    if err["type"] == "extra_forbidden":
+        from flywheel.errors import did_you_mean
+
+        near = did_you_mean(key, Settings.model_fields, list_all=False)
+        return f"unknown setting {name!r} {where}{near or ' (README: Configuration)'}"
+    value = err.get("input")
+    shown = f" = {value!r}" if value is not None and not isinstance(value, dict) else ""
+    return f"{name}{shown} ({where}): {err['msg']}"
 
 
 def config_text(source: str, values: dict[str, Any]) -> str:

@@ -22,12 +22,16 @@ from typer.testing import CliRunner
 from flywheel import Project
 from flywheel.cli import app as cli
 from flywheel.data import digits_arrays, encode_png
+from flywheel.drift.stats import scaled_confidence
 from flywheel.serving.app import create_app
 from flywheel.serving.jobs import JobRunner
 from flywheel.store.schema import WebhookDelivery
 from tests.factories import make_project, sign_in
 
 WINDOW = 100
+#: the images the project does not hold, in an order of their own (the digits are stored
+#: by writer: windows of consecutive images would differ by who wrote them)
+OUTSIDE = (1000 + np.random.default_rng(5).permutation(797)).tolist()
 
 
 def _dim(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -54,14 +58,14 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stream]:
     images, labels = digits_arrays()
     rng = np.random.default_rng(0)
     clean, dim = [], []
-    for i in range(1000, 1300):  # images the project does not hold
+    for i in OUTSIDE[:300]:
         r = project.predict(encode_png(images[i]))
         clean.append((r.prediction_id, str(r.label), str(labels[i])))
     # Answers to half of the first window's calls, by one user, all true labels.
     for pid, _, truth in clean[:50]:
         project.record_feedback(pid, label=truth, user_id="ann")
     first = project.monitoring(update=True)
-    for i in range(1300, 1500):
+    for i in OUTSIDE[300:500]:
         r = project.predict(encode_png(_dim(images[i], rng)))
         dim.append((r.prediction_id, str(r.label), str(labels[i])))
     project.monitoring(update=True)
@@ -168,6 +172,60 @@ def test_a_drift_alarm_starts_a_retrain_once_enough_answers_arrived(stream: Stre
         assert project.retrain_policy()[1]["drift_alarms"] == 0
     finally:
         runner.shutdown()
+
+
+def test_the_estimate_is_calibrated_on_the_calls_answered_before_each_window(
+    stream: Stream,
+) -> None:
+    w1, w2, w3 = stream.again["windows"][:3]
+    # Window 1's answers arrived before window 2 and 3 closed, not before window 1 began.
+    assert w1["calibration"]["rows"] == "0 answered calls and 400 reference rows"
+    assert w2["calibration"]["rows"] == "50 answered calls and 400 reference rows"
+    assert w3["calibration"] == w2["calibration"]
+    assert w1["calibration"]["temperature"] != w2["calibration"]["temperature"]
+    # The estimate is the mean of the calls' top confidence at that temperature.
+    calls = stream.clean[100:200]
+    probs = [_probs(stream.project, pid) for pid, _, _ in calls]
+    expected = float(np.mean(scaled_confidence(np.array(probs), w2["calibration"]["temperature"])))
+    assert w2["estimated_accuracy"] == pytest.approx(expected)
+
+
+def _probs(project: Project, pid: str) -> list[float]:
+    from flywheel.store.schema import Prediction
+
+    labels = project.serving_model().labels
+    with project.db.session() as s:
+        p = s.get(Prediction, pid)
+        assert p is not None
+        return [float(p.probabilities.get(lab, 0.0)) for lab in labels]
+
+
+def test_after_a_retrain_on_the_moved_traffic_the_reference_is_the_new_normal(
+    stream: Stream,
+) -> None:
+    """Runs after the drift retrain above: its challenger, promoted, is judged against
+    the dim calls of the windows that alarmed, so that more dim calls are no alarm and
+    the clean camera coming back is one."""
+    project = stream.project
+    version = max(m.version for m in project.models())
+    assert version == 2
+    if project.production_version() != version:
+        project.promote(version)
+    images, _ = digits_arrays()
+    rng = np.random.default_rng(1)
+    for i in OUTSIDE[500:600]:
+        project.predict(encode_png(_dim(images[i], rng)))
+    for i in OUTSIDE[600:700]:
+        project.predict(encode_png(images[i]))
+    m = project.monitoring(update=True)
+    dim, clean = m["windows"][-2:]
+    assert (dim["model_version"], clean["model_version"]) == (2, 2)
+    ref = m["reference"]
+    assert ref["kind"] == "production" and ref["rows"] == 2 * WINDOW - 10, (
+        ref
+    )  # less the 10 trained on
+    assert ref["source"].startswith("production's calls in windows 4-5 of version 1")
+    assert (dim["alarm"], clean["alarm"]) == (False, True), (dim["scores"], dim["thresholds"])
 
 
 def test_without_enough_untrained_rows_a_window_says_why_and_still_estimates(

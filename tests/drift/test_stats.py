@@ -117,4 +117,5 @@ def test_penultimate_reads_what_the_last_linear_layer_reads() -> None:
     emb = penultimate(model, x, batch_size=4)
     with torch.no_grad():
         expected = torch.relu(model[0](torch.from_numpy(x))).numpy()
-    np.testing.assert_allclose(emb, expected, rtol=1e-6)
+    # float32 matmuls round differently in batches of 4 and of 10 (a few ulps)
+    np.testing.assert_allclose(emb, expected, rtol=1e-5, atol=1e-7)

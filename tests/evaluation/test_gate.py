@@ -314,6 +314,31 @@ def test_reference_check_refuses_a_class_the_challenger_lost_and_tolerates_noise
     assert passed and detail["accuracy_drop"] == -0.1
 
 
+def test_reference_check_refuses_a_small_gap_the_rows_agree_on() -> None:
+    """2 points under the reference (inside the 5-point margin) on 400 rows: with 9 of
+    the 10 rows the two disagree on for the reference, the one-sided 95% upper end of
+    the difference is 10/400 x (2 x 0.3942 - 1) = -0.0053 (Clopper-Pearson for 1 of 10):
+    refused; with 7 of 10 it is +0.0053: chance, passed."""
+    labels = ["a", "b"]
+    y = np.array([0, 1] * 200)
+    reference = np.ones(400, bool)
+    reference[390:] = False
+    consistent = reference.copy()
+    consistent[:9] = False  # the reference alone right on 9 rows
+    consistent[390] = True  # the challenger alone right on 1
+    passed, reason, detail = reference_check(y, consistent, reference, labels, margin=0.05)
+    assert not passed
+    assert (detail["challenger_only_correct"], detail["reference_only_correct"]) == (1, 9)
+    assert detail["interval"][1] == pytest.approx(-0.0052918, abs=1e-6)
+    assert "beyond chance" in reason and "accuracy -0.0200" in reason
+    mixed = reference.copy()
+    mixed[:7] = False
+    mixed[390:393] = True  # 7 for the reference, 3 for the challenger: 1 point
+    passed, reason, detail = reference_check(y, mixed, reference, labels, margin=0.05)
+    assert passed and reason == ""
+    assert detail["interval"][1] == pytest.approx(0.0053312, abs=1e-6)
+
+
 # ---------------------------------------------------------------- judge: the whole gate
 
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])

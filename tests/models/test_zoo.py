@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from flywheel.data import Arrays
-from flywheel.errors import ModelError
+from flywheel.errors import ConfigError, ModelError
 from flywheel.models import ModelSpec, arch_info, create_model, default_hparams, known_archs
 from flywheel.registry import SPEC, WEIGHTS, load_artifact, save_artifact
 from flywheel.training import TrainConfig, fit
@@ -171,15 +171,17 @@ def test_a_wrongly_shaped_input_raises_model_error_naming_the_expected_shape(
         model(x)
 
 
-def test_an_unknown_arch_raises_value_error_listing_the_known_ones() -> None:
+def test_an_unknown_arch_is_a_config_error_listing_the_known_ones() -> None:
     for call in (
         lambda: create_model(_spec_unchecked("resnet9000")),
         lambda: default_hparams("resnet9000", (1, 8, 8)),
     ):
-        with pytest.raises(ValueError, match="unknown architecture 'resnet9000'") as info:
+        with pytest.raises(ConfigError, match="unknown architecture 'resnet9000'") as info:
             call()
         for name in known_archs():
             assert name in str(info.value)
+    with pytest.raises(ConfigError, match="'cnn23'; did you mean 'cnn32'"):
+        default_hparams("cnn23", (1, 8, 8))
 
 
 def _spec_unchecked(arch: str) -> ModelSpec:

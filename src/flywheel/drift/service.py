@@ -19,7 +19,7 @@ from flywheel.drift.stats import (
     MIN_REFERENCE,
     Reference,
     build_reference,
-    fit_temperature,
+    fit_confidence_temperature,
     penultimate,
     scaled_confidence,
 )
@@ -34,6 +34,11 @@ __all__ = ["DriftService"]
 MAX_PER_UPDATE = 50
 #: windows whose observed accuracy an update refreshes (answers arrive after a window)
 REFRESH = 50
+#: answered calls that calibrate the label-free estimate alone; fewer are pooled with
+#: the reference rows
+CALIBRATION_ALONE = 100
+#: production calls a reference drawn from them holds at most
+PRODUCTION_REFERENCE = 1000
 
 
 @dataclass
@@ -41,16 +46,22 @@ class _Baseline:
     """What a model version's windows are compared with."""
 
     version: int
-    rows: int  # reference rows (held out + evaluation; regression: + training)
+    rows: int  # reference rows
+    kind: str  # "rows": held out + evaluation (+ training); "production": recent calls
     source: str
-    temperature: float | None
+    temperature: float | None  # fitted on the labelled reference rows
     drift: Reference | None
     why: str | None  # why there is no drift test (too few rows), if there is none
+    #: the labelled reference rows' probabilities and whether the model had them right,
+    #: pooled into the estimate's calibration while few calls are answered
+    probs: np.ndarray | None = None
+    right: np.ndarray | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model_version": self.version,
             "rows": self.rows,
+            "kind": self.kind,
             "source": self.source,
             "temperature": self.temperature,
             "tests": None if self.drift is None else list(self.drift.tests),
@@ -66,6 +77,7 @@ class DriftService:
         self.data = data
         self._baselines: dict[int, _Baseline] = {}
         self._lock = threading.Lock()
+        self._mark: tuple[Any, ...] | None = None
 
     # -- the reference -----------------------------------------------------------------
 
@@ -76,34 +88,119 @@ class DriftService:
             return self._baselines[version]
 
     def _build(self, version: int) -> _Baseline:
+        """The reference rows: the project's held-out and evaluation rows (and training
+        rows, for tabular features) — unless the version replaced one whose traffic had
+        moved (its newest windows alarmed) after that move began: then the new normal,
+        production's calls from those windows, is what a new change is measured against
+        (and a version that replaced one judged that way inherits it), so that an alarm
+        means a change the model was not retrained after."""
         st = self.ctx.settings
         loaded = self.registry.cache.get(version)
-        dv = self.registry.version(version).dataset_version
-        rows = self.data.rows(dv, HOLDOUT) + self.data.rows(dv, EVALUATION)
+        info = self.registry.version(version)
+        rows = self.data.rows(info.dataset_version, HOLDOUT) + self.data.rows(
+            info.dataset_version, EVALUATION
+        )
         source = "held-out and evaluation rows"
         if loaded.is_regression:  # features are not learned: training rows are fair too
-            rows += self.data.rows(dv, TRAIN)
+            rows += self.data.rows(info.dataset_version, TRAIN)
             source += ", and training rows (tabular features)"
         arrays = self.data.arrays(rows, loaded.spec)
-        emb = _embed(loaded, arrays.x)
-        probs = None if loaded.is_regression else loaded.outputs(arrays.x)
-        temperature = (
-            fit_temperature(probs, arrays.y) if probs is not None and len(rows) >= 10 else None
-        )
+        probs = right = temperature = None
+        if not loaded.is_regression:
+            probs = loaded.outputs(arrays.x)
+            right = probs.argmax(1) == np.asarray(arrays.y)
+            if len(rows) >= 10:
+                temperature = fit_confidence_temperature(probs, right)
+        moved = self._production_rows(version, info.created_at, loaded)
+        kind, y = "rows", None if probs is None else arrays.y
+        if moved is not None:
+            x, source = moved
+            kind, y = "production", None
+        else:
+            x = arrays.x
+        emb = _embed(loaded, x)
+        ref_probs = None if loaded.is_regression else loaded.outputs(x)
         drift, why = None, None
         try:
             drift = build_reference(
                 emb,
-                loaded.outputs(arrays.x) if probs is None else np.zeros(len(emb)),
-                probabilities=probs,
-                y=None if probs is None else arrays.y,
+                loaded.outputs(x) if ref_probs is None else np.zeros(len(emb)),
+                probabilities=ref_probs,
+                y=y,
                 window=st.drift_window,
                 alpha=st.drift_alpha,
                 seed=version,
+                # the new normal may have served one window before the retrain, part of
+                # it trained on: as many as a short window then
+                min_rows=st.drift_min_window if kind == "production" else None,
             )
         except ValueError as exc:
             why = f"no drift test yet: {exc}; the evaluation split grows with trusted answers"
-        return _Baseline(version, len(rows), source, temperature, drift, why)
+        return _Baseline(version, len(emb), kind, source, temperature, drift, why, probs, right)
+
+    def _production_rows(
+        self, version: int, created_at: Any, loaded: LoadedModel
+    ) -> tuple[np.ndarray, str] | None:
+        """The inputs of the calls that are the new normal for ``version`` and where
+        they came from, or None (see ``_build``)."""
+        with self.ctx.db.session() as s:
+            run = repo.previous_run(s, version)
+            if not run or run[-1].created_at >= created_at:
+                return None  # no windows before it, or it was trained before they began
+            inherited = (run[0].tests.get("reference") or {}).get("kind") == "production"
+            if not (run[0].alarm or inherited):
+                return None
+            calls: list[Prediction] = []
+            used: list[int] = []
+            for w in run:
+                if w.created_at >= created_at:
+                    continue  # closed while the version was being trained
+                calls += repo.calls_in(s, w)
+                used.append(w.id)
+                if len(calls) >= PRODUCTION_REFERENCE:
+                    break
+            s.expunge_all()
+        info = self.registry.version(version)
+        trained = {r[0] for r in self.data.rows(info.dataset_version, TRAIN)}
+        # answered calls it was trained on would sit closer to it than new traffic does
+        present = [
+            c for c in calls if c.input_hash not in trained and self.ctx.blobs.exists(c.input_hash)
+        ]
+        if len(present) < self.ctx.settings.drift_min_window:
+            return None
+        x = self.ctx.codec.decode_batch(
+            [self.ctx.blobs.get(c.input_hash) for c in present], loaded.spec.preprocessing
+        )
+        state = "alarmed" if run[0].alarm else "were judged against the traffic"
+        source = (
+            f"production's calls in windows {min(used)}-{max(used)} of version "
+            f"{run[0].model_version}, which {state} before this version was trained"
+        )
+        return x, source
+
+    def _temperature(
+        self, version: int, base: _Baseline, first: Prediction, labels: list[str]
+    ) -> tuple[float | None, str | None]:
+        """The label-free estimate's temperature for a window starting at ``first``: fitted
+        on the version's calls answered before it (live traffic as it comes; the held-out
+        rows are harder than live traffic, which repeats what the model was trained on),
+        pooled with the labelled reference rows while fewer than ``CALIBRATION_ALONE``."""
+        with self.ctx.db.session() as s:
+            answered = repo.answered_calls(s, version, (first.created_at, first.id))
+        n = len(answered)
+        probs = np.array(
+            [[float(p.get(lab, 0.0)) for lab in labels] for p, _, _ in answered], np.float64
+        ).reshape(n, len(labels))
+        right = np.array([r for _, _, r in answered], bool)
+        if n < CALIBRATION_ALONE and base.probs is not None and len(base.probs) >= 10:
+            probs = np.vstack([probs, base.probs])
+            right = np.concatenate([right, base.right])
+            what = f"{n} answered calls and {len(base.probs)} reference rows"
+        else:
+            what = f"{n} answered calls"
+        if len(probs) < 10:
+            return base.temperature, None
+        return fit_confidence_temperature(probs, right), what
 
     # -- closing windows -------------------------------------------------------------
 
@@ -122,8 +219,11 @@ class DriftService:
                 break
             closed.append(self._close(version, calls))
         with self.ctx.db.session() as s:
-            for w in repo.windows(s, REFRESH):
-                repo.update_observed(w, *repo.answers(s, w))
+            mark = repo.answers_mark(s)
+            if closed or mark != self._mark:  # only when an answer may have changed
+                for w in repo.windows(s, REFRESH):
+                    repo.update_observed(w, *repo.answers(s, w))
+        self._mark = mark
         return closed
 
     def _due(self, version: int) -> list[Prediction]:
@@ -150,8 +250,10 @@ class DriftService:
         probs = np.zeros((0, 0))
         if not loaded.is_regression:
             probs = _probabilities(present, loaded.labels)
-            if base.temperature is not None and len(probs):
-                estimated = float(scaled_confidence(probs, base.temperature).mean())
+            temperature, calibration = self._temperature(version, base, calls[0], loaded.labels)
+            if temperature is not None and len(probs):
+                estimated = float(scaled_confidence(probs, temperature).mean())
+                tests["calibration"] = {"temperature": temperature, "rows": calibration}
         if base.drift is not None and len(present) >= self.ctx.settings.drift_min_window:
             x = self.ctx.codec.decode_batch(
                 [self.ctx.blobs.get(c.input_hash) for c in present], loaded.spec.preprocessing
@@ -161,7 +263,7 @@ class DriftService:
                 values = np.array([c.value for c in present], np.float64)
                 result = base.drift.score(emb, None, values)
             else:
-                conf = scaled_confidence(probs, base.temperature or 1.0)
+                conf = scaled_confidence(probs, base.drift.temperature or 1.0)  # as its reference
                 result = base.drift.score(emb, probs.argmax(1), conf)
                 tests["estimates"] = {"confidence": estimated, "atc": base.drift.atc(conf)}
             alarm = result.alarm
@@ -218,7 +320,7 @@ class DriftService:
             "window": st.drift_window,
             "window_s": st.drift_window_s,
             "alpha": st.drift_alpha,
-            "min_reference": st.drift_window + MIN_REFERENCE,
+            "min_reference": max(st.drift_window, MIN_REFERENCE),
             "reference": None if base is None else base.to_json(),
             "closed": [w["window"] for w in closed],
             "windows": out,
@@ -259,6 +361,7 @@ def window_json(w: DriftWindow) -> dict[str, Any]:
         "unavailable": tests.get("unavailable") or tests.get("reference", {}).get("unavailable"),
         "estimated_accuracy": w.estimated_accuracy,
         "estimates": tests.get("estimates"),
+        "calibration": tests.get("calibration"),
         "observed_accuracy": w.observed_accuracy,
         "answered": w.answered,
         "estimate_error": None,

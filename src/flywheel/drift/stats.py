@@ -25,8 +25,10 @@ alpha / tests, whatever the reference rows happen to be, and a window alarms (an
 test past its threshold) at most alpha of the time (Bonferroni over tests).
 
 The label-free accuracy estimate of a window is the mean calibrated confidence: the
-stored probabilities, temperature-scaled with a temperature fitted (by likelihood) on
-the reference rows' true labels.
+stored probabilities, temperature-scaled so that the top confidence is the chance of
+being right (``fit_confidence_temperature``), fitted on the calls of the model that
+were answered before the window (live traffic as it comes) and, while they are few, on
+the reference rows too.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "Reference",
     "WindowScores",
     "build_reference",
+    "fit_confidence_temperature",
     "fit_temperature",
     "penultimate",
     "scaled_confidence",
@@ -85,6 +88,23 @@ def fit_temperature(probabilities: np.ndarray, y: np.ndarray) -> float:
         z = z - z.max(1, keepdims=True)
         lse = np.log(np.exp(z).sum(1))
         return float((lse - z[np.arange(len(y)), y]).mean())
+
+    res = optimize.minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded")
+    return float(math.exp(res.x))
+
+
+def fit_confidence_temperature(probabilities: np.ndarray, right: np.ndarray) -> float:
+    """The temperature T that makes each row's top confidence after scaling most likely
+    as the chance that the prediction is right (a Bernoulli likelihood: it needs only
+    right or wrong per row, not the true label)."""
+    from scipy import optimize
+
+    p = np.asarray(probabilities, np.float64)
+    r = np.asarray(right, np.float64)
+
+    def nll(log_t: float) -> float:
+        c = np.clip(scaled_confidence(p, math.exp(log_t)), 1e-9, 1 - 1e-9)
+        return float(-(r * np.log(c) + (1 - r) * np.log(1 - c)).mean())
 
     res = optimize.minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded")
     return float(math.exp(res.x))
@@ -217,15 +237,17 @@ def build_reference(
     rounds: int = 1000,
     seed: int = 0,
     max_rows: int = 1000,
+    min_rows: int | None = None,
 ) -> Reference:
     """The reference of a model: ``emb`` its embeddings of the reference rows,
     ``probabilities`` its probabilities there (classification; None: regression, with
     ``outputs`` its predicted values) and ``y`` their true labels (for the temperature).
 
     Raises ValueError when there are fewer rows than a window of ``window`` calls, or
-    fewer than ``MIN_REFERENCE``."""
+    fewer than ``MIN_REFERENCE`` (or than ``min_rows``, where given: the permutation
+    test holds at any size, a smaller reference only makes it less sensitive)."""
     m = len(emb)
-    need = max(window, MIN_REFERENCE)
+    need = max(window, MIN_REFERENCE) if min_rows is None else min_rows
     if m < need:
         raise ValueError(
             f"{m} reference rows; a window of {window} calls needs at least {need} "

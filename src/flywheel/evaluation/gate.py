@@ -406,13 +406,18 @@ def reference_check(
     labels: list[str],
     *,
     margin: float,
+    alpha: float = 0.05,
     min_rows: int = 3,
 ) -> tuple[bool, str, dict[str, Any]]:
     """Does the challenger trail a reference model (same rows, curated by trust) by more
-    than ``margin``, overall or on a class where it also gets ``min_rows`` more rows wrong?
+    than ``margin``, overall or on a class where it also gets ``min_rows`` more rows wrong
+    — or by any amount overall beyond chance: the upper end of the one-sided ``1 -
+    alpha`` paired interval of (challenger - reference) below zero?
 
     Both models are trained alike on nearly the same data, so a gap beyond the
     training noise points at the rows they disagree on: the answers trust set aside.
+    A gap well inside the margin can still be one the rows agree on (few discordant
+    pairs, nearly all for the reference): the interval catches it.
     """
     classes_ok, _, detail = class_check(
         y_true,
@@ -423,19 +428,32 @@ def reference_check(
         min_rows=min_rows,
     )
     overall = float(reference_correct.mean() - challenger_correct.mean()) if len(y_true) else 0.0
+    ch, ref = np.asarray(challenger_correct, bool), np.asarray(reference_correct, bool)
+    b, c = int(np.sum(ch & ~ref)), int(np.sum(ref & ~ch))
+    lo, hi = paired_interval(b, c, len(y_true), 2 * alpha)  # its upper end: one-sided
     why = [f"accuracy {-overall:+.4f}"] if overall > margin + 1e-9 else []
+    if not why and hi < 0:
+        why.append(
+            f"accuracy {-overall:+.4f}, beyond chance: the {1 - alpha:.0%} one-sided "
+            f"interval's upper end {hi:+.4f} from {b + c} rows the two disagree on, "
+            f"{c} for the reference"
+        )
     if not classes_ok:
         worst = max(detail["failed_classes"], key=lambda lab: detail["recall_drop"][lab])
         why.append(f"class {worst!r} recall {-detail['recall_drop'][worst]:+.4f}")
     reason = (
         "possibly poisoned feedback: the challenger trails a reference trained on the same "
-        f"feedback curated by user trust by more than {margin} ({', '.join(why)})"
+        f"feedback curated by user trust, by more than {margin} or beyond chance "
+        f"({', '.join(why)})"
         if why
         else ""
     )
     detail = {
         "reference_accuracy": round(float(reference_correct.mean()), 4) if len(y_true) else None,
         "accuracy_drop": round(overall, 4),
+        "interval": (round(lo, 6), round(hi, 6)),
+        "challenger_only_correct": b,
+        "reference_only_correct": c,
         "min_rows": min_rows,
         **detail,
     }
@@ -535,7 +553,12 @@ def judge(
     ):
         ref = reference()
         passed, why, detail = reference_check(
-            y, challenger, ref.correct, list(labels), margin=policy.reference_margin
+            y,
+            challenger,
+            ref.correct,
+            list(labels),
+            margin=policy.reference_margin,
+            alpha=policy.alpha,
         )
         decision = with_check(
             decision,

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from flywheel.errors import ConfigError, did_you_mean
 from flywheel.models.spec import ModelSpec
 
 __all__ = [
@@ -59,7 +60,10 @@ def known_archs() -> list[str]:
 
 def arch_info(name: str) -> ArchInfo:
     if name not in _ARCHS:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(known_archs())}")
+        raise ConfigError(
+            f"unknown architecture {name!r}{did_you_mean(name, known_archs())} "
+            f"(architectures: {', '.join(known_archs())})"
+        )
     return _ARCHS[name]
 
 

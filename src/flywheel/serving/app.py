@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -230,17 +231,31 @@ def create_app(
             daemon=True,
         )
         watcher.start()
+        version = predictor.serving_version()
+        log.info(
+            "ready on http://%s:%d (pid %d): %s, %s backend; dashboard at /, API docs at /docs",
+            settings.host, settings.port, os.getpid(),
+            "no production model yet" if version is None else f"model v{version}",
+            settings.serving_backend,
+        )  # fmt: skip
         try:
             yield
         finally:
             # The server has stopped taking requests and answered those in flight:
             # run what is queued, commit every logged prediction.
+            log.info("stopping: requests in flight answered; committing what is queued")
             stop.set()
             watcher.join()
             predictor.close()
             app.state.runner.shutdown()
             sender.stop()
             access.stop()
+            w = predictor.writer
+            log.info(
+                "stopped: %d predictions committed by this process%s",
+                w.written,
+                f", {w.spilled} kept in the journal for the next start" if w.spilled else "",
+            )
 
     app = FastAPI(
         title="flywheel",

@@ -40,6 +40,7 @@ class Predictor:
         self.project = project
         self.metrics = metrics
         self._fixed = backend  # a test's backend: never swapped
+        self._shown: int | None = None  # the version the server's log last named
         self.writer = PredictionWriter(
             self._write,
             max_queue=st.log_queue_size,
@@ -92,7 +93,26 @@ class Predictor:
 
     def _swapped(self, served: Served) -> None:
         self.metrics.production_version.set(served.version)
-        log.info("serving v%d on %s", served.version, served.backend.name)
+        before, self._shown = self._shown, served.version
+        if before is None:
+            log.info("serving v%d (%s backend)", served.version, served.backend.name)
+        elif before != served.version:
+            log.info(
+                "production v%d -> v%d (%s); serving it (%s backend)",
+                before, served.version, self._why_moved(served.version), served.backend.name,
+            )  # fmt: skip
+
+    def _why_moved(self, version: int) -> str:
+        """The newest move of production to ``version``: its action and reason."""
+        from sqlalchemy import select
+
+        from flywheel.store.schema import AliasEvent
+
+        with self.project.db.session() as s:
+            q = select(AliasEvent).where(AliasEvent.name == "production")
+            q = q.where(AliasEvent.version == version).order_by(AliasEvent.id.desc()).limit(1)
+            e = s.scalars(q).first()
+            return "moved" if e is None else f"{e.action}: {e.reason}"
 
     # -- predictions ----------------------------------------------------------------------
 

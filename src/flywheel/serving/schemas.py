@@ -400,6 +400,11 @@ class DriftWindowPublic(BaseModel):
         description="The label-free estimates: 'confidence' (the one above) and 'atc' "
         "(average thresholded confidence).",
     )
+    calibration: dict[str, Any] | None = Field(
+        default=None,
+        description="The estimate's temperature and the rows it was fitted on (the "
+        "calls answered before the window, pooled with the reference rows while few).",
+    )
     observed_accuracy: float | None = Field(
         description="From the answers its calls got outside the review queue so far."
     )

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
+import logging
 import os
+import signal
+import socket
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -19,7 +26,7 @@ from flywheel.project import Project
 from flywheel.serving.app import create_app
 from flywheel.settings import Settings
 
-__all__ = ["BackgroundServer", "check_can_serve", "serve"]
+__all__ = ["BackgroundServer", "bind", "check_can_serve", "serve", "server_log"]
 
 
 def check_can_serve(project: Project) -> None:
@@ -104,17 +111,86 @@ def worker_app() -> FastAPI:
     return create_app(settings)
 
 
+class _Foreground(uvicorn.Server):  # type: ignore[misc]
+    """uvicorn's server, except that Ctrl-C after the graceful stop is exit status 130,
+    not the SIGINT uvicorn raises again (a KeyboardInterrupt traceback in the terminal).
+    SIGTERM is raised again as uvicorn does, for supervisors to see."""
+
+    interrupted = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                if signal.SIGINT in self._captured_signals:
+                    self.interrupted = True
+                    self._captured_signals[:] = [
+                        s for s in self._captured_signals if s != signal.SIGINT
+                    ]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening address, taken before anything slow: a port in use fails at once,
+    naming what to do."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = (
+            "the port is in use (another server?)"
+            if exc.errno == errno.EADDRINUSE
+            else exc.strerror or str(exc)
+        )
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {why}; stop what holds it, or choose another "
+            "port with --port (or port in flywheel.toml)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def server_log() -> None:
+    """The server's own lines (ready, each model swap, shutdown) on stderr, for a person
+    at the terminal: the access log stays JSON lines of its own."""
+    logger = logging.getLogger("flywheel")
+    if not any(getattr(h, "flywheel_server", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s flywheel: %(message)s", "%Y-%m-%d %H:%M:%S")
+        )
+        handler.flywheel_server = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def serve(settings: Settings) -> None:
     """Serve in the foreground until SIGINT/SIGTERM, which drain requests in flight.
 
-    With ``settings.workers`` > 1, uvicorn runs that many processes on one socket; each
-    opens the project itself (SQLite in WAL mode with retries, or PostgreSQL).
+    The address is bound first (a port in use fails in milliseconds, before the project
+    opens). With ``settings.workers`` > 1, uvicorn runs that many processes on one
+    socket; each opens the project itself (SQLite in WAL mode with retries, or
+    PostgreSQL).
     """
-    project = Project(settings)  # migrates the database once, before any worker starts
-    check_can_serve(project)
+    sock = bind(settings.host, settings.port)
+    server_log()
+    try:
+        project = Project(settings)  # migrates the database once, before any worker starts
+        check_can_serve(project)
+    except BaseException:
+        sock.close()
+        raise
     if settings.workers == 1:
-        uvicorn.Server(_config(project, settings.host, settings.port)).run()
+        server = _Foreground(_config(project, settings.host, settings.port))
+        server.run(sockets=[sock])
+        if server.interrupted:
+            raise SystemExit(130)  # Ctrl-C, after the graceful stop its lines reported
         return
+    sock.close()  # uvicorn's supervisor binds it again for its workers, at once
     project.close()
     os.environ[WORKER_ENV] = settings.model_dump_json(exclude_unset=False)
     uvicorn.run(
