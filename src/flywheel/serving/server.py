@@ -111,7 +111,7 @@ def worker_app() -> FastAPI:
     return create_app(settings)
 
 
-class _Foreground(uvicorn.Server):  # type: ignore[misc]
+class _Foreground(uvicorn.Server):
     """uvicorn's server, except that Ctrl-C after the graceful stop is exit status 130,
     not the SIGINT uvicorn raises again (a KeyboardInterrupt traceback in the terminal).
     SIGTERM is raised again as uvicorn does, for supervisors to see."""
