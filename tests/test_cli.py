@@ -241,3 +241,27 @@ def test_private_training_ledger_forget_and_key_rotation_from_the_cli(tmp_path: 
     assert Project.open(root).pseudonym("ann") != before
     kept = run("privacy", "retention", "--days", "0", "-p", root, "--json")
     assert kept["predictions"] == 8 and kept["kept_for_training"] == 8
+
+
+def test_retrain_takes_the_training_options_train_takes(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    root = str(project.settings.project_dir)
+    from flywheel.data import digits_arrays, encode_png
+
+    images, labels = digits_arrays()
+    for i in range(1000, 1030):
+        r = project.predict(encode_png(images[i]))
+        project.record_feedback(r.prediction_id, label=str(labels[i]), user_id="ann")
+    project.close()
+    out = run("retrain", "-p", root, "--epochs", "2", "--cold-start", "--no-refit", "--json")
+    assert out["skipped"] is False and out["feedback_used"] > 0
+    config = Project.open(root).version_info(out["model_version"]).training_config
+    assert (config["epochs"], config["warm_start"], config["refit"]) == (2, False, False)
+    # every training option of train is one of retrain's, with its help
+    helps = {
+        c: runner.invoke(app, [c, "--help"], env={"COLUMNS": "200"}).stdout
+        for c in ("train", "retrain")
+    }
+    for option in ("--epochs", "--lr", "--patience", "--refit", "--dp-epsilon", "--federated"):
+        assert option in helps["train"] and option in helps["retrain"]
+    assert "[default: 30; setting epochs]" in helps["retrain"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -344,86 +347,238 @@ def data_issues(
     out.print(t)
 
 
+def _default(setting: str, shown: str | None = None) -> str:
+    """ "[default: 30, setting epochs]": the value a run gets when the option is not given
+    (flywheel.toml or FLYWHEEL_* may change it), and where to change it for good."""
+    value = Settings.model_fields[setting].default
+    return f"\\[default: {shown or value}; setting {setting}]"  # \\[: not rich markup
+
+
+def _topt(setting: str, help: str, *decls: str, shown: str | None = None, **kw: Any) -> Any:
+    return typer.Option(*decls, help=f"{help} {_default(setting, shown)}", show_default=False, **kw)
+
+
+ArchT = Annotated[
+    str | None, _topt("arch", "Architecture.", shown="the task's", rich_help_panel="Training")
+]
+EpochsT = Annotated[
+    int | None,
+    _topt(
+        "epochs",
+        "Most epochs (early stopping may end sooner).",
+        min=1,
+        rich_help_panel="Training",
+    ),
+]
+BatchSizeT = Annotated[
+    int | None, _topt("batch_size", "Rows per step.", min=1, rich_help_panel="Training")
+]
+LrT = Annotated[
+    float | None,
+    _topt("learning_rate", "Learning rate (Adam).", "--lr", min=0.0, rich_help_panel="Training"),
+]
+WeightDecayT = Annotated[
+    float | None,
+    _topt("weight_decay", "L2 penalty.", min=0.0, rich_help_panel="Training"),
+]
+DropoutT = Annotated[
+    float | None,
+    _topt("dropout", "Dropout before the head.", min=0.0, max=0.95, rich_help_panel="Training"),
+]
+PatienceT = Annotated[
+    int | None,
+    _topt(
+        "patience",
+        "Epochs without a better validation loss before stopping.",
+        min=1,
+        rich_help_panel="Training",
+    ),
+]
+LrScheduleT = Annotated[
+    str | None,
+    _topt("lr_schedule", "none, cosine or plateau.", rich_help_panel="Training"),
+]
+AugmentT = Annotated[
+    bool | None,
+    _topt(
+        "augment",
+        "Augment training batches (images, audio).",
+        "--augment/--no-augment",
+        rich_help_panel="Training",
+    ),
+]
+ImageSizeT = Annotated[
+    int | None,
+    _topt(
+        "image_size",
+        "Images: resize to this side.",
+        shown="the architecture's",
+        min=4,
+        rich_help_panel="Training",
+    ),
+]
+SeedT = Annotated[
+    int | None, _topt("seed", "Seed of the split and the run.", rich_help_panel="Training")
+]
+WarmStartT = Annotated[
+    bool | None,
+    _topt(
+        "warm_start",
+        "Start from production's weights.",
+        "--warm-start/--cold-start",
+        rich_help_panel="Training",
+    ),
+]
+RefitT = Annotated[
+    bool | None,
+    _topt(
+        "refit",
+        "Train again on training + validation rows for the best epoch count.",
+        "--refit/--no-refit",
+        rich_help_panel="Training",
+    ),
+]
+DpEpsilonT = Annotated[
+    float | None,
+    _topt(
+        "dp_epsilon",
+        "Train with user-level DP-SGD to this ε (Opacus, RDP).",
+        shown="off",
+        min=0.0,
+        rich_help_panel="Privacy",
+    ),
+]
+DpDeltaT = Annotated[
+    float | None,
+    _topt("dp_delta", "δ of the private run.", min=0.0, max=1.0, rich_help_panel="Privacy"),
+]
+DpMaxGradNormT = Annotated[
+    float | None,
+    _topt(
+        "dp_max_grad_norm",
+        "DP: clipping norm of each user's gradient.",
+        min=0.0,
+        rich_help_panel="Privacy",
+    ),
+]
+DpNoiseMultiplierT = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        help="DP: a noise multiplier σ instead of an ε target \\[default: from the ε target].",
+        show_default=False,
+        rich_help_panel="Privacy",
+    ),
+]
+FederatedT = Annotated[
+    bool,
+    typer.Option(
+        "--federated",
+        help="FedAvg with Flower (simulated here), one client per user group.",
+        rich_help_panel="Federated",
+    ),
+]
+ClientsT = Annotated[
+    int, typer.Option(min=2, help="Federated: number of clients.", rich_help_panel="Federated")
+]
+RoundsT = Annotated[
+    int, typer.Option(min=1, help="Federated: rounds.", rich_help_panel="Federated")
+]
+LocalEpochsT = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Federated: epochs each client trains per round.",
+        rich_help_panel="Federated",
+    ),
+]
+
+
+def _training_options(
+    arch: ArchT = None,
+    epochs: EpochsT = None,
+    batch_size: BatchSizeT = None,
+    lr: LrT = None,
+    weight_decay: WeightDecayT = None,
+    dropout: DropoutT = None,
+    patience: PatienceT = None,
+    lr_schedule: LrScheduleT = None,
+    augment: AugmentT = None,
+    image_size: ImageSizeT = None,
+    seed: SeedT = None,
+    warm_start: WarmStartT = None,
+    refit: RefitT = None,
+    dp_epsilon: DpEpsilonT = None,
+    dp_delta: DpDeltaT = None,
+    dp_max_grad_norm: DpMaxGradNormT = None,
+    dp_noise_multiplier: DpNoiseMultiplierT = None,
+    federated: FederatedT = False,
+    clients: ClientsT = 5,
+    rounds: RoundsT = 10,
+    local_epochs: LocalEpochsT = 1,
+) -> None:
+    """The options of a training run, shared by ``train`` and ``retrain`` (only its
+    signature is used: see ``_with_training_options``)."""
+
+
+def _with_training_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` takes ``training`` (a dict); the command the CLI sees takes each of
+    ``_training_options``'s options instead, after its own."""
+    extra = list(inspect.signature(_training_options, eval_str=True).parameters.values())
+    sig = inspect.signature(command, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "training"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        training = {p.name: kwargs.pop(p.name) for p in extra}
+        command(training=training, **kwargs)
+
+    params = own + extra
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def _config(p: Project, t: dict[str, Any]) -> Any:
+    federated = t["federated"]
+    return p.train_config(
+        arch=t["arch"],
+        epochs=t["epochs"],
+        batch_size=t["batch_size"],
+        learning_rate=t["lr"],
+        weight_decay=t["weight_decay"],
+        dropout=t["dropout"],
+        patience=t["patience"],
+        lr_schedule=t["lr_schedule"],
+        augment=t["augment"],
+        image_size=t["image_size"],
+        seed=t["seed"],
+        warm_start=t["warm_start"],
+        refit=t["refit"],
+        dp_epsilon=t["dp_epsilon"],
+        dp_delta=t["dp_delta"],
+        dp_max_grad_norm=t["dp_max_grad_norm"],
+        dp_noise_multiplier=t["dp_noise_multiplier"],
+        federated_clients=t["clients"] if federated else None,
+        federated_rounds=t["rounds"] if federated else None,
+        local_epochs=t["local_epochs"] if federated else None,
+    )
+
+
 @app.command()
+@_with_training_options
 def train(
     project: ProjectOpt = Path("."),
-    arch: Annotated[str | None, typer.Option(help="Architecture (default: the task's).")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1)] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
-    lr: Annotated[float | None, typer.Option(min=0.0)] = None,
-    weight_decay: Annotated[float | None, typer.Option(min=0.0, help="L2 penalty.")] = None,
-    dropout: Annotated[float | None, typer.Option(min=0.0, max=0.95)] = None,
-    lr_schedule: Annotated[str | None, typer.Option(help="none, cosine or plateau.")] = None,
-    augment: Annotated[
-        bool | None, typer.Option("--augment/--no-augment", help="Augment training batches.")
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option(min=4, help="Images: resize to this side.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    warm_start: Annotated[
-        bool | None, typer.Option("--warm-start/--cold-start", help="Start from production.")
-    ] = None,
-    refit: Annotated[
-        bool | None,
-        typer.Option(
-            "--refit/--no-refit",
-            help="Train again on training + validation rows for the best epoch count.",
-        ),
-    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Finish an interrupted run from its last checkpoint.")
     ] = False,
-    dp_epsilon: Annotated[
-        float | None,
-        typer.Option(min=0.0, help="Train with user-level DP-SGD to this ε (Opacus, RDP)."),
-    ] = None,
-    dp_delta: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="δ of the private run.")
-    ] = None,
-    dp_max_grad_norm: Annotated[
-        float | None, typer.Option(min=0.0, help="DP: clipping norm of each user's gradient.")
-    ] = None,
-    dp_noise_multiplier: Annotated[
-        float | None,
-        typer.Option(min=0.0, help="DP: a noise multiplier σ instead of an ε target."),
-    ] = None,
-    federated: Annotated[
-        bool,
-        typer.Option(
-            "--federated", help="FedAvg with Flower (simulated here), one client per user group."
-        ),
-    ] = False,
-    clients: Annotated[int, typer.Option(min=2, help="Federated: number of clients.")] = 5,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated: rounds.")] = 10,
-    local_epochs: Annotated[
-        int, typer.Option(min=1, help="Federated: epochs each client trains per round.")
-    ] = 1,
     as_json: JsonOpt = False,
+    *,
+    training: dict[str, Any],
 ) -> None:
     """Train a challenger on the newest dataset version; gate it; promote it if it passes."""
     p = _open(project)
-    config = p.train_config(
-        arch=arch,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        weight_decay=weight_decay,
-        dropout=dropout,
-        lr_schedule=lr_schedule,
-        augment=augment,
-        image_size=image_size,
-        seed=seed,
-        warm_start=warm_start,
-        refit=refit,
-        dp_epsilon=dp_epsilon,
-        dp_delta=dp_delta,
-        dp_max_grad_norm=dp_max_grad_norm,
-        dp_noise_multiplier=dp_noise_multiplier,
-        federated_clients=clients if federated else None,
-        federated_rounds=rounds if federated else None,
-        local_epochs=local_epochs if federated else None,
-    )
+    config = _config(p, training)
     with _EpochBar(quiet=as_json) as bar:
         result = p.train(config, on_epoch=bar, resume=resume)
     if as_json:
@@ -433,11 +588,19 @@ def train(
 
 
 @app.command()
-def retrain(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """One turn of the loop: curate new feedback, train, gate, promote."""
+@_with_training_options
+def retrain(
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+    *,
+    training: dict[str, Any],
+) -> None:
+    """One turn of the loop: curate new feedback, train, gate, promote (the training
+    options as for train; a retrain starts warm from production unless --cold-start)."""
     p = _open(project)
+    config = _config(p, training)
     with _EpochBar(quiet=as_json) as bar:
-        result = p.retrain(on_epoch=bar)
+        result = p.retrain(config, on_epoch=bar)
     if as_json:
         _print_json(result.to_json())
         return

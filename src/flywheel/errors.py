@@ -20,6 +20,8 @@ Messages name the thing, what was expected and what came.
 
 from __future__ import annotations
 
+import difflib
+
 __all__ = [
     "AuthError",
     "ConfigError",
@@ -40,8 +42,6 @@ def did_you_mean(name: str, choices: object, *, list_all: bool = True) -> str:
     """ "; did you mean 'x'?" for the closest of ``choices`` to ``name``, or (``list_all``)
     the choices themselves when none is close: the tail of an error about an unknown
     name."""
-    import difflib
-
     options = sorted(str(c) for c in choices)  # type: ignore[attr-defined]
     close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.6)
     if close:

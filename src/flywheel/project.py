@@ -232,8 +232,7 @@ class Project:
     def review_queue(
         self, *, limit: int = 20, strategy: str | None = None, spread: bool = False, **more: Any
     ) -> list[dict[str, Any]]:
-        """The logged predictions most worth a user's answer (golden probes and second
-        opinions among them); ``more``: ``user_id`` (who asks), ``seed``."""
+        """The predictions most worth an answer; ``more``: ``user_id`` (who asks), ``seed``."""
         return self.services.review.queue(limit=limit, strategy=strategy, spread=spread, **more)
 
     def users(self) -> list[dict[str, Any]]:
@@ -275,6 +274,9 @@ class Project:
 
     def production_version(self) -> int | None:
         return self.services.registry.production()
+
+    def why_production(self, version: int) -> str:
+        return self.services.registry.why_production(version)
 
     def promote(self, version: int, reason: str = "manual promote") -> VersionInfo:
         """Point production at ``version``; it serves at once."""
@@ -321,8 +323,7 @@ class Project:
     def create_key(
         self, scopes: list[str], name: str = "", *, expires_in: timedelta | None = None
     ) -> tuple[str, dict[str, Any]]:
-        """Make an API key (``expires_in``: refused after that long); the key itself is
-        returned once and only its hash is stored."""
+        """A new API key, returned once (only its hash is kept); ``expires_in``: its life."""
         return self.services.keys.create(scopes, name, expires_in)
 
     def revoke_key(self, ident: str) -> dict[str, Any]:
@@ -336,8 +337,7 @@ class Project:
         return self.services.keys.has_keys()
 
     def authenticate(self, key: str, scope: str | None) -> tuple[str, list[str]]:
-        """The name and scopes of ``key``; ``AuthError`` unless it is live and holds
-        ``scope`` (None: any scope)."""
+        """The name and scopes of ``key``; ``AuthError`` unless live with ``scope`` (None: any)."""
         return self.services.keys.authenticate(key, scope)
 
     def open_ui_session(self, key: str) -> tuple[str, str, list[str]]:

@@ -26,7 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from flywheel.errors import ConfigError, ProjectError
+from flywheel.errors import ConfigError, ProjectError, did_you_mean
 from flywheel.tasks import TASKS
 
 __all__ = [
@@ -604,8 +604,6 @@ def _problem(err: Any, overrides: dict[str, Any], toml: Path) -> str:
     else:
         where = f"in {toml}"
     if err["type"] == "extra_forbidden":
-        from flywheel.errors import did_you_mean
-
         near = did_you_mean(key, Settings.model_fields, list_all=False)
         return f"unknown setting {name!r} {where}{near or ' (README: Configuration)'}"
     value = err.get("input")

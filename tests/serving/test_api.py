@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import func, select
 
 from flywheel import Project, Settings
@@ -261,6 +263,17 @@ def test_feedback_malformed_json_is_422(client: TestClient) -> None:
     )
     assert r.status_code == 422
     assert r.json()["detail"][0]["type"] == "json_invalid"
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded"])
+def test_a_jpeg_where_json_was_due_is_422_naming_it(client: TestClient, ctype: str) -> None:
+    """The bytes are not UTF-8: echoed as they came, the error itself was a 500."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), 128).save(buf, format="JPEG")
+    r = client.post("/v1/feedback", content=buf.getvalue(), headers={"content-type": ctype})
+    assert r.status_code == 422, r.text
+    (err,) = r.json()["detail"]
+    assert err["input"] == f"<{len(buf.getvalue())} bytes, not UTF-8 text>"
 
 
 def test_feedback_without_an_answer_is_422(client: TestClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import signal
 import socket
 import subprocess
@@ -162,6 +163,10 @@ def test_sigterm_under_load_answers_what_it_accepted_and_logs_every_answer(
             t.join(120)
     assert code in (0, -signal.SIGTERM), out
     assert "Traceback" not in out, out
+    # The server's own lines: where it listens once it answers, what it drained at the end.
+    assert f"flywheel: ready on http://127.0.0.1:{server.port} " in out, out
+    assert "model v1, onnx backend" in out
+    assert out.index("ready on") < out.index("stopping:") < out.index("stopped:")
     assert load.bad_status == []  # no request was answered with an error
     # Requests without an answer are only those that met the closed socket after the signal.
     assert all(when >= signalled for when, _ in load.transport), load.transport
@@ -169,6 +174,7 @@ def test_sigterm_under_load_answers_what_it_accepted_and_logs_every_answer(
     # Every answered prediction is in the store: nothing was lost in the queue at exit.
     assert set(load.predicted) == logged
     assert len(logged) >= 200
+    assert f"stopped: {len(logged)} predictions committed by this process" in out, out
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
@@ -278,7 +284,10 @@ def test_two_server_processes_on_postgresql_never_retrain_at_once(
         assert end <= begin  # never two at once
 
 
-def test_twenty_promotions_and_rollbacks_under_load_fail_no_request(tmp_path: Path) -> None:
+def test_twenty_promotions_and_rollbacks_under_load_fail_no_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flywheel")
     project = make_project(tmp_path / "p")
     v2 = project.train(project.train_config(seed=1)).model.version
     if project.production_version() == v2:  # the gate promoted it: start from v1
@@ -302,6 +311,11 @@ def test_twenty_promotions_and_rollbacks_under_load_fail_no_request(tmp_path: Pa
     project.close()
     assert load.bad_status == [] and load.transport == []
     assert set(load.versions) == {1, v2}
+    # The server's log names each move and its reason.
+    moves = [r.getMessage() for r in caplog.records if "production v" in r.getMessage()]
+    tail = "through the API); serving it (onnx backend)"
+    assert moves.count(f"production v1 -> v{v2} (promote: promoted {tail}") == 20
+    assert moves.count(f"production v{v2} -> v1 (rollback: rolled back {tail}") == 20
 
 
 def test_feedback_finds_a_prediction_still_in_the_log_queue(

@@ -20,6 +20,7 @@ __all__ = [
     "fallback",
     "get_alias",
     "get_version",
+    "last_move",
     "list_versions",
     "promote",
     "record_graph",
@@ -139,6 +140,12 @@ def check_servable(s: Session, version: int) -> None:
         raise NotFoundError("model version", version)
     if mv.withdrawn_at is not None:
         raise RegistryError(f"v{version} is out of service: {mv.withdrawn_reason}")
+
+
+def last_move(s: Session, version: int) -> AliasEvent | None:
+    """The newest move of production to ``version``."""
+    q = select(AliasEvent).where(AliasEvent.name == PRODUCTION, AliasEvent.version == version)
+    return s.scalars(q.order_by(AliasEvent.id.desc()).limit(1)).first()
 
 
 def rollback_target(s: Session) -> tuple[int, int]:

@@ -80,6 +80,12 @@ class RegistryService:
         with self.ctx.db.session() as s:
             return repo.get_alias(s, PRODUCTION)
 
+    def why_production(self, version: int) -> str:
+        """How production came to ``version``: "promote: <reason>", "rollback: ..."."""
+        with self.ctx.db.session() as s:
+            e = repo.last_move(s, version)
+            return "moved" if e is None else f"{e.action}: {e.reason}"
+
     def champion(self) -> Champion | None:
         """The production version and its training config (None: no production yet)."""
         with self.ctx.db.session() as s:

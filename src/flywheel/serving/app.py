@@ -102,8 +102,40 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     sent in a body would otherwise make the error itself unwritable (a 500)."""
     assert isinstance(exc, RequestValidationError)
     return JSONResponse(
-        status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))}
+        status_code=422, content={"detail": _finite(jsonable_encoder(_no_bytes(exc.errors())))}
     )
+
+
+def _say_ready(settings: Settings, version: int | None) -> None:
+    log.info(
+        "ready on http://%s:%d (pid %d): %s, %s backend; dashboard at /, API docs at /docs",
+        settings.host, settings.port, os.getpid(),
+        "no production model yet" if version is None else f"model v{version}",
+        settings.serving_backend,
+    )  # fmt: skip
+
+
+def _say_stopped(writer: Any) -> None:
+    spilled = f", {writer.spilled} kept in the journal for the next start"
+    log.info(
+        "stopped: %d predictions committed by this process%s",
+        writer.written, spilled if writer.spilled else "",
+    )  # fmt: skip
+
+
+def _no_bytes(value: Any) -> Any:
+    """The errors with each echoed body that is bytes (a JPEG sent where JSON was due:
+    not UTF-8, so not writable as JSON) replaced by what it was."""
+    if isinstance(value, bytes | bytearray):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"<{len(value)} bytes, not UTF-8 text>"
+    if isinstance(value, dict):
+        return {k: _no_bytes(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_bytes(v) for v in value]
+    return value
 
 
 #: OpenAPI links: where an answer's ids lead (a client, or a stateful fuzzer, follows them)
@@ -231,13 +263,7 @@ def create_app(
             daemon=True,
         )
         watcher.start()
-        version = predictor.serving_version()
-        log.info(
-            "ready on http://%s:%d (pid %d): %s, %s backend; dashboard at /, API docs at /docs",
-            settings.host, settings.port, os.getpid(),
-            "no production model yet" if version is None else f"model v{version}",
-            settings.serving_backend,
-        )  # fmt: skip
+        _say_ready(settings, predictor.serving_version())
         try:
             yield
         finally:
@@ -250,12 +276,7 @@ def create_app(
             app.state.runner.shutdown()
             sender.stop()
             access.stop()
-            w = predictor.writer
-            log.info(
-                "stopped: %d predictions committed by this process%s",
-                w.written,
-                f", {w.spilled} kept in the journal for the next start" if w.spilled else "",
-            )
+            _say_stopped(predictor.writer)
 
     app = FastAPI(
         title="flywheel",

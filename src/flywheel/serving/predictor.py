@@ -104,15 +104,7 @@ class Predictor:
 
     def _why_moved(self, version: int) -> str:
         """The newest move of production to ``version``: its action and reason."""
-        from sqlalchemy import select
-
-        from flywheel.store.schema import AliasEvent
-
-        with self.project.db.session() as s:
-            q = select(AliasEvent).where(AliasEvent.name == "production")
-            q = q.where(AliasEvent.version == version).order_by(AliasEvent.id.desc()).limit(1)
-            e = s.scalars(q).first()
-            return "moved" if e is None else f"{e.action}: {e.reason}"
+        return self.project.why_production(version)
 
     # -- predictions ----------------------------------------------------------------------
 
