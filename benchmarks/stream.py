@@ -61,9 +61,7 @@ def policy_for(arm: str) -> Any:
         "interval": Policy(interval_s=3 * HOUR, cooldown_s=0),
         "every_n": Policy(min_feedback=160, cooldown_s=0),
         "drift": Policy(on_drift=True, drift_min_feedback=80, cooldown_s=0),
-        "drift+n": Policy(
-            min_feedback=160, on_drift=True, drift_min_feedback=80, cooldown_s=0
-        ),
+        "drift+n": Policy(min_feedback=160, on_drift=True, drift_min_feedback=80, cooldown_s=0),
     }[arm]
 
 

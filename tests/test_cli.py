@@ -265,3 +265,29 @@ def test_retrain_takes_the_training_options_train_takes(tmp_path: Path) -> None:
     for option in ("--epochs", "--lr", "--patience", "--refit", "--dp-epsilon", "--federated"):
         assert option in helps["train"] and option in helps["retrain"]
     assert "[default: 30; setting epochs]" in helps["retrain"]
+
+
+def test_tables_at_80_columns_never_cut_a_version_alias_or_class_name(tmp_path: Path) -> None:
+    """CliRunner's console is 80 columns wide, a newcomer's default terminal."""
+    rng = np.random.default_rng(0)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+             "ship", "truck"]  # fmt: skip
+    folders = write_class_folders(
+        tmp_path / "data",
+        {n: [rng.integers(0, 256, (12, 12, 3), dtype=np.uint8) for _ in range(5)] for n in names},
+    )
+    root = str(tmp_path / "p")
+    run("init", root, "--data", str(folders), "--json")
+    run("train", "-p", root, "--epochs", "1", "--no-refit", "--json")
+    r = runner.invoke(app, ["models", "-p", root])
+    assert r.exit_code == 0, r.output
+    assert "production" in r.stdout and "candidate" in r.stdout
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    r = runner.invoke(app, ["evaluate", "-p", root])
+    assert r.exit_code == 0, r.output
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    words = set(r.stdout.replace("│", " ").split())
+    assert set(names) <= words, set(names) - words  # each name whole, on one line
+    assert "by row number" in " ".join(
+        r.stdout.split()
+    )  # ten long names do not fit as column heads

@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import click
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -54,6 +55,37 @@ app.add_typer(privacy_app, name="privacy")
 
 out = Console()
 err = Console(stderr=True)
+
+
+class _Table(Table):
+    """A table for a terminal of any width: ``key`` columns (versions, aliases, class
+    names, ids) keep their words whole (rich narrows and wraps the other columns first);
+    the others fold inside their cells rather than end in an ellipsis. ``--json`` is the
+    machine form."""
+
+    def add_column(  # type: ignore[override]
+        self, header: str = "", *args: Any, key: bool = False, optional: bool = False, **kw: Any
+    ) -> None:
+        """``optional``: left out, last first, while the table is wider than the terminal."""
+        kw.setdefault("overflow", "fold")
+        if key:
+            kw.setdefault("no_wrap", True)
+        super().add_column(header, *args, **kw)
+        if optional:
+            self._optional = [*getattr(self, "_optional", []), self.columns[-1]]
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        hidden = []
+        optional = list(getattr(self, "_optional", []))
+        natural = options.update_width(10_000)  # measured unbounded: what it would take
+        while optional and Measurement.get(console, natural, self).maximum > options.max_width:
+            col = optional.pop()
+            self.columns.remove(col)
+            hidden.insert(0, str(col.header))
+        if hidden:
+            self.caption = f"left out to fit: {', '.join(hidden)} (a wider terminal, or --json)"
+        return super().__rich_console__(console, options)
+
 
 ProjectOpt = Annotated[
     Path,
@@ -108,7 +140,7 @@ class _EpochBar:
 
 
 def _print_train(result: TrainResult) -> None:
-    t = Table(title=f"model v{result.model.version} ({result.model.arch})")
+    t = _Table(title=f"model v{result.model.version} ({result.model.arch})")
     t.add_column("field")
     t.add_column("value")
     m = result.model.metrics
@@ -262,7 +294,7 @@ def init(
 def _print_cleaning(report: dict[str, Any], *, brief: bool = False) -> None:
     if not report:
         return
-    t = Table(title="cleaning report")
+    t = _Table(title="cleaning report")
     t.add_column("check")
     t.add_column("count", justify="right")
     t.add_column("action")
@@ -334,7 +366,7 @@ def data_issues(
         f"training will {p.settings.label_issue_mode.replace('-', ' ')} them "
         "(setting label_issue_mode)"
     )
-    t = Table(title="likely label issues (lowest confidence in the given label first)")
+    t = _Table(title="likely label issues (lowest confidence in the given label first)")
     for col in ("row", "given", "suggested", "p(given)"):
         t.add_column(col)
     for i in sorted(found["issues"], key=lambda i: i["self_confidence"])[:50]:
@@ -665,20 +697,27 @@ def evaluate(
     )
     if report["skipped"]:
         err.print(f"[yellow]skipped {len(report['skipped'])} unreadable input(s)[/]")
-    t = Table(title="per class")
-    for col in ("class", "precision", "recall", "f1", "support"):
-        t.add_column(col, justify="right")
+    t = _Table(title="per class")
+    t.add_column("class", key=True)
+    for col in ("precision", "recall", "f1", "support"):
+        t.add_column(col, justify="right", key=True)
     for lab, m in report["per_class"].items():
         t.add_row(
             lab, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])
         )
     out.print(t)
-    cm = Table(title="confusion matrix (rows: truth, columns: prediction)")
-    cm.add_column("")
-    for lab in report["labels"]:
-        cm.add_column(lab, justify="right")
-    for lab, row in zip(report["labels"], report["confusion_matrix"], strict=True):
-        cm.add_row(lab, *(str(v) for v in row))
+    labels = report["labels"]
+    # Full names as column heads while they fit; else each column is its row's number.
+    cells = max(len(str(v)) for row in report["confusion_matrix"] for v in row)
+    named = sum(max(len(lab), cells) + 3 for lab in labels) + max(map(len, labels)) + 8
+    short = named > out.width
+    what = "columns: prediction, by row number" if short else "columns: prediction"
+    cm = _Table(title=f"confusion matrix (rows: truth, {what})")
+    cm.add_column("", key=True)
+    for i, lab in enumerate(labels):
+        cm.add_column(str(i) if short else lab, justify="right", key=True)
+    for i, (lab, row) in enumerate(zip(labels, report["confusion_matrix"], strict=True)):
+        cm.add_row(f"{i} {lab}" if short else lab, *(str(v) for v in row))
     out.print(cm)
 
 
@@ -689,9 +728,13 @@ def models(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json([v.to_json() for v in versions])
         return
-    t = Table(title="model versions")
-    for col in ("version", "arch", "aliases", "held-out", "parent", "dataset", "created", "gate"):
-        t.add_column(col)
+    t = _Table(title="model versions")
+    for col in ("version", "arch", "aliases"):
+        t.add_column(col, key=True)
+    t.add_column("held-out")
+    for col in ("parent", "dataset", "created"):
+        t.add_column(col, optional=True)
+    t.add_column("gate")
     for v in versions:
         gate = v.gate or {}
         t.add_row(
@@ -701,7 +744,7 @@ def models(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
             _score(v.metrics),
             "-" if v.parent is None else str(v.parent),
             str(v.dataset_version),
-            v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
             "passed" if gate.get("promote") else "refused",
         )
     out.print(t)
@@ -732,8 +775,11 @@ def jobs(
     if as_json:
         _print_json({"jobs": rows, "policy": policy})
         return
-    t = Table(title="jobs")
-    for col in ("job", "kind", "trigger", "status", "created", "took", "outcome"):
+    t = _Table(title="jobs")
+    for col in ("job", "kind", "trigger", "status"):
+        t.add_column(col, key=True)
+    t.add_column("created", optional=True)
+    for col in ("took", "outcome"):
         t.add_column(col)
     for j in rows:
         took = "-"
@@ -776,7 +822,7 @@ def monitor(
     if as_json:
         _print_json(m)
         return
-    t = Table(title=f"monitoring: windows of {m['window']} calls, alpha {m['alpha']:g}")
+    t = _Table(title=f"monitoring: windows of {m['window']} calls, alpha {m['alpha']:g}")
     for col in ("#", "model", "calls", "closed", "test: score / threshold", "alarm", "est.",
                 "observed (n)"):  # fmt: skip
         t.add_column(col, overflow="fold")
@@ -820,7 +866,7 @@ def webhooks(
     if as_json:
         _print_json(rows)
         return
-    t = Table(title="webhook deliveries")
+    t = _Table(title="webhook deliveries")
     for col in ("delivery", "event", "url", "status", "attempts", "last"):
         t.add_column(col)
     for d in rows:
@@ -906,7 +952,7 @@ def keys_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None
     if as_json:
         _print_json(keys)
         return
-    t = Table(title="API keys")
+    t = _Table(title="API keys")
     for col in ("id", "name", "prefix", "scopes", "created", "expires", "status"):
         t.add_column(col)
     for k in keys:
@@ -1000,8 +1046,9 @@ def review(
     if as_json:
         _print_json(items)
         return
-    t = Table(title="review queue")
-    for col in ("prediction", "top guesses", "why"):
+    t = _Table(title="review queue")
+    t.add_column("prediction", key=True)
+    for col in ("top guesses", "why"):
         t.add_column(col)
     for i in items:
         guesses = ", ".join(f"{lab} {p:.2f}" for lab, p in i["top"])
@@ -1020,7 +1067,7 @@ def users_list(
     if as_json:
         _print_json(users)
         return
-    t = Table(title="users")
+    t = _Table(title="users")
     for col in (
         "user",
         "trust",
@@ -1078,7 +1125,7 @@ def privacy_ledger(
     if as_json:
         _print_json(rows if user is None else rows[0])
         return
-    t = Table(title="privacy ledger (user-level ε, basic composition across runs)")
+    t = _Table(title="privacy ledger (user-level ε, basic composition across runs)")
     for col in ("user", "ε spent", "δ spent", "budget ε", "remaining", "runs (versions)"):
         t.add_column(col)
     for r in rows:
@@ -1134,7 +1181,7 @@ def privacy_audit(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> 
     if as_json:
         _print_json(rows)
         return
-    t = Table(title="audit log")
+    t = _Table(title="audit log")
     for col in ("id", "at", "action", "subject", "summary"):
         t.add_column(col)
     for r in rows:
@@ -1186,7 +1233,7 @@ def explain(
             f"{top / max(sum(cells), 1e-12):.0%} of the attribution"
         )
     if ex.get("items"):
-        t = Table(title="attribution")
+        t = _Table(title="attribution")
         t.add_column("token / feature")
         t.add_column("score", justify="right")
         for item in sorted(ex["items"], key=lambda i: -abs(i["score"]))[:20]:
@@ -1223,7 +1270,7 @@ def forget(
         f"{d['blobs_deleted']} inputs deleted ({d['inputs_kept_shared']} kept: other users "
         "sent the same bytes)"
     )
-    t = Table(title="what was trained on their rows")
+    t = _Table(title="what was trained on their rows")
     t.add_column("item")
     t.add_column("value")
     t.add_row("dataset versions marked", ", ".join(map(str, d["dataset_versions_marked"])) or "-")
@@ -1250,7 +1297,7 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """The whole loop on the built-in digits, over HTTP, with simulated users."""
-    table = Table(title="flywheel demo: digits")
+    table = _Table(title="flywheel demo: digits")
     for col in (
         "cycle",
         "calls",
