@@ -75,7 +75,7 @@ class _Table(Table):
             self._optional = [*getattr(self, "_optional", []), self.columns[-1]]
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
-        hidden = []
+        hidden: list[str] = []
         optional = list(getattr(self, "_optional", []))
         natural = options.update_width(10_000)  # measured unbounded: what it would take
         while optional and Measurement.get(console, natural, self).maximum > options.max_width:
