@@ -291,3 +291,21 @@ def test_tables_at_80_columns_never_cut_a_version_alias_or_class_name(tmp_path: 
     assert "by row number" in " ".join(
         r.stdout.split()
     )  # ten long names do not fit as column heads
+
+
+def test_cli_train_and_retrain_are_jobs_listed_with_their_epochs(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", train=False)
+    root = str(project.settings.project_dir)
+    project.close()
+    run("train", "-p", root, "--epochs", "2", "--json")
+    r = runner.invoke(app, ["train", "-p", root, "--arch", "nope"])
+    assert r.exit_code == 1
+    jobs = run("jobs", "-p", root, "--json")["jobs"]
+    failed, done = jobs[0], jobs[1]  # newest first
+    assert (done["kind"], done["trigger"], done["status"]) == ("train", "manual", "succeeded")
+    assert done["params"] == {"epochs": 2, "resume": False}
+    assert done["log"][:2] == [line for line in done["log"] if line.startswith("epoch")][:2]
+    assert done["log"][0].startswith("epoch 1/2: loss ")
+    assert any(line.startswith("refit 1/") for line in done["log"])
+    assert done["result"]["model_version"] == 1
+    assert failed["status"] == "failed" and "unknown architecture 'nope'" in failed["error"]

@@ -6,7 +6,9 @@ import functools
 import inspect
 import json
 import os
+import socket
 import sys
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import datetime, timedelta
@@ -17,7 +19,12 @@ import click
 import typer
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -103,40 +110,68 @@ def _open(project: Path) -> Project:
 
 
 class _EpochBar:
-    """A rich progress bar fed by the fit loop's per-epoch reports."""
+    """A rich progress bar fed by the fit loop: each mini-batch moves it (``on_batch``),
+    each epoch's report sets its numbers; the clock counts from the start of the run,
+    the ETA is of the phase (an upper bound while early stopping may end it sooner)."""
 
     def __init__(self, quiet: bool) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description}[/]"),
             BarColumn(),
-            TextColumn("epoch {task.completed}/{task.total}"),
+            TextColumn("{task.fields[where]}"),
             TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[clock]}"),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             console=err,
             disable=quiet,
             transient=True,
         )
         self.task: Any = None
         self.phase = ""
+        self.info = ""
+        self.batched = False
+        self.started = time.monotonic()
 
     def __enter__(self) -> _EpochBar:
+        self.started = time.monotonic()
         self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(None, None, None)
 
-    def __call__(self, r: EpochReport) -> None:
-        if self.task is None or r.phase != self.phase:
+    def _clock(self) -> str:
+        s = int(time.monotonic() - self.started)
+        return f"{s // 60}:{s % 60:02d}"
+
+    def on_batch(self, phase: str, epoch: int, epochs: int, done: int, batches: int) -> None:
+        self.batched = True
+        if self.task is None or phase != self.phase:
             if self.task is not None:
                 self.progress.remove_task(self.task)
-            self.phase = r.phase
-            self.task = self.progress.add_task(r.phase, total=r.epochs, info="")
+            self.phase, self.info = phase, ""
+            self.task = self.progress.add_task(
+                phase, total=epochs * batches, where="", info="", clock=""
+            )
+        self.progress.update(
+            self.task,
+            completed=(epoch - 1) * batches + done,
+            where=f"epoch {epoch}/{epochs} batch {done}/{batches}",
+            info=self.info,
+            clock=self._clock(),
+        )
+
+    def __call__(self, r: EpochReport) -> None:
         if r.phase == "refit":  # on training + validation rows: nothing to validate on
-            info = f"refit on all rows: loss {r.train_loss:.3f}"
+            self.info = f"loss {r.train_loss:.3f}"
         else:
-            info = f"loss {r.train_loss:.3f} val_loss {r.val_loss:.3f} val_acc {r.val_accuracy:.3f}"
-        self.progress.update(self.task, completed=r.epoch, info=info)
+            self.info = f"loss {r.train_loss:.3f} val_acc {r.val_accuracy:.3f}"
+        if self.task is None:  # a loop that reports no batches (federated rounds)
+            self.phase = r.phase
+            self.task = self.progress.add_task(r.phase, total=r.epochs, where="", info="", clock="")
+            self.progress.update(self.task, completed=r.epoch)
+        self.progress.update(self.task, info=self.info, clock=self._clock())
 
 
 def _print_train(result: TrainResult) -> None:
@@ -597,6 +632,42 @@ def _config(p: Project, t: dict[str, Any]) -> Any:
     )
 
 
+def _as_job(p: Project, kind: str, params: dict[str, Any], bar: _EpochBar, work: Any) -> Any:
+    """Run ``work(on_epoch)`` as a job of ``kind`` (trigger ``manual``), so that the CLI's
+    runs are listed with the server's (``flywheel jobs``, ``GET /v1/jobs``, the jobs page)
+    with their epochs as progress lines; its error is raised here as it came."""
+    owner = f"{socket.gethostname()[:40]}:{os.getpid()}:cli"
+    federated = ("federated", "clients", "rounds", "local_epochs")
+    given = {
+        k: v
+        for k, v in params.items()
+        if v is not None and (k not in federated or params.get("federated"))
+    }
+    job_id = p.create_job(kind, given, owner=owner)
+    caught: dict[str, Any] = {}
+
+    def on_epoch(r: EpochReport) -> None:
+        bar(r)
+        p.job_log(job_id, r.line())
+        p.heartbeat_jobs(owner)
+
+    on_epoch.on_batch = bar.on_batch  # type: ignore[attr-defined]
+
+    def run() -> dict[str, Any]:
+        try:
+            caught["result"] = work(on_epoch)
+        except Exception as exc:
+            caught["error"] = exc
+            raise
+        out: dict[str, Any] = caught["result"].to_json()
+        return out
+
+    p.run_job(job_id, run)
+    if "error" in caught:
+        raise caught["error"]
+    return caught["result"]
+
+
 @app.command()
 @_with_training_options
 def train(
@@ -612,7 +683,10 @@ def train(
     p = _open(project)
     config = _config(p, training)
     with _EpochBar(quiet=as_json) as bar:
-        result = p.train(config, on_epoch=bar, resume=resume)
+        result = _as_job(
+            p, "train", training | {"resume": resume}, bar,
+            lambda on_epoch: p.train(config, on_epoch=on_epoch, resume=resume),
+        )  # fmt: skip
     if as_json:
         _print_json(result.to_json())
     else:
@@ -632,7 +706,9 @@ def retrain(
     p = _open(project)
     config = _config(p, training)
     with _EpochBar(quiet=as_json) as bar:
-        result = p.retrain(config, on_epoch=bar)
+        result = _as_job(
+            p, "retrain", training, bar, lambda on_epoch: p.retrain(config, on_epoch=on_epoch)
+        )
     if as_json:
         _print_json(result.to_json())
         return

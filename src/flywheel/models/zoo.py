@@ -61,7 +61,7 @@ def known_archs() -> list[str]:
 def arch_info(name: str) -> ArchInfo:
     if name not in _ARCHS:
         raise ConfigError(
-            f"unknown architecture {name!r}{did_you_mean(name, known_archs())} "
+            f"unknown architecture {name!r}{did_you_mean(name, known_archs(), list_all=False)} "
             f"(architectures: {', '.join(known_archs())})"
         )
     return _ARCHS[name]

@@ -185,16 +185,7 @@ class JobRunner:
 
     def _logger(self, job_id: str) -> Callable[[EpochReport], None]:
         def log(r: EpochReport) -> None:
-            if r.phase == "refit":
-                self.project.job_log(
-                    job_id, f"refit {r.epoch}/{r.epochs} on all rows: loss {r.train_loss:.4f}"
-                )
-                return
-            self.project.job_log(
-                job_id,
-                f"epoch {r.epoch}/{r.epochs}: loss {r.train_loss:.4f}, "
-                f"val_loss {r.val_loss:.4f}, val_metric {r.val_metric:.4f}",
-            )
+            self.project.job_log(job_id, r.line())
 
         return log
 

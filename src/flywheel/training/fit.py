@@ -111,6 +111,29 @@ class EpochReport:
     def val_accuracy(self) -> float:
         return self.val_metric
 
+    def line(self) -> str:
+        """The epoch as a job's progress line."""
+        if self.phase == "refit":
+            return f"refit {self.epoch}/{self.epochs} on all rows: loss {self.train_loss:.4f}"
+        return (
+            f"epoch {self.epoch}/{self.epochs}: loss {self.train_loss:.4f}, "
+            f"val_loss {self.val_loss:.4f}, val_metric {self.val_metric:.4f}"
+        )
+
+
+#: what a progress callback may also offer to hear of each mini-batch:
+#: ``on_epoch.on_batch(phase, epoch, epochs, done, batches)`` (the CLI's bars do)
+BatchFn = Callable[[str, int, int, int, int], None]
+
+
+def _on_batch(
+    on_epoch: Any, phase: str, epoch: int, epochs: int
+) -> Callable[[int, int], None] | None:
+    hook = getattr(on_epoch, "on_batch", None)
+    if hook is None:
+        return None
+    return lambda done, batches: hook(phase, epoch, epochs, done, batches)
+
 
 @dataclass
 class FitResult:
@@ -342,7 +365,8 @@ def _refit(
         lr = result.history[e - 1].lr
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = _epoch(trainable, rows, opt, gen, loss_fn, augment, config.batch_size)
+        batch = _on_batch(on_epoch, "refit", e, epochs)
+        loss = _epoch(trainable, rows, opt, gen, loss_fn, augment, config.batch_size, batch)
         if on_epoch is not None:
             on_epoch(EpochReport(e, epochs, loss, math.nan, math.nan, lr, phase="refit"))
     model.eval()
@@ -393,7 +417,8 @@ def _fit_epochs(
 
     epoch = start - 1
     for epoch in range(start, config.epochs + 1):
-        train_loss = _epoch(trainable, rows, opt, gen, loss_fn, augment, config.batch_size)
+        batch = _on_batch(on_epoch, "fit", epoch, config.epochs)
+        train_loss = _epoch(trainable, rows, opt, gen, loss_fn, augment, config.batch_size, batch)
         val_loss, val_metric = _validate(trainable, *val, loss_fn, regression)
         lr = opt.param_groups[0]["lr"]
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -427,8 +452,10 @@ def _epoch(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
     augment: Augment | None,
     batch_size: int,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> float:
-    """One pass over the training rows in shuffled mini-batches; the mean training loss."""
+    """One pass over the training rows in shuffled mini-batches; the mean training loss
+    (``on_batch(done, batches)`` after each step)."""
     x, y, w = rows
     trainable.train()
     order = torch.randperm(len(y), generator=gen)
@@ -449,6 +476,8 @@ def _epoch(
         opt.step()
         running += loss.item() * len(idx)
         seen += len(idx)
+        if on_batch is not None:
+            on_batch(i // batch_size + 1, -(-len(order) // batch_size))
     return running / max(seen, 1)
 
 
