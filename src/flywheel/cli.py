@@ -157,7 +157,11 @@ class _EpochBar:
         self.progress.update(
             self.task,
             completed=(epoch - 1) * batches + done,
-            where=f"epoch {epoch}/{epochs} batch {done}/{batches}",
+            where=(
+                f"{done}/{batches} rows through the encoder"
+                if phase == "features"
+                else f"epoch {epoch}/{epochs} batch {done}/{batches}"
+            ),
             info=self.info,
             clock=self._clock(),
         )

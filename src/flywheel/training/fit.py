@@ -230,9 +230,19 @@ def _loss_fn(model: nn.Module, regression: bool) -> Callable[[torch.Tensor, torc
 
 
 @torch.no_grad()
-def _encode(prefix: nn.Module, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+def _encode(
+    prefix: nn.Module,
+    x: np.ndarray,
+    batch_size: int = 128,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """The frozen prefix's features of ``x`` (``on_batch(rows done)`` after each batch)."""
     prefix.eval()
-    parts = [prefix(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    parts = []
+    for i in range(0, len(x), batch_size):
+        parts.append(prefix(torch.from_numpy(x[i : i + batch_size])))
+        if on_batch is not None:
+            on_batch(min(i + batch_size, len(x)))
     return torch.cat(parts).numpy()
 
 
@@ -286,7 +296,10 @@ def fit(
     x_train, x_val = train_part.x, val.x
     if frozen is not None:
         prefix, trainable = frozen
-        x_train, x_val = _encode(prefix, x_train), _encode(prefix, x_val)
+        hook = _on_batch(on_epoch, "features", 1, 1)  # the encoder's pass: a minute or more
+        n, total = len(x_train), len(x_train) + len(x_val)
+        x_train = _encode(prefix, x_train, on_batch=hook and (lambda k: hook(k, total)))
+        x_val = _encode(prefix, x_val, on_batch=hook and (lambda k: hook(n + k, total)))
         augment = None
     x = torch.from_numpy(x_train)
     y = torch.from_numpy(train_part.y)
