@@ -5,9 +5,11 @@ and an action without an admin key is refused. Screenshots go to ``test-artifact
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from flywheel import Project
+from flywheel.data import SourceOptions, resolve_source
 from flywheel.demo import DemoConfig, run_demo
 from flywheel.serving.server import BackgroundServer
 from flywheel.store.schema import Feedback
@@ -74,13 +77,19 @@ def test_overview_charts_carry_the_stores_data(browser: Any, served: dict[str, A
     assert charts["accuracy"]["x"] == ["v1", "v2", "v3"]
     assert charts["accuracy"]["y"] == [v["holdout_accuracy"] for v in versions]
     assert sum(charts["calls_label"]["y"]) == stats["calls"]["total"] == 300
-    assert sum(charts["calls_minute"]["y"]) == 300
+    # Calls over time: a bin for every minute the calls span, empty ones too (UTC).
+    over_time = charts["calls_time"]
+    assert sum(over_time["y"]) == 300 and over_time["title"].startswith("calls per minute")
+    stamps = [datetime.fromisoformat(t.replace("Z", "")) for t in over_time["stamps"]]
+    assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(stamps))
+    assert over_time["x"] == [t.strftime("%H:%M") for t in stamps]
     prod = project.version_info(project.production_version() or 0).metrics
     assert charts["confusion"]["z"] == prod["confusion_matrix"]
     # Each chart is drawn: one mark per data point, carrying its value.
     marks = page.evaluate(
         "Object.fromEntries([...document.querySelectorAll('figure.chart')].map("
-        "f => [f.dataset.chart, Number(f.querySelector('svg').dataset.marks)]))"
+        "f => [f.dataset.chart, Number((f.querySelector('svg') || {dataset: {}}).dataset.marks)"
+        " || 0]))"
     )
     assert marks["accuracy"] == 3 and marks["calls_label"] == len(charts["calls_label"]["x"])
     assert marks["confusion"] == len(prod["labels"]) ** 2
@@ -231,3 +240,73 @@ def test_the_api_docs_are_served_from_the_package(browser: Any, served: dict[str
     # ReDoc's "by Redocly" badge points at its CDN: the policy stops it, nothing is sent.
     blocked = [e for e in errors if "cdn.redoc.ly" in e and "Content Security Policy" in e]
     assert [e for e in errors if e not in blocked] == [] and elsewhere == []
+
+
+CIFAR = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cifar10-mini" / "train"
+)
+
+#: every pair of tick labels in one chart whose boxes intersect (more than half a pixel)
+OVERLAPS = """
+() => {
+  const out = [];
+  for (const svg of document.querySelectorAll("figure.chart svg")) {
+    const boxes = [...svg.querySelectorAll("text.tick")].map((t) => [t, t.getBoundingClientRect()]);
+    for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+      const [a, r] = boxes[i], [b, q] = boxes[j];
+      const w = Math.min(r.right, q.right) - Math.max(r.left, q.left);
+      const h = Math.min(r.bottom, q.bottom) - Math.max(r.top, q.top);
+      const chart = svg.closest("figure").dataset.chart;
+      if (w > 0.5 && h > 0.5) out.push([chart, a.textContent, b.textContent]);
+    }
+  }
+  return out;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A project of ten real CIFAR-10 classes (12 photos each, copied to a temp folder:
+    the long names are the point) with one model and 120 calls."""
+    if not CIFAR.is_dir():
+        pytest.skip(f"cifar10-mini is not at {CIFAR} (see ../shared/datasets/README.md)")
+    data = tmp_path_factory.mktemp("cifar-data")
+    for cls in sorted(p.name for p in CIFAR.iterdir() if p.is_dir()):
+        (data / cls).mkdir()
+        for photo in sorted((CIFAR / cls).glob("*.jpg"))[:12]:
+            shutil.copy(photo, data / cls / photo.name)
+    source, task = resolve_source(str(data), SourceOptions())
+    root = tmp_path_factory.mktemp("cifar") / "p"
+    project = Project.init(root, source, task=task, settings={"epochs": 1, "refit": False})
+    project.train()
+    for photo in sorted(data.glob("*/*.jpg"))[:120]:
+        project.predict(photo.read_bytes())
+    admin, _ = project.create_key(["admin"], name="admin-browser")
+    with BackgroundServer(project) as server:
+        yield {"project": project, "url": server.url, "admin": admin}
+    project.close()
+
+
+@pytest.mark.parametrize("width", [1400, 900])
+def test_no_two_axis_labels_overlap_with_long_class_names(
+    browser: Any, cifar: dict[str, Any], width: int
+) -> None:
+    page = browser.new_context(viewport={"width": width, "height": 1000}).new_page()
+    page.goto(cifar["url"] + "/ui/login")
+    page.fill("#key", cifar["admin"])
+    page.click("#sign-in")
+    page.wait_for_selector("body[data-charts-drawn='true']")
+    assert page.evaluate(OVERLAPS) == []
+    # Every class is named on the matrix, whole or cut with its full name on hover.
+    full = page.eval_on_selector_all(
+        "#chart-confusion text.xtick", "ts => ts.map(t => t.dataset.full)"
+    )
+    assert full == cifar["project"].serving_model().labels
+    # The charts use the page's width: two or more columns on a wide screen.
+    lefts = page.eval_on_selector_all(
+        "figure.chart",
+        "fs => [...new Set(fs.map(f => Math.round(f.getBoundingClientRect().left)))]",
+    )
+    assert len(lefts) >= (3 if width >= 1400 else 1), lefts
+    _shot(page, f"overview-cifar-{width}")

@@ -18,6 +18,7 @@ import hmac
 import io
 import re
 import secrets
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -181,10 +182,6 @@ def overview(request: Request, minutes: int = 24 * 60) -> Response:
     stats = project.stats(minutes=max(1, min(minutes, 60 * 24 * 31)))
     prod = project.production_version()
     metrics = project.version_info(prod).metrics if prod is not None else {}
-    per_minute = stats["calls"]["per_minute"]
-    per_hour: dict[str, int] = {}
-    for minute, n in per_minute.items():
-        per_hour[minute[:13] + ":00"] = per_hour.get(minute[:13] + ":00", 0) + n
     versions = [v for v in stats["versions"] if v.get("holdout_accuracy") is not None]
     charts = {
         "accuracy": {
@@ -194,18 +191,7 @@ def overview(request: Request, minutes: int = 24 * 60) -> Response:
             "y": [v["holdout_accuracy"] for v in versions],
             "series2": [v.get("live_accuracy") for v in versions],
         },
-        "calls_minute": {
-            "kind": "bar",
-            "title": f"calls per minute (last {minutes // 60} h)",
-            "x": list(per_minute),
-            "y": list(per_minute.values()),
-        },
-        "calls_hour": {
-            "kind": "bar",
-            "title": "calls per hour",
-            "x": list(per_hour),
-            "y": list(per_hour.values()),
-        },
+        "calls_time": _calls_over_time(stats["calls"]["per_minute"], minutes),
         "calls_label": {
             "kind": "bar",
             "title": "calls per predicted label",
@@ -243,6 +229,42 @@ def overview(request: Request, minutes: int = 24 * 60) -> Response:
         stats=stats,
         agreement=None if judged == 0 else fb["agreed"] / judged,
     )
+
+
+#: (the longest span a bin width is chosen for, the bin, how its label reads)
+TIME_BINS = (
+    (timedelta(hours=3), timedelta(minutes=1), "%H:%M"),
+    (timedelta(days=3), timedelta(hours=1), "%m-%d %H:00"),
+    (timedelta(days=400), timedelta(days=1), "%Y-%m-%d"),
+)
+
+
+def _calls_over_time(per_minute: dict[str, int], minutes: int) -> dict[str, Any]:
+    """Calls per bin over the span the calls cover, every bin drawn (none left out when
+    no call came): minutes up to 3 hours, hours up to 3 days, days beyond (UTC)."""
+    chart: dict[str, Any] = {"kind": "bar", "time": True, "x": [], "y": [], "stamps": []}
+    span_h = f"{minutes // 60} h" if minutes >= 60 else f"{minutes} min"
+    if not per_minute:
+        chart["title"] = f"calls over time (last {span_h})"
+        chart["empty"] = "no calls yet: send one to POST /v1/predict (see /docs)"
+        return chart
+    times = {datetime.fromisoformat(k): n for k, n in per_minute.items()}
+    first, last = min(times), max(times)
+    _, step, fmt = next((b for b in TIME_BINS if last - first <= b[0]), TIME_BINS[-1])
+    epoch = datetime(2000, 1, 1)
+    floor = lambda t: epoch + ((t - epoch) // step) * step  # noqa: E731
+    counts: dict[datetime, int] = {}
+    for t, n in times.items():
+        counts[floor(t)] = counts.get(floor(t), 0) + n
+    t = floor(first)
+    while t <= last:
+        chart["x"].append(t.strftime(fmt))
+        chart["stamps"].append(t.isoformat(timespec="minutes") + "Z")
+        chart["y"].append(counts.get(t, 0))
+        t += step
+    unit = {60: "minute", 3600: "hour", 86400: "day"}[int(step.total_seconds())]
+    chart["title"] = f"calls per {unit}, UTC (last {span_h}: ?minutes=N for another range)"
+    return chart
 
 
 def _monitoring_charts(m: dict[str, Any]) -> dict[str, Any]:
