@@ -27,7 +27,7 @@ SURFACE = {
     "record_feedback", "record_feedback_many", "review_queue", "users", "update_trust",
     "quarantine", "release", "explain", "explanation_png", "stats", "monitoring",
     # the registry
-    "models", "version_info", "production_version", "why_production", "promote", "rollback",
+    "models", "version_info", "production_version", "production_state", "promote", "rollback",
     # privacy and user rights
     "forget", "retrain_after_forget", "privacy_ledger", "audit_log", "apply_retention",
     "rotate_user_key", "reload_user_key",

@@ -275,8 +275,8 @@ class Project:
     def production_version(self) -> int | None:
         return self.services.registry.production()
 
-    def why_production(self, version: int) -> str:
-        return self.services.registry.why_production(version)
+    def production_state(self, version: int | None = None) -> dict[str, Any]:
+        return self.services.registry.production_state(version)
 
     def promote(self, version: int, reason: str = "manual promote") -> VersionInfo:
         """Point production at ``version``; it serves at once."""

@@ -125,3 +125,31 @@ def test_uploaded_text_is_never_served_as_html(tmp_path: Path) -> None:
         assert "<script>alert(1)</script>" not in page
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     project.close()
+
+
+def test_no_action_is_offered_that_cannot_run_and_retrain_now_queues_a_job(
+    client: TestClient, project: Project
+) -> None:
+    """One version in production: nothing to roll back to, so no button; "retrain now"
+    (admin, CSRF) queues a retrain job the jobs page lists with its epochs."""
+    admin, _ = project.create_key(["admin"], name="boss")
+    csrf = sign_in(client, admin)
+    page = client.get("/ui/models").text
+    assert 'id="rollback"' not in page
+    assert "has no earlier version to roll back to" in page
+    jobs = client.get("/ui/jobs").text
+    assert 'id="retrain"' in jobs and 'action="/ui/retrain"' in jobs
+    assert client.post("/ui/retrain", data={"csrf": "forged"}).status_code == 403
+    r = client.post("/ui/retrain", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and "retrain%20queued%20as%20job" in r.headers["location"]
+    job_id = next(iter(client.app.state.runner.futures))  # type: ignore[attr-defined]
+    client.app.state.runner.futures[job_id].result(300)  # type: ignore[attr-defined]
+    job = project.job(job_id)
+    assert (job["kind"], job["trigger"]) == ("retrain", "manual")
+    page = client.get("/ui/jobs").text
+    assert job_id[:8] in page
+    # After a promotion there is an earlier version: the button names it.
+    v2 = project.train(project.train_config(seed=3)).model.version
+    project.promote(v2)
+    page = client.get("/ui/models").text
+    assert 'id="rollback"' in page and "roll production back to v1" in page

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from torch import nn
 
 from flywheel.context import Context
-from flywheel.errors import NotFoundError
+from flywheel.errors import NotFoundError, RegistryError
 from flywheel.events import repo as events
 from flywheel.models import ModelSpec
 from flywheel.outputs import finite_json
@@ -80,11 +80,23 @@ class RegistryService:
         with self.ctx.db.session() as s:
             return repo.get_alias(s, PRODUCTION)
 
-    def why_production(self, version: int) -> str:
-        """How production came to ``version``: "promote: <reason>", "rollback: ..."."""
+    def production_state(self, version: int | None = None) -> dict[str, Any]:
+        """Production now (``version``), how it came to ``version`` (default: production;
+        "promote: <reason>", "rollback: ..."), and where a rollback would go (None:
+        nowhere, so nothing offers one)."""
         with self.ctx.db.session() as s:
-            e = repo.last_move(s, version)
-            return "moved" if e is None else f"{e.action}: {e.reason}"
+            current = repo.get_alias(s, PRODUCTION)
+            of = version or current
+            e = None if of is None else repo.last_move(s, of)
+            try:
+                target: int | None = repo.rollback_target(s)[1]
+            except RegistryError:
+                target = None
+            return {
+                "version": current,
+                "moved": "moved" if e is None else f"{e.action}: {e.reason}",
+                "rollback_to": target,
+            }
 
     def champion(self) -> Champion | None:
         """The production version and its training config (None: no production yet)."""

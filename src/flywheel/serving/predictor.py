@@ -104,7 +104,8 @@ class Predictor:
 
     def _why_moved(self, version: int) -> str:
         """The newest move of production to ``version``: its action and reason."""
-        return self.project.why_production(version)
+        moved: str = self.project.production_state(version)["moved"]
+        return moved
 
     # -- predictions ----------------------------------------------------------------------
 

@@ -133,6 +133,7 @@ TABLE: dict[tuple[str, str], Rule] = {
     ("POST", "/ui/users/{user_id}/{action}"): Rule("admin", session=True),
     ("POST", "/ui/models/{version}/promote"): Rule("admin", session=True),
     ("POST", "/ui/rollback"): Rule("admin", session=True),
+    ("POST", "/ui/retrain"): Rule("admin", session=True),
 }
 
 #: dashboard routes that answer a refusal with a status rather than the sign-in page

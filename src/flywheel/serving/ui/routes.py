@@ -308,6 +308,7 @@ def models_page(request: Request, msg: str = "") -> Response:
         "models.html",
         versions=project.models()[::-1],
         feedback_rows=feedback_rows,
+        state=project.production_state(),
         msg=msg,
     )
 
@@ -422,9 +423,30 @@ def user_action(
 
 
 @router.get("/ui/jobs")
-def jobs_page(request: Request) -> Response:
+def jobs_page(request: Request, msg: str = "") -> Response:
     project = _project(request)
-    return _page(request, "jobs.html", jobs=project.jobs(), policy=project.retrain_policy()[1])
+    return _page(
+        request,
+        "jobs.html",
+        jobs=project.jobs(),
+        policy=project.retrain_policy()[1],
+        can_train=project.production_version() is not None,
+        msg=msg,
+    )
+
+
+@router.post("/ui/retrain")
+def retrain(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    """Queue a retrain with the project's settings (as POST /v1/retrain); the jobs page
+    shows it, its epochs as they come."""
+    refused = _forged(request, csrf)
+    if refused is not None:
+        return refused
+    try:
+        job_id = request.app.state.runner.submit_retrain({})
+    except FlywheelError as exc:
+        return _back("/ui/jobs", f"no retrain queued: {exc}")
+    return _back("/ui/jobs", f"retrain queued as job {job_id[:8]}")
 
 
 # -- inputs and overlays (session-authenticated) ------------------------------------------
