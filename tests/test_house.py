@@ -105,7 +105,12 @@ LAZY = {
 }
 #: the public API imports Project lazily, so that the torch-free parts (an exported
 #: bundle's runtime) import without torch
-LAZY_INTERNAL = {("flywheel", "flywheel.project")}
+#: the CLI loads the project's modules (torch) under a spinner, when a command needs them
+CLI_LAZY = ("project", "outputs", "data", "serving", "export.onnx", "demo")
+LAZY_INTERNAL = {
+    ("flywheel", "flywheel.project"),
+    *(("flywheel.cli", f"flywheel.{m}") for m in CLI_LAZY),
+}
 #: where SQLAlchemy may be imported
 SQL_TIERS = {"store", "repos", "services"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import json
 import os
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import click
 import typer
@@ -28,16 +29,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from flywheel.data import SourceOptions, resolve_source
-from flywheel.demo import DemoConfig, run_demo
 from flywheel.errors import FlywheelError, ModelError
-from flywheel.export.onnx import check_quantize
-from flywheel.loop import TrainResult
-from flywheel.outputs import finite_json
-from flywheel.project import SCOPES, Project
-from flywheel.serving import serve as run_server
+from flywheel.keys import SCOPES
 from flywheel.settings import Settings
-from flywheel.training import EpochReport
+
+if TYPE_CHECKING:
+    from flywheel.loop import TrainResult
+    from flywheel.project import Project
+    from flywheel.training import EpochReport
 
 __all__ = ["app", "main"]
 
@@ -102,11 +101,24 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 
 def _print_json(data: Any) -> None:
+    from flywheel.outputs import finite_json
+
     sys.stdout.write(json.dumps(finite_json(data), indent=2, default=str) + "\n")
 
 
+def _heavy() -> Any:
+    """The project's modules (torch among them: about two seconds), loaded under a
+    spinner the first time a command needs them, so that no command starts in silence;
+    ``--help`` and usage errors never wait for them."""
+    if "flywheel.project" not in sys.modules:
+        with err.status("loading flywheel (PyTorch) ...", spinner="dots"):
+            importlib.import_module("flywheel.project")
+    return sys.modules["flywheel.project"]
+
+
 def _open(project: Path) -> Project:
-    return Project.open(project)
+    opened: Project = _heavy().Project.open(project)
+    return opened
 
 
 class _EpochBar:
@@ -253,6 +265,9 @@ PatternOpt = Annotated[
 
 
 def _source(data: str, **options: Any) -> tuple[Any, str]:
+    _heavy()
+    from flywheel.data import SourceOptions, resolve_source
+
     return resolve_source(data, SourceOptions(**options))
 
 
@@ -308,7 +323,7 @@ def init(
         transient=True,
     ) as progress:
         bar = progress.add_task("import", total=None)
-        project = Project.init(
+        project = _heavy().Project.init(
             directory,
             source,
             task=task_name,
@@ -995,6 +1010,9 @@ def serve(
         soft_wrap=True,
         highlight=False,
     )
+    _heavy()
+    from flywheel.serving import serve as run_server
+
     run_server(settings)  # binds first; says "ready on http://..." once it answers
 
 
@@ -1081,6 +1099,8 @@ def export(
     if fmt != "onnx":
         raise typer.BadParameter(f"format must be 'onnx'; got {fmt!r}", param_hint="--format")
     try:
+        from flywheel.export.onnx import check_quantize
+
         check_quantize(quantize, option=True)
     except ModelError as exc:
         raise typer.BadParameter(str(exc), param_hint="--quantize") from None
@@ -1419,6 +1439,9 @@ def demo(
                 f"cycle {data['cycle']}: v{data['model_version']} held-out accuracy "
                 f"{data['accuracy']:.4f}, promoted: {'yes' if data['promoted'] else 'no'}"
             )
+
+    _heavy()
+    from flywheel.demo import DemoConfig, run_demo
 
     result = run_demo(
         DemoConfig(cycles=cycles, epochs=epochs, seed=seed), project_dir=keep, on_event=on_event
