@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ __all__ = [
     "job_json",
     "last_created",
     "list_jobs",
+    "progress",
     "release_lease",
     "start_job",
     "unfinished",
@@ -60,7 +62,34 @@ def finish_job(
     job.result, job.error, job.finished_at = result, error, utcnow()
 
 
+#: a progress line: "epoch 3/30: ..." or "refit 2/7 on all rows: ..."
+_STEP = re.compile(r"^(epoch|refit) (\d+)/(\d+)\b")
+
+
+def progress(job: Job, log: list[str]) -> dict[str, Any] | None:
+    """Where a running job stands, from its newest progress line: the phase, its step
+    and steps, the share done and, from the phase's pace so far, the seconds left (an
+    upper bound while early stopping may end the search sooner)."""
+    if job.status != "running" or job.started_at is None:
+        return None
+    steps = [(m.group(1), int(m.group(2)), int(m.group(3))) for m in map(_STEP.match, log) if m]
+    if not steps:
+        return {"phase": "preparing", "step": 0, "steps": None, "fraction": 0.0, "eta_s": None}
+    phase, step, total = steps[-1]
+    began = sum(1 for p, _, _ in steps if p != phase)  # lines of the phases before
+    elapsed = (utcnow() - job.started_at).total_seconds()
+    per_step = elapsed / max(1, began + step)
+    return {
+        "phase": "fit" if phase == "epoch" else phase,
+        "step": step,
+        "steps": total,
+        "fraction": round(step / total, 4),
+        "eta_s": round(per_step * (total - step), 1),
+    }
+
+
 def job_json(job: Job) -> dict[str, Any]:
+    log = (job.log or "").splitlines()
     return {
         "job_id": job.id,
         "kind": job.kind,
@@ -69,7 +98,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "params": job.params,
         "result": job.result,
         "error": job.error,
-        "log": (job.log or "").splitlines(),
+        "log": log,
+        "progress": progress(job, log),
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,

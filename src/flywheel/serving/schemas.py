@@ -217,6 +217,12 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None
     error: str | None
     log: list[str] = []  # progress lines, readable while the job runs
+    progress: dict[str, Any] | None = Field(
+        default=None,
+        description="While it runs: phase (preparing, fit, refit), step, steps, fraction "
+        "and eta_s (seconds left in the phase, from its pace; an upper bound while early "
+        "stopping may end it sooner).",
+    )
     created_at: str
     started_at: str | None
     finished_at: str | None

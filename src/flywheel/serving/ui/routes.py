@@ -425,10 +425,12 @@ def user_action(
 @router.get("/ui/jobs")
 def jobs_page(request: Request, msg: str = "") -> Response:
     project = _project(request)
+    jobs = project.jobs()
     return _page(
         request,
         "jobs.html",
-        jobs=project.jobs(),
+        jobs=jobs,
+        refresh=3 if any(j["status"] in ("queued", "running") for j in jobs) else None,
         policy=project.retrain_policy()[1],
         can_train=project.production_version() is not None,
         msg=msg,
