@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -309,3 +310,23 @@ def test_cli_train_and_retrain_are_jobs_listed_with_their_epochs(tmp_path: Path)
     assert any(line.startswith("refit 1/") for line in done["log"])
     assert done["result"]["model_version"] == 1
     assert failed["status"] == "failed" and "unknown architecture 'nope'" in failed["error"]
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    import click
+    import typer.main
+
+    def commands(c: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
+        if isinstance(c, click.Group):
+            for name, sub in c.commands.items():
+                yield from commands(sub, f"{path} {name}")
+        else:
+            yield path, c
+
+    bare = [
+        f"{path} {p.opts[0]}"
+        for path, c in commands(typer.main.get_command(app), "flywheel")
+        for p in c.params
+        if isinstance(p, click.Option) and not p.help and p.name != "help"
+    ]
+    assert bare == []

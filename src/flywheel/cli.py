@@ -404,8 +404,22 @@ def data_report(
 @data_app.command("issues")
 def data_issues(
     project: ProjectOpt = Path("."),
-    folds: Annotated[int, typer.Option(min=2, max=20)] = 5,
-    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    folds: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            max=20,
+            help="Cross-validation folds: each row is scored by a model not trained on it.",
+        ),
+    ] = 5,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Epochs of each fold's model \\[default: the setting epochs].",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Find likely mislabelled training rows (confident learning) of the newest dataset version."""
@@ -991,7 +1005,9 @@ def rollback(project: ProjectOpt = Path(".")) -> None:
 def serve(
     project: ProjectOpt = Path("."),
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (default 8000; setting port).")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, max=64, help="Server processes (default 1).")
     ] = None,
@@ -1124,7 +1140,7 @@ def export(
 @app.command()
 def review(
     project: ProjectOpt = Path("."),
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many items.")] = 20,
     strategy: Annotated[
         str | None, typer.Option(help="margin (default), entropy, least_confidence, random.")
     ] = None,
@@ -1392,8 +1408,11 @@ def demo(
     keep: Annotated[
         Path | None, typer.Option(help="Make the demo project here (default: a temp folder).")
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs of each training.")] = 30,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seed of the data, the users and the training: same seed, same table."),
+    ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """The whole loop on the built-in digits, over HTTP, with simulated users."""
