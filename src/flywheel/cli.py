@@ -157,6 +157,14 @@ class _EpochBar:
         s = int(time.monotonic() - self.started)
         return f"{s // 60}:{s % 60:02d}"
 
+    def on_stage(self, text: str) -> None:
+        """A step between epochs (decoding, the gate, export): a pulsing line."""
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.phase, self.info = "stage", ""
+        self.task = self.progress.add_task(text, total=None, where="", info="", clock="")
+        self.progress.update(self.task, clock=self._clock())
+
     def on_batch(self, phase: str, epoch: int, epochs: int, done: int, batches: int) -> None:
         self.batched = True
         if self.task is None or phase != self.phase:
@@ -684,7 +692,13 @@ def _as_job(p: Project, kind: str, params: dict[str, Any], bar: _EpochBar, work:
         p.job_log(job_id, r.line())
         p.heartbeat_jobs(owner)
 
+    def on_stage(text: str) -> None:
+        bar.on_stage(text)
+        p.job_log(job_id, text)
+        p.heartbeat_jobs(owner)
+
     on_epoch.on_batch = bar.on_batch  # type: ignore[attr-defined]
+    on_epoch.on_stage = on_stage  # type: ignore[attr-defined]
 
     def run() -> dict[str, Any]:
         try:

@@ -20,12 +20,17 @@ def _job(status: str, log: list[str]) -> Job:
 @pytest.mark.parametrize(
     ("log", "at_s", "expected"),
     [
-        ([], 5, {"phase": "preparing", "step": 0, "steps": None, "fraction": 0.0, "eta_s": None}),
+        ([], 5, {"phase": "preparing", "step": None, "steps": None, "fraction": None,
+                 "eta_s": None}),
+        # between epochs a stage line says what runs
+        (["decoding 300 rows", "epoch 1/2: loss 1", "epoch 2/2: loss 1", "ONNX export"], 9,
+         {"phase": "ONNX export", "step": None, "steps": None, "fraction": None, "eta_s": None}),
         # 2 of 10 epochs in 20 s: 10 s an epoch, 80 s left (at most: early stopping)
         (["epoch 1/10: loss 1", "epoch 2/10: loss 0.5"], 20,
          {"phase": "fit", "step": 2, "steps": 10, "fraction": 0.2, "eta_s": 80.0}),
         # the search stopped at 6; the refit runs 4: 6 + 1 steps in 35 s, 3 left
-        ([*(f"epoch {e}/10: loss 1" for e in range(1, 7)), "refit 1/4 on all rows: loss 1"], 35,
+        (["decoding 300 rows", *(f"epoch {e}/10: loss 1" for e in range(1, 7)),
+          "refit 1/4 on all rows: loss 1"], 35,
          {"phase": "refit", "step": 1, "steps": 4, "fraction": 0.25, "eta_s": 15.0}),
     ],
 )  # fmt: skip

@@ -388,13 +388,21 @@ def test_retrain_job_uses_feedback_and_reports_the_gate(
     assert res["champion_version"] == 1
     assert isinstance(res["promoted"], bool)
     assert "McNemar p=" in res["reason"]
-    # The job's log has one line per epoch the search ran, then one per refit epoch.
+    # The job's log has one line per epoch the search ran, then one per refit epoch,
+    # and the run's stages between them.
     metrics = project.version_info(2).metrics
     epochs, best = metrics["epochs_run"], metrics["best_epoch"]
-    assert len(job["log"]) == epochs + best and job["log"][0].startswith("epoch 1/")
-    assert all(
-        line.startswith(f"refit {i + 1}/{best} ") for i, line in enumerate(job["log"][epochs:])
-    )
+    steps = [line for line in job["log"] if line.startswith(("epoch ", "refit "))]
+    assert len(steps) == epochs + best and steps[0].startswith("epoch 1/")
+    assert all(line.startswith(f"refit {i + 1}/{best} ") for i, line in enumerate(steps[epochs:]))
+    stages = [line for line in job["log"] if line not in steps]
+    assert stages[0] == "reading the dataset version" and stages[1].startswith("decoding ")
+    assert stages[2:4] == [
+        "the gate: scoring challenger and champion on the same rows",
+        "ONNX export and parity check",
+    ]
+    assert stages[-1].startswith("registering the model")
+    assert job["log"].index(stages[1]) < job["log"].index(steps[0])  # decoded, then fit
     versions = {m["version"]: m for m in client.get("/v1/models", headers=admin).json()}
     assert versions[2]["parent"] == 1
     assert versions[2]["dataset_version"] == 2

@@ -73,8 +73,9 @@ def progress(job: Job, log: list[str]) -> dict[str, Any] | None:
     if job.status != "running" or job.started_at is None:
         return None
     steps = [(m.group(1), int(m.group(2)), int(m.group(3))) for m in map(_STEP.match, log) if m]
-    if not steps:
-        return {"phase": "preparing", "step": 0, "steps": None, "fraction": 0.0, "eta_s": None}
+    if not log or not _STEP.match(log[-1]):  # a stage between epochs: decoding, the gate
+        stage = log[-1] if log else "preparing"
+        return {"phase": stage, "step": None, "steps": None, "fraction": None, "eta_s": None}
     phase, step, total = steps[-1]
     began = sum(1 for p, _, _ in steps if p != phase)  # lines of the phases before
     elapsed = (utcnow() - job.started_at).total_seconds()

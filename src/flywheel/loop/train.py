@@ -92,12 +92,15 @@ def train(
     and config where it stopped.
     """
     ctx = sv.ctx
+    stage = _stages(on_epoch)
+    stage("reading the dataset version")
     ds = sv.data.training_set()
     spec = model_spec(ctx.task, ds.preprocessing, ds.labels, config)
     weighted, privacy = sv.privacy.admit(ds.train, config) if config.private else (ds.train, {})
     champion = sv.registry.champion()
     _check_rows(ds, weighted)
     flagged = {i["input_hash"] for i in ds.label_issues.get("issues", [])}
+    stage(f"decoding {len(weighted) + len(ds.holdout) + len(ds.evaluation)} rows")
     rows = sv.data.arrays([(h, lab, val) for h, lab, val, *_ in weighted], spec)
     weights = _weights(weighted, flagged, ctx.settings.label_issue_mode)
     if (weights != 1.0).any():
@@ -124,14 +127,17 @@ def train(
     )
     train_seconds = time.perf_counter() - started
 
+    stage("the gate: scoring challenger and champion on the same rows")
     challenger = LoadedModel(0, model, spec, ctx.codec)
     report, _ = challenger.score(holdout)
     score = challenger.score(judged)[1]
     champion_score = None if champion_model is None else champion_model.score(judged)[1]
+    stage("ONNX export and parity check")
     parity = challenger_parity(model, spec, holdout.x, enabled=ctx.settings.onnx_check)
 
     def reference() -> Reference:
         assert champion_model is not None  # the gate asks only when there is a champion
+        stage("the gate: training the trusted reference (naive curation)")
         return _reference(sv, ds.version, config, spec, flagged, judged, champion_model)
 
     decision = judge(
@@ -152,6 +158,7 @@ def train(
     if result.federated is not None:
         metrics["federated"] = result.federated
     promoted = decision.promote and (ctx.settings.auto_promote or parent is None)
+    stage("registering the model" + (" and promoting it" if promoted else ""))
     registered = sv.registry.register(
         model,
         spec,
@@ -176,6 +183,13 @@ def train(
             "it is recorded as withdrawn; train again"
         )
     return TrainResult(registered.info, decision, promoted)
+
+
+def _stages(on_epoch: Any) -> Callable[[str], None]:
+    """``on_epoch.on_stage(text)`` where the callback offers it (the CLI's bar, a job's
+    log): what a run is doing between its epochs."""
+    hook = getattr(on_epoch, "on_stage", None)
+    return hook if callable(hook) else (lambda _text: None)
 
 
 def _set_up(

@@ -187,6 +187,8 @@ class JobRunner:
         def log(r: EpochReport) -> None:
             self.project.job_log(job_id, r.line())
 
+        log.on_stage = lambda text: self.project.job_log(job_id, text)  # type: ignore[attr-defined]
+
         return log
 
     def shutdown(self) -> None:

@@ -219,7 +219,8 @@ class JobPublic(BaseModel):
     log: list[str] = []  # progress lines, readable while the job runs
     progress: dict[str, Any] | None = Field(
         default=None,
-        description="While it runs: phase (preparing, fit, refit), step, steps, fraction "
+        description="While it runs: phase (fit, refit, or the stage between epochs: "
+        "preparing, decoding, the gate ...), and in fit and refit step, steps, fraction "
         "and eta_s (seconds left in the phase, from its pace; an upper bound while early "
         "stopping may end it sooner).",
     )
