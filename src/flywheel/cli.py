@@ -432,7 +432,8 @@ def data_issues(
 ) -> None:
     """Find likely mislabelled training rows (confident learning) of the newest dataset version."""
     p = _open(project)
-    found = p.find_label_issues(folds=folds, config=p.train_config(epochs=epochs))
+    with err.status(f"cross-validating {folds} models to score every training row ..."):
+        found = p.find_label_issues(folds=folds, config=p.train_config(epochs=epochs))
     if as_json:
         _print_json(found)
         return
@@ -1134,7 +1135,9 @@ def export(
         check_quantize(quantize, option=True)
     except ModelError as exc:
         raise typer.BadParameter(str(exc), param_hint="--quantize") from None
-    manifest = _open(project).export(version, out_dir, quantize=quantize)
+    p = _open(project)
+    with err.status(f"exporting v{version} to ONNX and checking it against PyTorch ..."):
+        manifest = p.export(version, out_dir, quantize=quantize)
     if as_json:
         _print_json(manifest)
         return

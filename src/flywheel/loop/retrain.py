@@ -53,6 +53,9 @@ def retrain(
     sv: Services, config: TrainConfig, *, on_epoch: ProgressFn | None = None
 ) -> RetrainResult:
     """Curate → train (warm start) → evaluate → gate → promote."""
+    stage = getattr(on_epoch, "on_stage", None)
+    if callable(stage):
+        stage("curating the new answers: trust, conflicts, caps, near-duplicates")
     dataset, summary = curate(sv)
     if dataset is None:
         return RetrainResult(
