@@ -108,6 +108,7 @@ def _requests(pid: str) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
         ("POST", "/ui/users/{user_id}/{action}"): ("/ui/users/nobody/release", {"data": {}}),
         ("POST", "/ui/models/{version}/promote"): ("/ui/models/99/promote", {"data": {}}),
         ("POST", "/ui/rollback"): ("/ui/rollback", {"data": {}}),
+        ("POST", "/ui/retrain"): ("/ui/retrain", {"data": {}}),
     }
 
 
