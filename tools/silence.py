@@ -24,14 +24,17 @@ from typing import Any
 BIN = Path(sys.executable).parent
 ANSWERS = """
 import sys
+import numpy as np
 from flywheel import Project
 from flywheel.data import digits_arrays, encode_png
 p = Project.open(sys.argv[1])
 images, labels = digits_arrays()
-for i in range(1700, 1760):
-    r = p.predict(encode_png(images[i]), user_id=f"u{i % 6}")
+rng = np.random.default_rng(0)
+for i in range(1600, 1700):  # photos of the same digits, shifted a pixel and noisier
+    img = np.clip(np.roll(images[i], 1, axis=1) + rng.integers(0, 4, images[i].shape), 0, 16)
+    r = p.predict(encode_png(img.astype(images.dtype)), user_id=f"u{i % 6}")
     p.record_feedback(r.prediction_id, label=str(labels[i]), user_id=f"u{i % 6}")
-print("60 answers")
+print("100 answers")
 """
 
 
@@ -88,13 +91,15 @@ def main() -> None:
         ([fw, "train", "--epochs", "5"], shop, None),
         ([fw, "evaluate"], shop, None),
         ([fw, "models"], shop, None),
-        # 60 answers through the API's Python twin, then a turn of the loop
+        # 100 answers through the API's Python twin (not timed: no user types it), then
+        # a turn of the loop
         ([sys.executable, "-c", ANSWERS, str(shop)], shop, None),
         ([fw, "retrain", "--epochs", "5"], shop, None),
         ([fw, "jobs"], shop, None),
         ([fw, "serve", "--port", "8791"], shop, b"ready on"),
     ]
     rows = [timed(argv, cwd, stop) for argv, cwd, stop in steps]
+    rows = [r for r in rows if not r["command"].startswith(Path(sys.executable).name)]
     for r in rows:
         print(
             f"{r['command']:<44} exit {r['exit']:>4}  {r['seconds']:>6.1f} s  "
