@@ -396,13 +396,14 @@ def test_retrain_job_uses_feedback_and_reports_the_gate(
     assert len(steps) == epochs + best and steps[0].startswith("epoch 1/")
     assert all(line.startswith(f"refit {i + 1}/{best} ") for i, line in enumerate(steps[epochs:]))
     stages = [line for line in job["log"] if line not in steps]
-    assert stages[0] == "reading the dataset version" and stages[1].startswith("decoding ")
-    assert stages[2:4] == [
+    assert stages[0].startswith("curating the new answers")
+    assert stages[1] == "reading the dataset version" and stages[2].startswith("decoding ")
+    assert stages[3:5] == [
         "the gate: scoring challenger and champion on the same rows",
         "ONNX export and parity check",
     ]
     assert stages[-1].startswith("registering the model")
-    assert job["log"].index(stages[1]) < job["log"].index(steps[0])  # decoded, then fit
+    assert job["log"].index(stages[2]) < job["log"].index(steps[0])  # decoded, then fit
     versions = {m["version"]: m for m in client.get("/v1/models", headers=admin).json()}
     assert versions[2]["parent"] == 1
     assert versions[2]["dataset_version"] == 2
