@@ -163,8 +163,16 @@ def test_refit_trains_on_every_row_for_the_best_epoch_count(
         opt.zero_grad()
         nn.functional.cross_entropy(by_hand(x), y).backward()
         opt.step()
-    for (name, a), b in zip(model.state_dict().items(), by_hand.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    # The same function: probabilities within 1e-3 on every row. Not weight by weight:
+    # Adam steps a coordinate by about the learning rate whatever its gradient's size,
+    # so a gradient at rounding level (the fit's rows come shuffled, the sums in another
+    # order) moves it by +-lr one way or the other — on one machine 7e-3 apart on a
+    # weight the loss does not feel, on another 1e-7.
+    model.eval()
+    by_hand.eval()
+    with torch.no_grad():
+        ours, theirs = model(x).softmax(1), by_hand(x).softmax(1)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-3)
 
 
 def test_a_refit_run_repeats_exactly(digits: tuple[Arrays, Arrays]) -> None:

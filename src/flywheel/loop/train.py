@@ -127,31 +127,9 @@ def train(
     )
     train_seconds = time.perf_counter() - started
 
-    stage("the gate: scoring challenger and champion on the same rows")
-    challenger = LoadedModel(0, model, spec, ctx.codec)
-    report, _ = challenger.score(holdout)
-    score = challenger.score(judged)[1]
-    champion_score = None if champion_model is None else champion_model.score(judged)[1]
-    stage("ONNX export and parity check")
-    parity = challenger_parity(model, spec, holdout.x, enabled=ctx.settings.onnx_check)
-
-    def reference() -> Reference:
-        assert champion_model is not None  # the gate asks only when there is a champion
-        stage("the gate: training the trusted reference (naive curation)")
-        return _reference(sv, ds.version, config, spec, flagged, judged, champion_model)
-
-    decision = judge(
-        score,
-        champion_score,
-        y=judged.y,
-        labels=list(spec.labels),
-        champion_version=parent,
-        policy=GatePolicy.from_settings(ctx.settings),
-        contribution=ds.contribution,
-        parity=parity,
-        reference=reference,
+    report, decision, parity = _gate(
+        sv, ds, model, spec, config, champion_model, parent, (holdout, judged), flagged, stage
     )
-    decision = with_splits(decision, score, champion_score, len(ds.holdout))
     metrics = {**report, "export_onnx": parity, **_fit_metrics(result, len(rows), train_seconds)}
     if result.privacy is not None:
         metrics["privacy"] = {**result.privacy.to_json(), **privacy}
@@ -183,6 +161,50 @@ def train(
             "it is recorded as withdrawn; train again"
         )
     return TrainResult(registered.info, decision, promoted)
+
+
+def _gate(
+    sv: Services,
+    ds: TrainingSet,
+    model: nn.Module,
+    spec: ModelSpec,
+    config: TrainConfig,
+    champion_model: LoadedModel | None,
+    parent: int | None,
+    splits: tuple[Arrays, Arrays],
+    flagged: set[str],
+    stage: Callable[[str], None],
+) -> tuple[dict[str, Any], GateDecision, dict[str, Any]]:
+    """The challenger's held-out report, the gate's decision on it against the champion
+    (on the held-out and evaluation rows together), and its ONNX parity record."""
+    ctx = sv.ctx
+    holdout, judged = splits
+    stage("the gate: scoring challenger and champion on the same rows")
+    challenger = LoadedModel(0, model, spec, ctx.codec)
+    report, _ = challenger.score(holdout)
+    score = challenger.score(judged)[1]
+    champion_score = None if champion_model is None else champion_model.score(judged)[1]
+    stage("ONNX export and parity check")
+    parity = challenger_parity(model, spec, holdout.x, enabled=ctx.settings.onnx_check)
+
+    def reference() -> Reference:
+        assert champion_model is not None  # the gate asks only when there is a champion
+        stage("the gate: training the trusted reference (naive curation)")
+        return _reference(sv, ds.version, config, spec, flagged, judged, champion_model)
+
+    decision = judge(
+        score,
+        champion_score,
+        y=judged.y,
+        labels=list(spec.labels),
+        champion_version=parent,
+        policy=GatePolicy.from_settings(ctx.settings),
+        contribution=ds.contribution,
+        parity=parity,
+        reference=reference,
+    )
+    decision = with_splits(decision, score, champion_score, len(ds.holdout))
+    return report, decision, parity
 
 
 def _stages(on_epoch: Any) -> Callable[[str], None]:
