@@ -76,5 +76,9 @@ register_arch(
         input_shape=lambda p: (len(p["columns"]),),
         defaults=lambda _shape: {"hidden": [64, 64], "dropout": 0.1},
         summary="an MLP on standardised features, mean squared error",
+        # A few hundred rows of a few features: many cheap epochs, patient early stopping
+        # and a strong L2 penalty (benchmarks/refit.py: 0.968x Ridge's MSE on diabetes,
+        # against 1.004x with the image models' 30 epochs, patience 5, wd 1e-4).
+        training={"epochs": 300, "patience": 30, "weight_decay": 0.1, "dropout": 0.1},
     )
 )

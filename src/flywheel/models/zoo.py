@@ -8,7 +8,7 @@ say), the input shape that follows, and its default hyper-parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -43,6 +43,9 @@ class ArchInfo:
     summary: str = ""
     #: checked against its ONNX export at every training (False: too large to export per run)
     onnx_check: bool = True
+    #: training settings (``epochs``, ``patience``, ``weight_decay``, ``dropout``) this
+    #: architecture is trained with where the user set none (toml, environment, option)
+    training: Params = field(default_factory=dict)
 
 
 #: filled by the architecture modules as ``flywheel.models`` imports them

@@ -13,14 +13,16 @@ import numpy as np
 from flywheel.errors import ConfigError, ModelError
 from flywheel.models import ModelSpec, arch_info, build_spec
 from flywheel.settings import Settings
-from flywheel.tasks import Task
+from flywheel.tasks import TASKS, Task
 from flywheel.training.fit import TrainConfig
 
 __all__ = ["model_spec", "sampling_units", "train_config"]
 
 
 def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
-    """The training config the settings give, with ``overrides`` (None: not overridden)."""
+    """The training config the settings give, with ``overrides`` (None: not overridden);
+    an architecture's own training defaults (``ArchInfo.training``) stand in for the
+    settings a user did not set."""
     st = settings
     base = TrainConfig(
         arch=st.arch,
@@ -42,8 +44,15 @@ def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
         dp_delta=st.dp_delta,
         dp_max_grad_norm=st.dp_max_grad_norm,
     )
+    arch = overrides.get("arch") or st.arch or TASKS[st.task].default_arch
     try:
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        tuned = arch_info(arch).training
+    except ConfigError:
+        tuned = {}  # an unknown name: refused, naming it, when the spec is made
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unset = {k: v for k, v in tuned.items() if k not in st.model_fields_set and k not in given}
+    try:
+        return replace(base, **unset, **given)
     except ValueError as exc:  # TrainConfig's own checks: an option out of range
         raise ConfigError(f"invalid training option: {exc}") from exc
 
