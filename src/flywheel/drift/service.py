@@ -24,7 +24,7 @@ from flywheel.drift.stats import (
     scaled_confidence,
 )
 from flywheel.events import repo as events
-from flywheel.registry import LoadedModel
+from flywheel.registry import LoadedModel, VersionInfo
 from flywheel.registry.service import RegistryService
 from flywheel.store.schema import DriftWindow, Prediction, utcnow
 
@@ -111,7 +111,7 @@ class DriftService:
             right = probs.argmax(1) == np.asarray(arrays.y)
             if len(rows) >= 10:
                 temperature = fit_confidence_temperature(probs, right)
-        moved = self._production_rows(version, info.created_at, loaded)
+        moved = self._production_rows(version, info, loaded)
         kind, y = "rows", None if probs is None else arrays.y
         if moved is not None:
             x, source = moved
@@ -139,13 +139,13 @@ class DriftService:
         return _Baseline(version, len(emb), kind, source, temperature, drift, why, probs, right)
 
     def _production_rows(
-        self, version: int, created_at: Any, loaded: LoadedModel
+        self, version: int, info: VersionInfo, loaded: LoadedModel
     ) -> tuple[np.ndarray, str] | None:
         """The inputs of the calls that are the new normal for ``version`` and where
         they came from, or None (see ``_build``)."""
         with self.ctx.db.session() as s:
             run = repo.previous_run(s, version)
-            if not run or run[-1].created_at >= created_at:
+            if not run or run[-1].created_at >= info.created_at:
                 return None  # no windows before it, or it was trained before they began
             inherited = (run[0].tests.get("reference") or {}).get("kind") == "production"
             if not (run[0].alarm or inherited):
@@ -153,14 +153,13 @@ class DriftService:
             calls: list[Prediction] = []
             used: list[int] = []
             for w in run:
-                if w.created_at >= created_at:
+                if w.created_at >= info.created_at:
                     continue  # closed while the version was being trained
                 calls += repo.calls_in(s, w)
                 used.append(w.id)
                 if len(calls) >= PRODUCTION_REFERENCE:
                     break
             s.expunge_all()
-        info = self.registry.version(version)
         trained = {r[0] for r in self.data.rows(info.dataset_version, TRAIN)}
         # answered calls it was trained on would sit closer to it than new traffic does
         present = [

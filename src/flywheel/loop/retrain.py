@@ -8,7 +8,7 @@ from typing import Any
 
 from flywheel.data import DatasetInfo
 from flywheel.loop.services import Services
-from flywheel.loop.train import ProgressFn, TrainResult, train
+from flywheel.loop.train import ProgressFn, TrainResult, stages, train
 from flywheel.training import TrainConfig
 
 __all__ = ["RetrainResult", "curate", "retrain"]
@@ -53,9 +53,7 @@ def retrain(
     sv: Services, config: TrainConfig, *, on_epoch: ProgressFn | None = None
 ) -> RetrainResult:
     """Curate → train (warm start) → evaluate → gate → promote."""
-    stage = getattr(on_epoch, "on_stage", None)
-    if callable(stage):
-        stage("curating the new answers: trust, conflicts, caps, near-duplicates")
+    stages(on_epoch)("curating the new answers: trust, conflicts, caps, near-duplicates")
     dataset, summary = curate(sv)
     if dataset is None:
         return RetrainResult(

@@ -92,7 +92,7 @@ def train(
     and config where it stopped.
     """
     ctx = sv.ctx
-    stage = _stages(on_epoch)
+    stage = stages(on_epoch)
     stage("reading the dataset version")
     ds = sv.data.training_set()
     spec = model_spec(ctx.task, ds.preprocessing, ds.labels, config)
@@ -207,7 +207,7 @@ def _gate(
     return report, decision, parity
 
 
-def _stages(on_epoch: Any) -> Callable[[str], None]:
+def stages(on_epoch: Any) -> Callable[[str], None]:
     """``on_epoch.on_stage(text)`` where the callback offers it (the CLI's bar, a job's
     log): what a run is doing between its epochs."""
     hook = getattr(on_epoch, "on_stage", None)
