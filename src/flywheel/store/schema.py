@@ -246,6 +246,14 @@ class Feedback(Base):
     correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     #: the prediction had been handed out by the review queue
     via_queue: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: the client's own key of this answer, unique: an ``Idempotency-Key`` (scoped by
+    #: who sent it) or a Label Studio annotation's id; None for most answers
+    external_id: Mapped[str | None] = mapped_column(
+        String(200), nullable=True, unique=True, index=True
+    )
+    #: the SHA-256 of the request that stored it under ``external_id`` (a key reused
+    #: with another body is refused)
+    body_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 
