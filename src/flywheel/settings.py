@@ -393,6 +393,12 @@ class Settings(BaseSettings):
         "default: <project>/user-keys.json. Rotate with `flywheel privacy rotate-key`.",
     )
     # Serving: backend, micro-batching, the prediction log, workers.
+    model_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="The model's name in the Open Inference Protocol (/v2/models/NAME); "
+        "default: the project folder's name.",
+    )
     serving_backend: str = Field(
         default="onnx",
         pattern="^(onnx|torch)$",
@@ -547,6 +553,15 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.project_dir / "models"
+
+    @property
+    def served_name(self) -> str:
+        """The model's name in the Open Inference Protocol: ``model_name``, else the
+        project folder's name with every character a URL path would escape as ``-``."""
+        if self.model_name:
+            return self.model_name
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", self.project_dir.resolve().name).strip(".-")
+        return name[:64] or "model"
 
     @property
     def requires_keys(self) -> bool:

@@ -90,6 +90,24 @@ def _requests(pid: str) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
         ("POST", "/v1/keys"): ("/v1/keys", {"json": {"scopes": []}}),
         ("DELETE", "/v1/keys/{key}"): ("/v1/keys/nope", {}),
         ("GET", "/healthz"): ("/healthz", {}),
+        ("GET", "/v2"): ("/v2", {}),
+        ("GET", "/v2/health/live"): ("/v2/health/live", {}),
+        ("GET", "/v2/health/ready"): ("/v2/health/ready", {}),
+        ("GET", "/v2/models/{model_name}"): ("/v2/models/nope", {}),
+        ("GET", "/v2/models/{model_name}/ready"): ("/v2/models/nope/ready", {}),
+        ("GET", "/v2/models/{model_name}/versions/{model_version}"): (
+            "/v2/models/nope/versions/1",
+            {},
+        ),
+        ("GET", "/v2/models/{model_name}/versions/{model_version}/ready"): (
+            "/v2/models/nope/versions/1/ready",
+            {},
+        ),
+        ("POST", "/v2/models/{model_name}/infer"): ("/v2/models/nope/infer", {"json": {}}),
+        ("POST", "/v2/models/{model_name}/versions/{model_version}/infer"): (
+            "/v2/models/nope/versions/1/infer",
+            {"json": {}},
+        ),
         ("GET", "/openapi.json"): ("/openapi.json", {}),
         ("GET", "/docs"): ("/docs", {}),
         ("GET", "/docs/oauth2-redirect"): ("/docs/oauth2-redirect", {}),
@@ -137,7 +155,9 @@ def _refused(response: Any, rule: Rule, kind: str) -> bool:
 def test_the_table_is_the_policy() -> None:
     """What the table says, said again independently of it."""
     opened = {route for route, rule in TABLE.items() if rule.opens}
-    assert opened == {("POST", "/v1/predict"), ("POST", "/v1/feedback")}
+    v2 = {(m, p) for m, p in TABLE if p.startswith("/v2/models/")}  # the protocol's predict
+    assert opened == {("POST", "/v1/predict"), ("POST", "/v1/feedback"), *v2}
+    assert all(TABLE[route].scope == "predict" for route in v2)
     for (method, path), rule in TABLE.items():
         others_input = any(w in path for w in ("review", "explain", "/input/"))
         if others_input:
@@ -147,8 +167,8 @@ def test_the_table_is_the_policy() -> None:
         if method in {"POST", "DELETE"} and rule.scope == ANY:
             pytest.fail(f"{method} {path} changes something with a key of any scope")
         if rule.scope is None:
-            assert path in {"/healthz", "/openapi.json", "/redoc"} or path.startswith(
-                ("/docs", "/ui/login", "/ui/logout")
+            assert path in {"/healthz", "/openapi.json", "/redoc", "/v2"} or path.startswith(
+                ("/docs", "/ui/login", "/ui/logout", "/v2/health/")
             ), (method, path)
         assert rule_for(method, path) is rule
     assert rule_for("HEAD", "/healthz") is TABLE[("GET", "/healthz")]

@@ -50,6 +50,7 @@ class Backend(Protocol):
     name: str
     version: int
     labels: list[str]  # empty for regression
+    input_shape: tuple[int, ...]  # one decoded input's shape
 
     def decode(self, content: bytes) -> np.ndarray:
         """One stored-form input (image/WAV bytes, UTF-8 text, features JSON) → model input."""
@@ -69,6 +70,7 @@ class TorchBackend:
         self.loaded = loaded
         self.version = loaded.version
         self.labels = loaded.labels
+        self.input_shape = tuple(loaded.spec.input_shape)
 
     def decode(self, content: bytes) -> np.ndarray:
         return self.loaded.decode(content)
@@ -110,6 +112,7 @@ class FakeBackend:
     ) -> None:
         self.version = version
         self.labels = labels
+        self.input_shape: tuple[int, ...] = (4,)
         self.label = label if label is not None else (labels[0] if labels else None)
         self.delay_s = delay_s
         self.batches: list[int] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
@@ -42,6 +43,7 @@ from flywheel.serving.predictor import Predictor
 from flywheel.serving.routers import (
     explain,
     feedback,
+    inference,
     jobs,
     keys,
     models,
@@ -70,11 +72,20 @@ _STATUS: list[tuple[type[FlywheelError], int]] = [
 ]
 
 
-async def _flywheel_error(_request: Request, exc: Exception) -> JSONResponse:
+def _error(request: Request, status: int, detail: Any, headers: Any = None) -> JSONResponse:
+    """An error's body: ``{"detail": ...}``, or on the Open Inference Protocol's routes
+    its own ``{"error": "..."}``."""
+    if request.url.path.startswith("/v2"):
+        text = detail if isinstance(detail, str) else json.dumps(detail)
+        return JSONResponse(status_code=status, content={"error": text}, headers=headers)
+    return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
+
+
+async def _flywheel_error(request: Request, exc: Exception) -> JSONResponse:
     for kind, status in _STATUS:
         if isinstance(exc, kind):
-            return JSONResponse(status_code=status, content={"detail": str(exc)})
-    return JSONResponse(status_code=500, content={"detail": str(exc)})
+            return _error(request, status, str(exc))
+    return _error(request, 500, str(exc))
 
 
 def _finite(value: Any) -> Any:
@@ -94,16 +105,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
         exc = StarletteHTTPException(422, f"the body cannot be read: {exc.detail}", exc.headers)
+    if request.url.path.startswith("/v2"):
+        return _error(request, exc.status_code, exc.detail, exc.headers)
     return await http_exception_handler(request, exc)
 
 
-async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 for a malformed request, whatever it echoes back: a NaN or Infinity
     sent in a body would otherwise make the error itself unwritable (a 500)."""
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse(
-        status_code=422, content={"detail": _finite(jsonable_encoder(_no_bytes(exc.errors())))}
-    )
+    return _error(request, 422, _finite(jsonable_encoder(_no_bytes(exc.errors()))))
 
 
 def _say_ready(settings: Settings, version: int | None) -> None:
@@ -298,6 +309,7 @@ def create_app(
     app.add_exception_handler(Refusal, refused)
     columns = project.dataset().preprocessing.get("columns") if project.task.is_regression else None
     app.include_router(predict.build_router(project.task, columns))
+    app.include_router(inference.router)
     for r in (
         feedback.router,
         review.router,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.errors import ModelError
+from flywheel.errors import InputError, ModelError
 from flywheel.registry import Backend
 
 __all__ = ["BatchResult", "GroupCommit", "MicroBatcher"]
@@ -49,6 +49,8 @@ class _Item:
     future: Future[Any] | asyncio.Future[Any]
     context: Any
     loop: asyncio.AbstractEventLoop | None = None  # set: an asyncio future of that loop
+    #: the model's input, already decoded (an Open Inference Protocol tensor): not decoded
+    array: np.ndarray | None = None
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -102,6 +104,17 @@ def drain(q: queue.SimpleQueue[Any] | queue.Queue[Any], batch: list[Any], limit:
 OnResult = Callable[[Any, BatchResult], Any]
 
 
+def _fits(backend: Backend, item: _Item) -> np.ndarray:
+    """An input given decoded, if it has the shape of the backend's input."""
+    assert item.array is not None
+    want = tuple(getattr(backend, "input_shape", item.array.shape))
+    if item.array.shape != want:
+        raise InputError(
+            f"v{backend.version} takes inputs of shape {list(want)}; got {list(item.array.shape)}"
+        )
+    return item.array
+
+
 class MicroBatcher:
     def __init__(
         self,
@@ -138,12 +151,20 @@ class MicroBatcher:
         self._put(_Item(backend, content, fut, context))
         return fut
 
-    async def run(self, backend: Backend, content: bytes, context: Any = None) -> Any:
+    async def run(
+        self,
+        backend: Backend,
+        content: bytes,
+        context: Any = None,
+        *,
+        array: np.ndarray | None = None,
+    ) -> Any:
         """``submit`` for a coroutine: the answer, with one wake-up of the event loop
-        per batch (not one per request)."""
+        per batch (not one per request). ``array``: the input already decoded (its
+        shape is checked against the backend's ``input_shape``)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._put(_Item(backend, content, fut, context, loop))
+        self._put(_Item(backend, content, fut, context, loop, array))
         return await fut
 
     def _put(self, item: _Item) -> None:
@@ -213,7 +234,7 @@ class MicroBatcher:
         rows: list[np.ndarray] = []
         for it in items:
             try:
-                rows.append(backend.decode(it.content))
+                rows.append(backend.decode(it.content) if it.array is None else _fits(backend, it))
                 ok.append(it)
             except Exception as exc:  # this input is bad; the others still run
                 outcomes.append((it.future, it.loop, False, exc))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from flywheel.errors import FlywheelError
@@ -109,7 +110,11 @@ class Predictor:
 
     # -- predictions ----------------------------------------------------------------------
 
-    async def predict(self, content: bytes, user_id: str | None) -> PredictionResult:
+    async def predict(
+        self, content: bytes, user_id: str | None, *, array: np.ndarray | None = None
+    ) -> PredictionResult:
+        """Answer one input (its stored form) and log it. ``array``: the model's input,
+        already decoded from ``content`` (the model runs on it; ``content`` is kept)."""
         user_id = self.project.pseudonym(user_id)
         if self.project.scrubs_inputs:  # personal data never reaches the model or the store
             if self.project.task.modality == "text":  # Presidio: ~2 ms, off the event loop
@@ -119,7 +124,7 @@ class Predictor:
         backend = self.backend
         started = time.perf_counter()
         result: PredictionResult = await self.batcher.run(
-            backend, content, (content, user_id, started)
+            backend, content, (content, user_id, started), array=array
         )
         return result
 

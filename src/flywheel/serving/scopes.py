@@ -86,6 +86,19 @@ TABLE: dict[tuple[str, str], Rule] = {
     # -- the API: a bearer key -----------------------------------------------------------
     ("POST", "/v1/predict"): Rule("predict", opens="open_predict"),
     ("POST", "/v1/feedback"): Rule("feedback", opens="open_feedback"),
+    # the Open Inference Protocol (v2): as /v1/predict; its health checks as /healthz
+    ("POST", "/v2/models/{model_name}/infer"): Rule("predict", opens="open_predict"),
+    ("POST", "/v2/models/{model_name}/versions/{model_version}/infer"): Rule(
+        "predict", opens="open_predict"
+    ),
+    ("GET", "/v2/models/{model_name}"): Rule("predict", opens="open_predict"),
+    ("GET", "/v2/models/{model_name}/versions/{model_version}"): Rule(
+        "predict", opens="open_predict"
+    ),
+    ("GET", "/v2/models/{model_name}/ready"): Rule("predict", opens="open_predict"),
+    ("GET", "/v2/models/{model_name}/versions/{model_version}/ready"): Rule(
+        "predict", opens="open_predict"
+    ),
     # others' inputs, and what is derived from them
     ("POST", "/v1/review-queue"): Rule("feedback"),
     ("GET", "/v1/review-queue"): Rule("feedback"),
@@ -114,6 +127,9 @@ TABLE: dict[tuple[str, str], Rule] = {
     ("DELETE", "/v1/keys/{key}"): Rule("admin"),
     # open: liveness, and the documentation of the API
     ("GET", "/healthz"): OPEN,
+    ("GET", "/v2"): OPEN,
+    ("GET", "/v2/health/live"): OPEN,
+    ("GET", "/v2/health/ready"): OPEN,
     ("GET", "/openapi.json"): OPEN,
     ("GET", "/docs"): OPEN,
     ("GET", "/docs/oauth2-redirect"): OPEN,
