@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from flywheel.errors import ConfigError
 from flywheel.settings import CONFIG_FILE, Settings, is_loopback
@@ -200,3 +201,12 @@ def test_the_gate_policy_and_log_settings_are_checked(
     _write_toml(project_dir, toml)
     with pytest.raises(ConfigError, match=message):
         Settings.load(project_dir)
+
+
+def test_the_served_name_is_the_folders_unless_given(tmp_path: Path) -> None:
+    folder = tmp_path / "my project (v2)"
+    folder.mkdir()
+    assert Settings(project_dir=folder).served_name == "my-project--v2"
+    assert Settings(project_dir=folder, model_name="digits").served_name == "digits"
+    with pytest.raises(ValidationError, match="model_name"):
+        Settings(project_dir=folder, model_name="a/b")

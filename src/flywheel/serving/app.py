@@ -301,6 +301,7 @@ def create_app(
     app.state.project = project
     app.state.runner = JobRunner(project)
     app.state.settings = settings
+    app.state.model_name = settings.served_name  # the Open Inference Protocol's
     app.state.metrics = metrics
     app.state.throttle = AuthThrottle(settings.auth_failures_per_minute)
     app.add_exception_handler(FlywheelError, _flywheel_error)

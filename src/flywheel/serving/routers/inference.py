@@ -119,7 +119,7 @@ def _served(predictor: Predictor, name: str, version: str | None, request: Reque
     """The backend that answers for ``name`` (and ``version``, which must be the one in
     service: only the production version is loaded)."""
     project = request.app.state.project
-    served_name: str = project.settings.served_name
+    served_name: str = request.app.state.model_name
     if name != served_name:
         raise HTTPException(404, f"unknown model {name!r}: this server serves {served_name!r}")
     backend = predictor.backend
