@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,8 @@ import pytest
 import torch
 
 from flywheel import Project
-from tests.factories import make_project
+from flywheel.models import zoo
+from tests.factories import make_project, write_plugin
 
 # Two cores, and tests run servers and training in threads: one torch thread each keeps
 # them from oversubscribing the cores (two threads were 5-6x slower under load).
@@ -107,3 +110,19 @@ def datasets_dir() -> Path:
     if not DATASETS.is_dir():
         pytest.skip(f"shared datasets not found at {DATASETS}")
     return DATASETS
+
+
+@pytest.fixture(scope="function")
+def plugin_site(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """The ``tinyplug`` plugin (``tests.factories.write_plugin``: a package and its
+    .dist-info) on sys.path for one test, as if installed; forgotten afterwards (its
+    modules, the architectures resolved from it)."""
+    site = write_plugin(tmp_path_factory.mktemp("site"))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(zoo, "_PLUGINS", {})
+    yield site
+    for name in [m for m in sys.modules if m == "tinyplug" or m.startswith("tinyplug.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()

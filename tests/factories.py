@@ -93,3 +93,95 @@ def sign_in(c: TestClient, key: str) -> str:
     match = re.search(r'name="csrf" value="([^"]+)"', page)
     assert match
     return match.group(1)
+
+
+#: a plugin architecture from outside the repository: a package and its .dist-info
+PLUGIN_SOURCE = '''"""tinyplug: flywheel architectures from outside its repository."""
+
+import dataclasses
+
+from torch import nn
+
+from flywheel.models import ArchInfo, check_input
+
+
+class TinyNet(nn.Module):
+    """Pixels -> one hidden layer -> classes (``extra``: that many outputs too many)."""
+
+    def __init__(self, input_shape, n_classes, hidden, *, strict=True, extra=0):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.strict = strict
+        n = 1
+        for d in self.input_shape:
+            n *= d
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, n_classes + extra)
+        )
+
+    def forward(self, x):
+        if self.strict:
+            check_input("tinyplug", x, self.input_shape)
+        return self.net(x)
+
+
+def _build(spec, **kw):
+    return TinyNet(spec.input_shape, len(spec.labels), int(spec.hparams.get("hidden", 32)), **kw)
+
+
+def _preprocess(native, options):
+    side = options.get("image_size")
+    h, w = (side, side) if side else (native["height"], native["width"])
+    return {"kind": "image", "mode": native["mode"], "height": int(h), "width": int(w)}
+
+
+def _shape(p):
+    return (1 if p["mode"] == "L" else 3, p["height"], p["width"])
+
+
+def build():
+    return ArchInfo(
+        name="tiny",
+        modality="image",
+        objective="classification",
+        build=_build,
+        preprocess=_preprocess,
+        input_shape=_shape,
+        defaults=lambda shape: {"hidden": 32},
+        summary="a one-hidden-layer MLP on pixels",
+        training={"epochs": 6, "patience": 3},
+    )
+
+
+def broken_outputs():
+    """One output too many: breaks the output_shape clause."""
+    return dataclasses.replace(build(), build=lambda spec: _build(spec, extra=1))
+
+
+def lenient():
+    """No check of its input's shape: breaks the strict_input clause."""
+    return dataclasses.replace(build(), build=lambda spec: _build(spec, strict=False))
+
+
+def wrong_modality():
+    return dataclasses.replace(build(), modality="video")
+
+
+def not_an_arch():
+    return {"name": "tiny", "modality": "image"}
+'''
+
+
+def write_plugin(site: Path, *, name: str = "tinyplug", version: str = "0.1.0") -> Path:
+    """A package ``name`` in ``site`` (a folder to put on sys.path) with the .dist-info an
+    installer would write: its version, and the entry point ``tiny`` of the group
+    ``flywheel.architectures`` (what ``pip install`` of a pyproject declaring it gives)."""
+    (site / name).mkdir(parents=True)
+    (site / name / "__init__.py").write_text("")
+    (site / name / "nets.py").write_text(PLUGIN_SOURCE)
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[flywheel.architectures]\ntiny = {name}.nets:build\n")
+    (info / "top_level.txt").write_text(f"{name}\n")
+    return site

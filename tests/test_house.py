@@ -45,6 +45,7 @@ PLACES = (
     ("flywheel.privacy.identity", "services"),
     ("flywheel.feedback.predictions", "services"),
     ("flywheel.feedback.review", "services"),
+    ("flywheel.feedback.revisions", "services"),
     ("flywheel.feedback.users", "services"),
     ("flywheel.context", "context"),
     ("flywheel.*.repo", "repos"),
@@ -63,6 +64,7 @@ PLACES = (
     ("flywheel.registry.*", "cores"),
     ("flywheel.export", "cores"),
     ("flywheel.export.*", "cores"),
+    ("flywheel.testing", "cores"),  # the architecture contract, public for plugins' authors
     ("flywheel.explain", "cores"),
     ("flywheel.explain.*", "cores"),
     ("flywheel.keys", "cores"),
@@ -80,6 +82,7 @@ PLACES = (
     ("flywheel.store", "store"),
     ("flywheel.store.*", "store"),
     ("flywheel", "foundation"),
+    ("flywheel.client", "foundation"),
     ("flywheel.errors", "foundation"),
     ("flywheel.settings", "foundation"),
     ("flywheel.tasks", "foundation"),
@@ -104,11 +107,13 @@ LAZY = {
     "kornia",
 }
 #: the public API imports Project lazily, so that the torch-free parts (an exported
-#: bundle's runtime) import without torch
+#: bundle's runtime) import without torch, and the client lazily, so that the rest
+#: imports without httpx
 #: the CLI loads the project's modules (torch) under a spinner, when a command needs them
 CLI_LAZY = ("project", "outputs", "data", "serving", "export.onnx", "demo")
 LAZY_INTERNAL = {
     ("flywheel", "flywheel.project"),
+    ("flywheel", "flywheel.client"),
     *(("flywheel.cli", f"flywheel.{m}") for m in CLI_LAZY),
 }
 #: where SQLAlchemy may be imported

@@ -24,10 +24,12 @@ SURFACE = {
     "predict", "log_predictions", "prediction_journal", "scrubs_inputs", "at_the_door",
     "pseudonym", "serving_model", "stored_input",
     # feedback, users, explanations, monitoring
-    "record_feedback", "record_feedback_many", "review_queue", "users", "update_trust",
+    "record_feedback", "record_feedback_many", "revise_feedback", "review_queue", "users",
+    "update_trust",
     "quarantine", "release", "explain", "explanation_png", "stats", "monitoring",
     # the registry
     "models", "version_info", "production_version", "production_state", "promote", "rollback",
+    "import_model",
     # privacy and user rights
     "forget", "retrain_after_forget", "privacy_ledger", "audit_log", "apply_retention",
     "rotate_user_key", "reload_user_key",

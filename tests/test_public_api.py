@@ -10,8 +10,11 @@ import flywheel
 
 def test_exported_members() -> None:
     assert set(flywheel.__all__) == {
+        "AsyncClient",
         "AuthError",
+        "Client",
         "ConfigError",
+        "ConflictError",
         "DataError",
         "FlywheelError",
         "InputError",

@@ -1,6 +1,7 @@
 """flywheel: turn users' feedback into better models, safely and continuously.
 
-The public API is the ``Project`` façade, its ``Settings``, and the error tree.
+The public API is the ``Project`` façade, its ``Settings``, the error tree, and the
+HTTP API's client (``Client``, ``AsyncClient``).
 """
 
 from typing import TYPE_CHECKING
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 from flywheel.errors import (
     AuthError,
     ConfigError,
+    ConflictError,
     DataError,
     FlywheelError,
     InputError,
@@ -20,6 +22,7 @@ from flywheel.errors import (
 from flywheel.settings import Settings
 
 if TYPE_CHECKING:
+    from flywheel.client import AsyncClient, Client
     from flywheel.project import Project
 
 __version__ = "0.1.0"
@@ -32,12 +35,20 @@ def __getattr__(name: str) -> object:
         from flywheel.project import Project
 
         return Project
+    # The client brings httpx (~0.1 s): only for the code that talks to a server.
+    if name in ("Client", "AsyncClient"):
+        from flywheel import client
+
+        return getattr(client, name)
     raise AttributeError(f"module 'flywheel' has no attribute {name!r}")
 
 
 __all__ = [
+    "AsyncClient",
     "AuthError",
+    "Client",
     "ConfigError",
+    "ConflictError",
     "DataError",
     "FlywheelError",
     "InputError",

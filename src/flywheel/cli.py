@@ -303,6 +303,14 @@ def init(
         float, typer.Option(help="Share of the data kept aside for evaluation, never trained on.")
     ] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the held-out draw.")] = 0,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="The project's architecture (setting arch): one of the zoo, a plugin's entry "
+            "point name, or package.module:factory \\[default: the task's].",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a project and import its base data (cleaned) as dataset version 1."""
@@ -337,6 +345,7 @@ def init(
             task=task_name,
             holdout_fraction=holdout,
             seed=seed,
+            settings=None if arch is None else {"arch": arch},
             on_example=lambda n: progress.update(bar, completed=n),
         )
     info = project.dataset()
@@ -869,7 +878,7 @@ def models(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
             "-" if v.parent is None else str(v.parent),
             str(v.dataset_version),
             v.created_at.strftime("%Y-%m-%d %H:%M"),
-            "passed" if gate.get("promote") else "refused",
+            "imported" if gate.get("imported") else "passed" if gate.get("promote") else "refused",
         )
     out.print(t)
 
@@ -1151,6 +1160,114 @@ def export(
         f"v{version} → {manifest['folder']}/{manifest['model']} ({manifest['bytes'] / 1e3:.0f} kB, "
         f"opset {manifest['opset']}{calibrated}); against torch on {p['n']} held-out rows: "
         f"max |diff| {p['max_abs_diff']:.2e}, arg-max agreement {p['argmax_agreement']:.4f}"
+    )
+
+
+def _split(text: str | None, option: str, kind: type = str) -> list[Any] | None:
+    """A comma-separated option's values (``kind``: str or float); None when not given."""
+    if text is None:
+        return None
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    try:
+        return [kind(v) for v in values]
+    except ValueError:
+        raise typer.BadParameter(f"not a list of numbers: {text!r}", param_hint=option) from None
+
+
+@app.command("import-model")
+def import_model(
+    model: Annotated[
+        Path, typer.Argument(help="The ONNX file: one input; (N, classes) or (N,) out.")
+    ],
+    labels: Annotated[
+        str | None,
+        typer.Option(help="A classifier's labels in the order of its outputs: a,b,c."),
+    ] = None,
+    labels_file: Annotated[
+        Path | None, typer.Option(help="A classifier's labels, one per line.")
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(
+            help="classification or regression \\[default: the project's].", show_default=False
+        ),
+    ] = None,
+    outputs: Annotated[
+        str | None,
+        typer.Option(
+            help="A classifier's output: logits or probabilities \\[default: detected].",
+            show_default=False,
+        ),
+    ] = None,
+    image_mode: Annotated[
+        str | None,
+        typer.Option(help="Images: L or RGB \\[default: the dataset's].", show_default=False),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            min=4,
+            max=1024,
+            help="Images: the side it reads \\[default: the dataset's size].",
+            show_default=False,
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="Tabular: the columns in the order it reads them (with --mean, --std)."),
+    ] = None,
+    mean: Annotated[
+        str | None, typer.Option(help="Tabular: each column's mean it subtracts: 0.1,2,...")
+    ] = None,
+    std: Annotated[
+        str | None, typer.Option(help="Tabular: each column's std it divides by: 1,0.5,...")
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="The challenger retrains train (zoo or plugin); becomes the setting arch "
+            "\\[default: the setting arch, or the task's].",
+            show_default=False,
+        ),
+    ] = None,
+    promote: Annotated[
+        bool,
+        typer.Option(
+            "--promote",
+            help="Make it production now (without: production only if there is none, else "
+            "the candidate).",
+        ),
+    ] = False,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Serve an ONNX classifier or regressor trained elsewhere as a version: checked,
+    test-run on the project's held-out rows, stored with its SHA-256; retrains gate their
+    challengers against it."""
+    if labels is not None and labels_file is not None:
+        raise typer.BadParameter("give --labels or --labels-file, not both", param_hint="--labels")
+    names = _split(labels, "--labels")
+    if labels_file is not None:
+        names = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+    p = _open(project)
+    with err.status(f"checking {model.name} and test-running it on the held-out rows ..."):
+        result = p.import_model(
+            model, labels=names, objective=objective, outputs=outputs, image_mode=image_mode,
+            image_size=image_size, columns=_split(columns, "--columns"),
+            mean=_split(mean, "--mean", float), std=_split(std, "--std", float), arch=arch,
+            promote=promote,
+        )  # fmt: skip
+    if as_json:
+        _print_json(result.to_json())
+        return
+    r = result.to_json()
+    where = "production" if result.promoted else "the candidate (promote it: flywheel promote)"
+    kind = r["outputs"] + (", detected" if r["outputs_detected"] else "")
+    out.print(
+        f"v{r['model_version']} imported from {model.name} ({kind}; SHA-256 "
+        f"{r['graph']['sha256'][:12]}…): {_score(r['metrics'])} on "
+        f"{r['metrics']['import_check_rows']} held-out rows; it is {where}. Retrains train "
+        f"[bold]{r['challenger_arch']}[/] as the challenger and gate it against it."
     )
 
 

@@ -11,8 +11,10 @@ are wrapped at the boundary so that callers catch one tree::
     │       └── UnsupportedMediaError   a file of a type the task does not take
     ├── NotFoundError          a prediction, model version, job, key ... is unknown
     ├── ModelError             a model cannot be built, trained, loaded or applied
-    │   └── NotFittedError     a model was used before it was trained
-    ├── RegistryError          a registry operation is not possible (e.g. nothing to roll back to)
+    │   ├── NotFittedError     a model was used before it was trained
+    │   └── ContractError      an architecture (a plugin's) breaks the zoo's contract: the clause
+    ├── ConflictError          the request conflicts with the state (HTTP 409)
+    │   └── RegistryError      a registry operation is not possible (e.g. nothing to roll back to)
     └── AuthError              a key is missing, unknown, revoked or lacks the scope
 
 Messages name the thing, what was expected and what came.
@@ -25,6 +27,8 @@ import difflib
 __all__ = [
     "AuthError",
     "ConfigError",
+    "ConflictError",
+    "ContractError",
     "DataError",
     "FlywheelError",
     "InputError",
@@ -102,7 +106,23 @@ class NotFittedError(ModelError):
     """A model was used for prediction before it was trained."""
 
 
-class RegistryError(FlywheelError):
+class ContractError(ModelError):
+    """An architecture breaks the zoo's contract; ``clause`` names which part (e.g.
+    "returns an ArchInfo", "output_shape", "onnx_export")."""
+
+    def __init__(self, arch: str, clause: str, detail: str) -> None:
+        super().__init__(f"architecture {arch!r} breaks the contract ({clause}): {detail}")
+        self.arch = arch
+        self.clause = clause
+        self.detail = detail
+
+
+class ConflictError(FlywheelError):
+    """The request conflicts with what is stored: an ``Idempotency-Key`` reused for
+    another answer, a registry operation the registry's state does not allow."""
+
+
+class RegistryError(ConflictError):
     """A registry operation cannot be carried out (e.g. no earlier version to roll back to)."""
 
 

@@ -1,6 +1,5 @@
-"""``Project``: the façade of the loop. The CLI, the HTTP routes and the dashboard are
-thin shells around its verbs; each verb delegates to a stage service or to a workflow
-of ``flywheel.loop`` in a line or two."""
+"""``Project``: the façade of the loop. The CLI, the HTTP routes and the dashboard are thin
+shells around its verbs, each delegating to a service or a ``flywheel.loop`` workflow."""
 
 from __future__ import annotations
 
@@ -17,11 +16,10 @@ from flywheel.feedback.records import FeedbackIn, FeedbackResult, PredictionResu
 from flywheel.keys import SCOPES
 from flywheel.loop import evaluate as evaluation
 from flywheel.loop import forget as forgetting
+from flywheel.loop import imports as importing
 from flywheel.loop import retrain as retraining
 from flywheel.loop import train as training
-from flywheel.loop.retrain import RetrainResult
 from flywheel.loop.services import Services
-from flywheel.loop.train import ProgressFn, TrainResult
 from flywheel.registry import LoadedModel, VersionInfo
 from flywheel.registry.cache import ModelCache
 from flywheel.settings import CONFIG_FILE, Settings, config_text, new_project_folder
@@ -73,6 +71,7 @@ class Project:
         with new_project_folder(root, config_text(source.name, values)):
             project = cls(Settings.load(root))
             project.services.data.import_base(source, holdout_fraction, seed, on_example)
+            training.check_arch(project.services, values.get("arch"))  # a plugin's, say
         return project
 
     def close(self) -> None:
@@ -131,15 +130,13 @@ class Project:
         self,
         config: TrainConfig | None = None,
         *,
-        on_epoch: ProgressFn | None = None,
+        on_epoch: training.ProgressFn | None = None,
         reason: str = "train",
         resume: bool = False,
-    ) -> TrainResult:
+    ) -> training.TrainResult:
         """Train a challenger on the newest dataset version, gate it, promote if it passes."""
-        config = config or self.train_config()
-        return training.train(
-            self.services, config, on_epoch=on_epoch, reason=reason, resume=resume
-        )
+        c = config or self.train_config()
+        return training.train(self.services, c, on_epoch=on_epoch, reason=reason, resume=resume)
 
     def has_interrupted_run(self) -> bool:
         return training.has_interrupted_run(self.services)
@@ -161,8 +158,8 @@ class Project:
         return retraining.curate(self.services)
 
     def retrain(
-        self, config: TrainConfig | None = None, *, on_epoch: ProgressFn | None = None
-    ) -> RetrainResult:
+        self, config: TrainConfig | None = None, *, on_epoch: training.ProgressFn | None = None
+    ) -> retraining.RetrainResult:
         """One turn of the loop: curate → train (warm start) → evaluate → gate → promote."""
         return retraining.retrain(self.services, config or self.train_config(), on_epoch=on_epoch)
 
@@ -216,18 +213,19 @@ class Project:
         user_id: str | None = None,
     ) -> FeedbackResult:
         """Store a user's answer; returns only after the row is committed."""
-        (out,) = self.record_feedback_many(
-            [FeedbackIn(prediction_id, label, correct, value, user_id)]
-        )
-        if isinstance(out, FlywheelError):
-            raise out
-        return out
+        [r] = self.record_feedback_many([FeedbackIn(prediction_id, label, correct, value, user_id)])
+        if isinstance(r, FlywheelError):
+            raise r
+        return r
 
     def record_feedback_many(
         self, items: Sequence[FeedbackIn]
     ) -> list[FeedbackResult | FlywheelError]:
         """Store many answers in one transaction; each bad one gets its error."""
         return self.services.feedback.record_many(items)
+
+    def revise_feedback(self, external_ids: Sequence[str], **change: Any) -> dict[str, Any]:
+        return self.services.revisions.revise(external_ids, **change)
 
     def review_queue(
         self, *, limit: int = 20, strategy: str | None = None, spread: bool = False, **more: Any
@@ -286,16 +284,20 @@ class Project:
         """Production back to the version it held before; (from, to)."""
         return self.services.registry.rollback(reason)
 
+    def import_model(self, path: str | Path, **options: Any) -> importing.ImportResult:
+        """Serve an ONNX model trained elsewhere as a version (``loop.imports.import_model``)."""
+        return importing.import_model(self.services, path, **options)
+
     # -- privacy and user rights ----------------------------------------------------------
 
     def forget(
-        self, user_id: str, *, retrain: bool = True, on_epoch: ProgressFn | None = None
+        self, user_id: str, *, retrain: bool = True, on_epoch: training.ProgressFn | None = None
     ) -> dict[str, Any]:
         """Erase a user (right to erasure) and every model trained on their rows."""
         return forgetting.forget(self.services, user_id, retrain=retrain, on_epoch=on_epoch)
 
     def retrain_after_forget(
-        self, audit_id: int, *, on_epoch: ProgressFn | None = None
+        self, audit_id: int, *, on_epoch: training.ProgressFn | None = None
     ) -> dict[str, Any]:
         return forgetting.retrain_after_forget(self.services, audit_id, on_epoch=on_epoch)
 
@@ -318,7 +320,7 @@ class Project:
         """Pick up a key rotation made by another process; True when the chain changed."""
         return self.services.identity.reload()
 
-    # -- API keys and dashboard sessions --------------------------------------------------
+    # -- API keys, dashboard sessions and jobs --------------------------------------------
 
     def create_key(
         self, scopes: list[str], name: str = "", *, expires_in: timedelta | None = None
@@ -349,8 +351,6 @@ class Project:
 
     def end_ui_session(self, token: str) -> None:
         self.services.keys.end_session(token)
-
-    # -- jobs -----------------------------------------------------------------------------
 
     def create_job(
         self,

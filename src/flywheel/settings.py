@@ -38,6 +38,7 @@ __all__ = [
     "is_loopback",
     "keep_private",
     "new_project_folder",
+    "set_config_value",
 ]
 
 CONFIG_FILE = "flywheel.toml"
@@ -392,6 +393,22 @@ class Settings(BaseSettings):
         description="The key chain user ids are hashed with (kept secret, mode 0600); "
         "default: <project>/user-keys.json. Rotate with `flywheel privacy rotate-key`.",
     )
+    # Label Studio as the annotation front end (/label-studio; README "Label Studio").
+    label_studio_url: str | None = Field(
+        default=None,
+        description="Label Studio's address, http(s)://host[:port][/prefix]: the one place "
+        "task media given as URLs (/data/upload/..., or absolute on that host) and its "
+        "predictions are fetched from, redirects included; None: inline (data:) media only.",
+    )
+    label_studio_token: str | None = Field(
+        default=None,
+        description="The Label Studio API token media are fetched with: a legacy token "
+        "(sent as 'Token <key>') or a personal access token (a JWT, exchanged for an access "
+        "token); set it as FLYWHEEL_LABEL_STUDIO_TOKEN to keep it out of flywheel.toml.",
+    )
+    label_studio_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="Longest wait for one fetch from Label Studio."
+    )
     # Serving: backend, micro-batching, the prediction log, workers.
     model_name: str | None = Field(
         default=None,
@@ -518,6 +535,43 @@ class Settings(BaseSettings):
                     "nothing after it (e.g. 'https://app.example.com')"
                 )
         return [o.lower() for o in v]
+
+    @field_validator("label_studio_url", mode="after")
+    @classmethod
+    def _label_studio_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"label_studio_url: {v!r} is not an http(s) URL with a host "
+                "(e.g. 'http://127.0.0.1:8080')"
+            )
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError(
+                f"label_studio_url: {v!r} must be scheme://host[:port][/prefix] alone: no "
+                "credentials (the token goes in label_studio_token), query or fragment"
+            )
+        return v.rstrip("/")
+
+    @field_validator("label_studio_token", mode="after")
+    @classmethod
+    def _label_studio_token(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) < 6 or not re.fullmatch(r"[!-~]+", v)):
+            raise ValueError(
+                "label_studio_token must be the token as Label Studio shows it: 6 or more "
+                "printable characters, no spaces"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _label_studio_token_has_a_place(self) -> Settings:
+        if self.label_studio_token is not None and self.label_studio_url is None:
+            raise ValueError(
+                "label_studio_token is set but label_studio_url is not: set the address the "
+                "token belongs to (media are fetched from there alone)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lease_outlives_its_renewals(self) -> Settings:
@@ -656,6 +710,22 @@ def config_text(source: str, values: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def set_config_value(project_dir: Path, key: str, value: str) -> None:
+    """Set ``key`` to the string ``value`` in a project's ``flywheel.toml``: its line
+    replaced where it has one, added otherwise (comments and other lines kept)."""
+    path = project_dir / CONFIG_FILE
+    line = f"{key} = {json.dumps(value)}"
+    lines = path.read_text().splitlines()
+    at = [i for i, text in enumerate(lines) if re.match(rf"\s*{re.escape(key)}\s*=", text)]
+    if at:
+        lines[at[0]] = line
+    else:
+        # Before the first table, if any: a key after a [table] header would belong to it.
+        tables = [i for i, text in enumerate(lines) if text.lstrip().startswith("[")]
+        lines.insert(tables[0] if tables else len(lines), line)
+    path.write_text("\n".join(lines) + "\n")
 
 
 def keep_private(path: Path) -> None:

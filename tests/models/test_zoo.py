@@ -4,79 +4,19 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from flywheel.data import Arrays
 from flywheel.errors import ConfigError, ModelError
 from flywheel.models import ModelSpec, arch_info, create_model, default_hparams, known_archs
 from flywheel.registry import SPEC, WEIGHTS, load_artifact, save_artifact
-from flywheel.training import TrainConfig, fit
+from flywheel.testing import CLAUSES, LABELS, Check, architecture_checks
 
-LABELS = ("ant", "bee", "cat")
-TWO_EPOCHS = TrainConfig(epochs=2, batch_size=8, val_fraction=0.25, patience=5, seed=0)
-
-#: per modality, (native preprocessing of a dataset, user options) to build tiny models from
-NATIVE: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {
-    "image": [
-        ({"kind": "image", "mode": "L", "height": 8, "width": 8}, {"image_size": 8}),
-        ({"kind": "image", "mode": "RGB", "height": 10, "width": 12}, {"image_size": 32}),
-    ],
-    "audio": [
-        (
-            {
-                "kind": "audio",
-                "sample_rate": 8000,
-                "seconds": 0.2,
-                "n_mels": 40,
-                "n_fft": 256,
-                "hop_length": 80,
-                "features": "log-mel",
-            },
-            {},
-        )
-    ],
-    "text": [({"kind": "text", "tokenizer": "all-MiniLM-L6-v2", "max_length": 16}, {})],
-    "tabular": [
-        (
-            {
-                "kind": "tabular",
-                "columns": ["a", "b", "c"],
-                "mean": [0.0, 0.0, 0.0],
-                "std": [1.0, 1.0, 1.0],
-                "target_mean": 10.0,
-                "target_std": 2.0,
-            },
-            {},
-        )
-    ],
-}
-CASES = [(arch, i) for arch in known_archs() for i in range(len(NATIVE[arch_info(arch).modality]))]
-
-
-def _case_spec(arch: str, i: int) -> ModelSpec:
-    info = arch_info(arch)
-    native, options = NATIVE[info.modality][i]
-    params = info.preprocess(native, options)
-    shape = info.input_shape(params)
-    hparams = info.defaults(shape)
-    regression = info.objective == "regression"
-    if regression:
-        hparams |= {"y_mean": native["target_mean"], "y_std": native["target_std"]}
-    return ModelSpec(
-        arch=arch,
-        task="regression" if regression else f"{info.modality}-classification",
-        input_shape=shape,
-        labels=() if regression else LABELS,
-        hparams=hparams,
-        preprocessing=params,
-    )
+#: every architecture of the zoo, on each sample dataset of its modality
+ZOO = [name for name in known_archs() if not arch_info(name).origin]
 
 
 def _spec(arch: str, shape: tuple[int, int, int], **hparams: object) -> ModelSpec:
@@ -94,81 +34,23 @@ def _seeded_model(spec: ModelSpec, seed: int) -> nn.Module:
     return create_model(spec)
 
 
-def _tiny(spec: ModelSpec, n: int = 24) -> Arrays:
-    rng = np.random.default_rng(0)
-    if arch_info(spec.arch).modality == "text":
-        x = np.ones((n, *spec.input_shape), dtype=np.int64)
-        x[:, 0] = rng.integers(1000, 2000, (n, spec.input_shape[1]))
-    else:
-        x = rng.random((n, *spec.input_shape), dtype=np.float32)
-    if not spec.labels:
-        return Arrays(x=x, y=rng.normal(10, 2, n).astype(np.float32), labels=[])
-    y = np.arange(n, dtype=np.int64) % len(LABELS)
-    return Arrays(x=x, y=y, labels=list(LABELS))
-
-
-def _outputs(model: nn.Module, x: np.ndarray) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        out: torch.Tensor = model(torch.from_numpy(x))
-    return out
-
-
-def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-
-
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
-def case(request: pytest.FixtureRequest) -> ModelSpec:
-    arch, i = request.param
-    return _case_spec(arch, i)
-
-
 def test_the_zoo_holds_the_seed_models() -> None:
-    assert set(known_archs()) >= {"seed_cnn", "cnn32", "lstm_audio", "text_minilm", "mlp_regressor"}
+    assert set(ZOO) >= {"seed_cnn", "cnn32", "lstm_audio", "text_minilm", "mlp_regressor"}
 
 
-def test_outputs_have_the_objectives_shape(case: ModelSpec) -> None:
-    out = _outputs(_seeded_model(case, 0), _tiny(case, 5).x)
-    assert tuple(out.shape) == ((5,) if not case.labels else (5, len(LABELS)))
+@pytest.mark.parametrize("check", [c for arch in ZOO for c in architecture_checks(arch)], ids=str)
+def test_every_zoo_architecture_keeps_the_public_contract(check: Check) -> None:
+    """The contract a plugin's author runs (``flywheel.testing``) is the zoo's own."""
+    skipped = check()
+    if skipped:
+        assert check.clause == "onnx_export" and arch_info(check.arch).onnx_check is False
+        pytest.skip(skipped)
 
 
-def test_same_seed_gives_identical_initial_weights(case: ModelSpec) -> None:
-    _assert_same_weights(_seeded_model(case, 0), _seeded_model(case, 0))
-
-
-def test_same_seed_gives_identical_trained_weights(case: ModelSpec) -> None:
-    data = _tiny(case)
-    first, second = _seeded_model(case, 0), _seeded_model(case, 0)
-    regression = not case.labels
-    fit(first, data, TWO_EPOCHS, regression=regression)
-    fit(second, data, TWO_EPOCHS, regression=regression)
-    _assert_same_weights(first, second)
-
-
-def test_save_and_load_artifact_round_trip(case: ModelSpec, tmp_path: Path) -> None:
-    model = _seeded_model(case, 0)
-    fit(model, _tiny(case), TWO_EPOCHS, regression=not case.labels)
-    save_artifact(model, case, tmp_path / "v1")
-    loaded, spec = load_artifact(tmp_path / "v1")
-    assert spec == case
-    x = _tiny(case, 7).x
-    assert torch.equal(_outputs(model, x), _outputs(loaded, x))
-
-
-@pytest.mark.parametrize("bad", ["last_axis", "no_batch"])
-def test_a_wrongly_shaped_input_raises_model_error_naming_the_expected_shape(
-    case: ModelSpec, bad: str
-) -> None:
-    model = _seeded_model(case, 0).eval()
-    x = torch.from_numpy(_tiny(case, 2).x)
-    x = torch.cat([x, x[..., :1]], dim=-1) if bad == "last_axis" else x[0]
-    expected = ", ".join(map(str, case.input_shape))
-    with pytest.raises(ModelError, match=re.escape(f"(N, {expected})")), torch.no_grad():
-        model(x)
+def test_the_contract_checks_every_clause_on_every_sample() -> None:
+    checks = architecture_checks("seed_cnn")
+    assert [c.clause for c in checks if c.sample == 0] == list(CLAUSES)
+    assert {c.sample for c in checks} == {0, 1}  # the zoo's two image samples, L and RGB
 
 
 def test_an_unknown_arch_is_a_config_error_listing_the_known_ones() -> None:

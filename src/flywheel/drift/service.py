@@ -327,9 +327,12 @@ class DriftService:
 
 
 def _embed(loaded: LoadedModel, x: np.ndarray) -> np.ndarray:
-    """Penultimate-layer embeddings; for tabular rows, the features themselves."""
+    """Penultimate-layer embeddings; for tabular rows, the features themselves; for an
+    imported graph (no layers to read), its probabilities."""
     if loaded.is_regression:
         return np.asarray(x, np.float64).reshape(len(x), -1)
+    if loaded.imported:
+        return loaded.outputs(x).astype(np.float64)
     return penultimate(loaded.model, x)
 
 

@@ -161,6 +161,9 @@ class GateDecision:
     #: the scores on each split the gate judged on ("holdout", "evaluation") and on
     #: both ("combined", what it decided on); empty: the held-out rows alone
     splits: dict[str, Any] = field(default_factory=dict)
+    #: the rows challenger and champion were both scored on: how many of each split, the
+    #: SHA-256 of their input hashes in order, and how each decoded them
+    rows: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from flywheel.data.text import MINILM, load_tokenizer
 from flywheel.errors import ConfigError, InputError, ModelError
+from flywheel.registry.imported import needs_weights
 from flywheel.registry.loaded import LoadedModel
 
 __all__ = ["Explanation", "explain", "overlay_png"]
@@ -61,7 +62,9 @@ def _captum() -> Any:
 
 
 def explain(loaded: LoadedModel, content: bytes, *, target: str | None = None) -> Explanation:
-    """Attributions of ``loaded`` for one stored-form input."""
+    """Attributions of ``loaded`` for one stored-form input (an imported version, which
+    has no torch graph to take gradients through, is refused by name)."""
+    needs_weights(loaded.spec, "an explanation (Captum attributes through torch)", loaded.version)
     attr = _captum()
     model = loaded.model
     model.eval()

@@ -13,6 +13,7 @@ from flywheel.context import Context
 from flywheel.data.service import DatasetService
 from flywheel.errors import InputError, ModelError
 from flywheel.export.onnx import CALIBRATION_ROWS, check_quantize, export_onnx
+from flywheel.registry.imported import needs_weights
 from flywheel.registry.service import RegistryService
 
 __all__ = ["ExportService"]
@@ -42,6 +43,8 @@ class ExportService:
         if out.exists() and any(out.iterdir()):
             raise InputError(f"output folder {str(out)!r} is not empty")
         loaded = self.registry.load(version)
+        what = "an export" if quantize is None else f"an export quantised to {quantize}"
+        needs_weights(loaded.spec, f"{what} (written from torch and checked against it)", version)
         holdout_rows, train_rows = self.data.evaluation_rows(train=quantize == "int8-static")
         holdout = self.data.arrays(holdout_rows, loaded.spec)
         calibration = None

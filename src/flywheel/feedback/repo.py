@@ -19,6 +19,7 @@ __all__ = [
     "answer_rows",
     "answered_inputs",
     "answers_since",
+    "feedback_by_external_id",
     "first_seen",
     "golden_answered",
     "golden_labels",
@@ -51,6 +52,24 @@ def insert_feedback(s: Session, rows: Sequence[dict[str, Any]]) -> None:
         ensure_user(s, user_id)
     if rows:
         s.execute(insert(Feedback), list(rows))
+
+
+def feedback_by_external_id(s: Session, ids: Iterable[str]) -> list[Any]:
+    """The answers stored under any of ``ids`` (the clients' keys of their answers): id,
+    key, the fingerprint stored with it, and what was answered."""
+    wanted = set(ids)
+    if not wanted:
+        return []
+    q = select(
+        Feedback.id,
+        Feedback.external_id,
+        Feedback.body_sha256,
+        Feedback.prediction_id,
+        Feedback.label,
+        Feedback.value,
+        Feedback.correct,
+    ).where(Feedback.external_id.in_(wanted))
+    return list(s.execute(q).all())
 
 
 def predictions_by_id(s: Session, ids: Iterable[str]) -> dict[str, Any]:

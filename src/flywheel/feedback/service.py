@@ -3,11 +3,14 @@ them back weighted by trust, and curating them into a new dataset version."""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import IntegrityError
 
 from flywheel.context import Context
 from flywheel.data import EVALUATION, HOLDOUT, TRAIN, DatasetInfo, evaluation_draw
@@ -18,9 +21,11 @@ from flywheel.feedback.curation import Answer, CuratedRow, curate
 from flywheel.feedback.records import (
     FeedbackIn,
     FeedbackResult,
+    KeyedAnswers,
     ValueRange,
     check_feedback,
     contribution,
+    fingerprint,
 )
 from flywheel.feedback.trust import PRIOR_TRUST, UserTrust, answer_weight
 from flywheel.privacy.identity import IdentityService
@@ -28,6 +33,8 @@ from flywheel.store import retry_locked
 from flywheel.store.schema import Example, utcnow
 
 __all__ = ["FeedbackService"]
+
+T = TypeVar("T")
 
 
 class FeedbackService:
@@ -40,32 +47,40 @@ class FeedbackService:
 
         Each answer is checked on its own: a bad one gets its error and adds nothing,
         the others are committed together, and none is reported stored before that
-        commit.
+        commit. An answer with an ``external_id`` (an ``Idempotency-Key``) already
+        stored, by an earlier batch or earlier in this one, is answered with the stored
+        answer (``replayed``) if it asks the same, refused (``ConflictError``) if not.
         """
         out: list[FeedbackResult | FlywheelError | None] = [None] * len(items)
-        checked: list[tuple[int, FeedbackIn]] = []
+        checked: list[tuple[int, FeedbackIn, str]] = []
         for i, it in enumerate(items):
             try:
                 user_id = self.identity.pseudonym(it.user_id)
                 if it.label is None and it.correct is None and it.value is None:
                     raise InputError("feedback needs a 'label', a 'value' or 'correct'")
-                checked.append((i, replace(it, user_id=user_id)))
+                it = replace(it, user_id=user_id)
+                checked.append((i, it, "" if it.external_id is None else fingerprint(it)))
             except FlywheelError as exc:
                 out[i] = exc
         # A prediction may still be in the server's log queue: wait for its commit.
-        for _, it in checked:
+        for _, it, _ in checked:
             self.ctx.wait_written(it.prediction_id)
 
-        def write() -> dict[int, FeedbackResult | FlywheelError]:
+        def write(look: bool) -> dict[int, FeedbackResult | FlywheelError]:
             done: dict[int, FeedbackResult | FlywheelError] = {}
-            ids = {it.prediction_id for _, it in checked}
+            ids = {it.prediction_id for _, it, _ in checked}
             with self.ctx.db.session() as s:
                 # One query per kind for the whole batch, one multi-row INSERT.
                 preds = repo.predictions_by_id(s, ids)
                 queued = repo.queued(s, ids)
                 ranges = self._value_ranges(s, preds.values())
+                keys = {it.external_id for _, it, _ in checked if it.external_id is not None}
+                keyed = KeyedAnswers(repo.feedback_by_external_id(s, keys) if look else ())
                 rows: list[dict[str, Any]] = []
-                for i, it in checked:
+                for i, it, digest in checked:
+                    if (before := keyed.replay(it, digest)) is not None:
+                        done[i] = before
+                        continue
                     pred = preds.get(it.prediction_id)
                     if pred is not None and it.only_own and pred.user_id != it.user_id:
                         pred = None  # someone else's: as if unknown
@@ -77,6 +92,7 @@ class FeedbackService:
                         done[i] = exc
                         continue
                     done[i] = result
+                    keyed.add(it, digest, result)
                     rows.append(
                         {
                             "id": result.feedback_id,
@@ -86,6 +102,8 @@ class FeedbackService:
                             "value": it.value,
                             "correct": result.agreed,
                             "via_queue": it.prediction_id in queued,
+                            "external_id": it.external_id,
+                            "body_sha256": digest or None,
                             "created_at": utcnow(),
                         }
                     )
@@ -93,7 +111,7 @@ class FeedbackService:
             return done
 
         if checked:
-            for i, result in retry_locked(write).items():
+            for i, result in _commit_keyed(write, any(d for *_, d in checked)).items():
                 out[i] = result
         return [r for r in out if r is not None]
 
@@ -271,6 +289,26 @@ class FeedbackService:
                 return {}
             out[digest] = key
         return out
+
+
+def _commit_keyed(work: Callable[[bool], T], keyed: bool, attempts: int = 4) -> T:
+    """Run a batch's write (``work(look)``: ``look`` up the batch's keys in the store).
+
+    A key is new in the common case: the first try does not look keys up (a query per
+    batch saved) but lets the unique index refuse one stored before, by an earlier
+    request or by another worker (process, server) meanwhile. The batch is then written
+    again, looking its keys up, and the stored answers are replayed; again if yet another
+    worker stored one between that look-up and the INSERT.
+    """
+    look = False
+    for attempt in range(1, attempts + 1):
+        try:
+            return retry_locked(functools.partial(work, look))
+        except IntegrityError:
+            if not keyed or attempt == attempts:
+                raise
+            look = True
+    raise AssertionError("unreachable")
 
 
 def _in_range(value: float | None, preprocessing: dict[str, Any], ctx: Context) -> bool:

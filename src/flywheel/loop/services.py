@@ -19,6 +19,7 @@ from flywheel.explain.service import ExplainService
 from flywheel.export.service import ExportService
 from flywheel.feedback.predictions import PredictionLog
 from flywheel.feedback.review import ReviewService
+from flywheel.feedback.revisions import RevisionService
 from flywheel.feedback.service import FeedbackService
 from flywheel.feedback.users import UserService
 from flywheel.jobs.service import JobService
@@ -40,6 +41,7 @@ class Services:
     registry: RegistryService
     privacy: PrivacyService
     feedback: FeedbackService
+    revisions: RevisionService
     users: UserService
     predictions: PredictionLog
     review: ReviewService
@@ -65,6 +67,7 @@ class Services:
             registry=registry,
             privacy=PrivacyService(ctx, identity),
             feedback=FeedbackService(ctx, identity),
+            revisions=RevisionService(ctx),
             users=UserService(ctx, identity),
             predictions=PredictionLog(ctx, identity, door, registry.cache),
             review=ReviewService(ctx, registry.cache, identity),

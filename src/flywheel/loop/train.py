@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,9 +40,17 @@ from flywheel.training import (
     model_spec,
     sampling_units,
     seed_everything,
+    train_config,
 )
 
-__all__ = ["CHECKPOINT", "ProgressFn", "TrainResult", "has_interrupted_run", "train"]
+__all__ = [
+    "CHECKPOINT",
+    "ProgressFn",
+    "TrainResult",
+    "check_arch",
+    "has_interrupted_run",
+    "train",
+]
 
 #: where the running training's checkpoint lives, inside the project folder
 CHECKPOINT = "checkpoints/current"
@@ -70,12 +78,22 @@ class TrainResult:
             "test": d.test,
             "checks": d.checks,
             "splits": d.splits,
+            "rows": d.rows,
             "metrics": self.model.metrics,
         }
 
 
 def has_interrupted_run(sv: Services) -> bool:
     return (sv.ctx.settings.project_dir / CHECKPOINT).is_dir()
+
+
+def check_arch(sv: Services, arch: str | None) -> None:
+    """Refuse, before any work, an architecture this project cannot train: unknown, a
+    plugin that does not load or breaks the contract's form, or one for another task."""
+    if arch:
+        ds = sv.data.info()
+        config = train_config(sv.ctx.settings, arch=arch)
+        model_spec(sv.ctx.task, ds.preprocessing, ds.labels, config)
 
 
 def train(
@@ -131,6 +149,8 @@ def train(
         sv, ds, model, spec, config, champion_model, parent, (holdout, judged), flagged, stage
     )
     metrics = {**report, "export_onnx": parity, **_fit_metrics(result, len(rows), train_seconds)}
+    if champion_model is not None and champion_model.imported and config.warm_start:
+        metrics["cold_start"] = f"production v{parent} is an imported ONNX model: no weights"
     if result.privacy is not None:
         metrics["privacy"] = {**result.privacy.to_json(), **privacy}
     if result.federated is not None:
@@ -183,7 +203,9 @@ def _gate(
     challenger = LoadedModel(0, model, spec, ctx.codec)
     report, _ = challenger.score(holdout)
     score = challenger.score(judged)[1]
-    champion_score = None if champion_model is None else champion_model.score(judged)[1]
+    rows = ds.holdout + ds.evaluation
+    champion_rows, how = _champion_rows(sv, rows, judged, spec, champion_model)
+    champion_score = None if champion_model is None else champion_model.score(champion_rows)[1]
     stage("ONNX export and parity check")
     parity = challenger_parity(model, spec, holdout.x, enabled=ctx.settings.onnx_check)
 
@@ -204,7 +226,29 @@ def _gate(
         reference=reference,
     )
     decision = with_splits(decision, score, champion_score, len(ds.holdout))
+    digest = hashlib.sha256("".join(h for h, *_ in rows).encode()).hexdigest()
+    counts = {"n": len(rows), "holdout": len(ds.holdout), "evaluation": len(ds.evaluation)}
+    decision = replace(decision, rows={**counts, "sha256": digest, "champion_decoded": how})
     return report, decision, parity
+
+
+def _champion_rows(
+    sv: Services,
+    rows: Sequence[tuple[Any, ...]],
+    judged: Arrays,
+    spec: ModelSpec,
+    champion: LoadedModel | None,
+) -> tuple[Arrays, str]:
+    """The judged rows as the champion reads them: the challenger's arrays, or the same
+    rows in the same order decoded by the champion's own preprocessing and label order
+    (another image size, an imported model's classes in its output order)."""
+    if champion is None:
+        return judged, "no champion"
+    own = champion.spec
+    same = (own.preprocessing, own.labels) == (spec.preprocessing, spec.labels)
+    if same or set(own.labels) != set(spec.labels):
+        return judged, "as the challenger"
+    return sv.data.arrays(list(rows), own), "by its own preprocessing and label order"
 
 
 def stages(on_epoch: Any) -> Callable[[str], None]:

@@ -117,6 +117,8 @@ def affected_versions(s: Session, dataset_versions: set[int]) -> list[int]:
     """Versions trained on one of ``dataset_versions``, or warm-started from such a one."""
     out: set[int] = set()
     for mv in s.scalars(select(ModelVersion).order_by(ModelVersion.version)):
+        if mv.training_config.get("imported"):
+            continue  # trained elsewhere: checked on the rows, never trained on them
         warm = bool(mv.training_config.get("warm_start", False))
         if mv.dataset_version_id in dataset_versions or (
             warm and mv.parent_version is not None and mv.parent_version in out

@@ -14,7 +14,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 from torch import nn
 
-from flywheel.errors import ModelError
+from flywheel.errors import ConfigError, ContractError, ModelError
 from flywheel.models import ModelSpec, create_model
 
 __all__ = ["SPEC", "WEIGHTS", "Hashes", "load_artifact", "read_verified", "save_artifact"]
@@ -80,6 +80,8 @@ def load_artifact(
         model = create_model(spec)
         model.load_state_dict(load_tensors(weights), strict=True)
     except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{what} in {str(folder)!r} cannot be loaded: {exc}") from exc
+    except (ConfigError, ContractError) as exc:  # a plugin's architecture missing or broken
         raise ModelError(f"{what} in {str(folder)!r} cannot be loaded: {exc}") from exc
     model.eval()
     return model, spec

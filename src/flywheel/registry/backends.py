@@ -7,6 +7,9 @@
   export is not supported, e.g. the MiniLM text classifier).
 - ``FakeBackend``: for tests: fixed outputs, an optional delay, a record of batch sizes.
 
+An imported version (``flywheel import-model``) is its own graph: ``ImportedBackend``
+runs it in ONNX Runtime, with nothing to export or compare against.
+
 Every backend takes a decoded batch and returns probabilities (classification) or
 values (regression), so the batcher and the routes do not care which one runs.
 """
@@ -27,12 +30,14 @@ from flywheel.errors import ConfigError
 from flywheel.export.onnx import compare, write_graph
 from flywheel.models import arch_info
 from flywheel.outputs import softmax
+from flywheel.registry.imported import OnnxGraph
 from flywheel.registry.loaded import LoadedModel
 
 __all__ = [
     "BACKENDS",
     "Backend",
     "FakeBackend",
+    "ImportedBackend",
     "OnnxBackend",
     "TorchBackend",
     "load_backend",
@@ -95,6 +100,17 @@ class OnnxBackend(TorchBackend):
         if not self.labels:
             return out.reshape(-1)
         return softmax(out)
+
+
+class ImportedBackend(OnnxBackend):
+    """An imported version's own graph (verified at load) in ONNX Runtime."""
+
+    def __init__(self, loaded: LoadedModel, graph: OnnxGraph, threads: int = 1) -> None:
+        super().__init__(loaded, graph.session_with(threads), graph.sha256)
+        self.graph = graph
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.graph.outputs(x, self.session)
 
 
 class FakeBackend:
@@ -182,6 +198,8 @@ def load_backend(
     it runs)."""
     if kind not in BACKENDS:
         raise ConfigError(f"serving_backend must be one of {', '.join(BACKENDS)}; got {kind!r}")
+    if isinstance(loaded.model, OnnxGraph):  # imported: a graph, whichever kind is asked
+        return ImportedBackend(loaded, loaded.model, threads)
     if kind == "torch":
         return TorchBackend(loaded)
     why = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ from torch import nn
 
 from flywheel.data import Arrays, Codec
 from flywheel.evaluation.scoring import score
-from flywheel.models import ModelSpec
+from flywheel.models import IMPORTED_ARCH, ModelSpec
 from flywheel.outputs import softmax
-from flywheel.registry.artifacts import Hashes, load_artifact
+from flywheel.registry.artifacts import SPEC, Hashes, load_artifact
+from flywheel.registry.imported import OnnxGraph, load_imported
 from flywheel.training import predict_outputs
 
 __all__ = ["LoadedModel", "load_model"]
@@ -36,8 +38,15 @@ class LoadedModel:
     def is_regression(self) -> bool:
         return not self.spec.labels
 
+    @property
+    def imported(self) -> bool:
+        """An imported ONNX graph (``model`` runs it; it has no torch weights)."""
+        return isinstance(self.model, OnnxGraph)
+
     def outputs(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (classification) or values (regression) for a batch."""
+        if isinstance(self.model, OnnxGraph):
+            return self.model.outputs(x)
         out = predict_outputs(self.model, x)
         if self.is_regression or out.size == 0:
             return out
@@ -55,8 +64,23 @@ class LoadedModel:
 def load_model(
     version: int, artifact_dir: str | Path, codec: Codec, hashes: Hashes | None = None
 ) -> LoadedModel:
-    """Load a version's artifact (safetensors + spec), each file verified against the
-    ``hashes`` recorded at registration, and warm its codec up."""
-    model, spec = load_artifact(Path(artifact_dir), hashes, what=f"model v{version}")
+    """Load a version's artifact (safetensors + spec, or an imported ONNX graph + spec),
+    each file verified against the ``hashes`` recorded at registration, and warm its
+    codec up."""
+    folder, what = Path(artifact_dir), f"model v{version}"
+    model: nn.Module
+    if _is_imported(folder):
+        model, spec = load_imported(folder, hashes or Hashes(), what=what)
+    else:
+        model, spec = load_artifact(folder, hashes, what=what)
     codec.warm_up(spec.preprocessing)
     return LoadedModel(version, model, spec, codec)
+
+
+def _is_imported(folder: Path) -> bool:
+    """The spec names the imported graph's arch (read unverified only to choose the
+    loader: each loader verifies it before using it)."""
+    try:
+        return bool(json.loads((folder / SPEC).read_text()).get("arch") == IMPORTED_ARCH)
+    except (OSError, ValueError, AttributeError):
+        return False  # the artifact loader says what is wrong with it

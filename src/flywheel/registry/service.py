@@ -21,6 +21,7 @@ from flywheel.privacy import ledger
 from flywheel.registry import repo
 from flywheel.registry.artifacts import save_artifact
 from flywheel.registry.cache import ModelCache
+from flywheel.registry.imported import save_imported
 from flywheel.registry.loaded import LoadedModel
 from flywheel.registry.versions import CANDIDATE, PRODUCTION, VersionInfo
 from flywheel.store.schema import DatasetVersion, ModelVersion, utcnow
@@ -232,6 +233,50 @@ class RegistryService:
         if promote is not None:
             self.cache.refresh_if_held()
         return Registered(info)
+
+    def register_imported(
+        self,
+        graph: bytes,
+        spec: ModelSpec,
+        *,
+        dataset_version: int,
+        source: dict[str, Any],
+        metrics: dict[str, Any],
+        reason: str,
+    ) -> VersionInfo:
+        """Record an imported ONNX graph as a version and make it the candidate, in one
+        transaction: the file as it came (its SHA-256 kept, verified at every load) and
+        its spec. No gate ran (there was nothing to compare it with on import): its
+        record says so; promoting it is the caller's next step."""
+        metrics = finite_json(metrics)
+        gate = {"imported": True, "promote": None, "reason": f"{reason}: not gated on import"}
+        with self.ctx.db.session() as s:
+            mv = ModelVersion(
+                arch=spec.arch,
+                parent_version=None,
+                dataset_version_id=dataset_version,
+                training_config={"imported": source},
+                spec=spec.to_json(),
+                metrics=metrics,
+                gate=gate,
+                artifact_dir="",
+                weights_sha256="",
+            )
+            s.add(mv)
+            s.flush()
+            folder = self.ctx.settings.models_dir / f"v{mv.version}"
+            try:
+                hashes = save_imported(graph, spec, folder)
+                # The graph is what serves: its hash is both the "weights" and the graph's.
+                mv.weights_sha256, mv.spec_sha256 = str(hashes.weights), hashes.spec
+                mv.graph_sha256 = hashes.weights
+                mv.artifact_dir = str(folder.relative_to(self.ctx.settings.project_dir))
+                repo.set_alias(s, CANDIDATE, mv.version, action="set", reason=reason)
+                s.commit()
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            return self._resolved(repo.get_version(s, mv.version))
 
     def add_metrics(self, version: int, metrics: dict[str, Any]) -> None:
         """Keep more measurements of a version (an export's parity record) beside it."""

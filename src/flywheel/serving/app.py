@@ -24,11 +24,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from flywheel.errors import (
     AuthError,
     ConfigError,
+    ConflictError,
     DataError,
     FlywheelError,
     ModelError,
     NotFoundError,
-    RegistryError,
     UnsupportedMediaError,
 )
 from flywheel.project import Project
@@ -46,6 +46,7 @@ from flywheel.serving.routers import (
     inference,
     jobs,
     keys,
+    label_studio,
     models,
     predict,
     review,
@@ -66,7 +67,7 @@ _STATUS: list[tuple[type[FlywheelError], int]] = [
     (UnsupportedMediaError, 415),
     (DataError, 422),  # includes InputError
     (AuthError, 401),
-    (RegistryError, 409),
+    (ConflictError, 409),  # includes RegistryError
     (ModelError, 503),
     (ConfigError, 500),
 ]
@@ -311,6 +312,7 @@ def create_app(
     columns = project.dataset().preprocessing.get("columns") if project.task.is_regression else None
     app.include_router(predict.build_router(project.task, columns))
     app.include_router(inference.router)
+    app.include_router(label_studio.router)
     for r in (
         feedback.router,
         review.router,

@@ -17,6 +17,8 @@ beyond loopback, every route but the health check and the sign-in needs a key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -65,11 +67,14 @@ class Rule:
     (``predict``, ``feedback``, ``admin``; an admin key holds every scope).
     ``opens``: the setting that lets a loopback-bound server answer without a key.
     ``session``: a dashboard route, signed in by cookie rather than a bearer key.
+    ``basic``: the key may also come as HTTP Basic's password (any user name): Label
+    Studio's ML backend connection sends nothing else.
     """
 
     scope: str | None
     opens: str | None = None
     session: bool = False
+    basic: bool = False
 
     def admits(self, scopes: list[str]) -> bool:
         if self.scope is None:
@@ -125,6 +130,17 @@ TABLE: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/keys"): Rule("admin"),
     ("POST", "/v1/keys"): Rule("admin"),
     ("DELETE", "/v1/keys/{key}"): Rule("admin"),
+    # Label Studio's ML backend (a key, bearer or Basic, never keyless): its connection
+    # check and predictions as /v1/predict; annotations are feedback (a webhook sent with
+    # an Authorization header); its Start Training, a retrain, as /v1/retrain (admin:
+    # START_TRAINING, which comes to /webhook, is checked there)
+    ("GET", "/label-studio/health"): Rule("predict", basic=True),
+    ("POST", "/label-studio/health"): Rule("predict", basic=True),
+    ("POST", "/label-studio/setup"): Rule("predict", basic=True),
+    ("GET", "/label-studio/versions"): Rule("predict", basic=True),
+    ("POST", "/label-studio/predict"): Rule("predict", basic=True),
+    ("POST", "/label-studio/webhook"): Rule("feedback", basic=True),
+    ("POST", "/label-studio/train"): Rule("admin", basic=True),
     # open: liveness, and the documentation of the API
     ("GET", "/healthz"): OPEN,
     ("GET", "/v2"): OPEN,
@@ -207,18 +223,35 @@ def caller(request: Request) -> Caller:
     return found
 
 
-def _bearer(request: Request) -> str | None:
+def _bearer(request: Request, basic: bool = False) -> str | None:
+    """The key the request sent (None: none), as a bearer key or, where the route takes
+    it (``basic``), as HTTP Basic's password."""
     header = request.headers.get("authorization")
     if header is None:
         return None
     kind, _, key = header.partition(" ")
-    if kind.lower() != "bearer" or not key.strip():
+    if basic and kind.lower() == "basic":
+        key = _basic_password(key.strip())
+    elif kind.lower() != "bearer":
+        key = ""
+    if not key.strip():
         raise HTTPException(
             401,
-            "send the key as 'Authorization: Bearer <key>'",
+            "send the key as 'Authorization: Bearer <key>'"
+            + (" or as HTTP Basic's password (any user name)" if basic else ""),
             headers={"WWW-Authenticate": "Bearer"},
         )
     return key.strip()
+
+
+def _basic_password(credentials: str) -> str:
+    """The password of HTTP Basic credentials (base64 of ``user:password``); '' when they
+    do not decode."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
 
 
 def _opened(project: Project, setting: str) -> bool:
@@ -254,7 +287,7 @@ async def _check_key(request: Request, rule: Rule, path: str) -> Caller:
     if request.headers.get("authorization") is not None and (wait := throttled(request)):
         raise _too_many(wait)
     try:
-        key = _bearer(request)
+        key = _bearer(request, rule.basic)
     except HTTPException:
         auth_failed(request)
         raise
@@ -314,7 +347,13 @@ def document(spec: dict[str, Any]) -> dict[str, Any]:
             "scheme": "bearer",
             "description": "An API key (`flywheel keys create --scope ...`); an admin key "
             "holds every scope.",
-        }
+        },
+        "basic": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "The API key as the password, any user name (Label Studio's ML "
+            "backend routes only).",
+        },
     }
     refused = {
         "421": {
@@ -335,7 +374,11 @@ def document(spec: dict[str, Any]) -> dict[str, Any]:
             if rule is None or rule.scope is None:
                 operation["security"] = []
                 continue
-            operation["security"] = [{"bearer": []}] + ([{}] if rule.opens else [])
+            operation["security"] = (
+                [{"bearer": []}]
+                + ([{"basic": []}] if rule.basic else [])
+                + ([{}] if rule.opens else [])
+            )
             operation["x-flywheel-scope"] = rule.scope
     return spec
 
