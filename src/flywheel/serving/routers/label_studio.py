@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -133,8 +134,63 @@ def _config(xml: str, project: Project, predictor: Predictor) -> LabelConfig:
     return cfg
 
 
-@router.get("/health", summary="Label Studio's connection check")
-@router.post("/health", summary="Label Studio's connection check", include_in_schema=False)
+class HealthPublic(BaseModel):
+    status: str
+    model_class: str
+    model_version: str | None
+
+
+class SetupPublic(BaseModel):
+    model_version: str
+
+
+class VersionsPublic(BaseModel):
+    versions: list[str]
+
+
+class PreAnnotation(BaseModel):
+    result: list[dict[str, Any]] = Field(
+        description="One region: {id (the prediction's), from_name, to_name, type, value}."
+    )
+    score: float | None = Field(
+        description="1 - the review queue's priority: lowest asks first (None: regression)."
+    )
+    model_version: str
+
+
+class PredictionsPublic(BaseModel):
+    results: list[PreAnnotation]
+
+
+class TrainingPublic(BaseModel):
+    job: str = Field(description="The retrain job's id, where Label Studio keeps it.")
+    job_id: str
+    status: str
+
+
+class EventPublic(BaseModel):
+    """What an event did (the fields of its kind)."""
+
+    action: str
+    ignored: bool | None = None
+    job: str | None = None
+    job_id: str | None = None
+    status: str | None = None
+    annotations: list[dict[str, Any]] | None = Field(
+        default=None, description="Per annotation: stored, changed or withdrawn, and its ids."
+    )
+    withdrawn: int | None = None
+    unknown: int | None = None
+    dataset_version: int | None = None
+
+
+@router.get("/health", summary="Label Studio's connection check", response_model=HealthPublic)
+@router.post(
+    "/health",
+    summary="Label Studio's connection check",
+    response_model=HealthPublic,
+    include_in_schema=False,
+)
 async def read_health(project: ProjectDep, predictor: PredictorDep) -> dict[str, Any]:
     version = predictor.serving_version()
     return {
@@ -146,6 +202,7 @@ async def read_health(project: ProjectDep, predictor: PredictorDep) -> dict[str,
 
 @router.post(
     "/setup",
+    response_model=SetupPublic,
     summary="Connect a Label Studio project: its labelling config is checked",
     responses={
         422: error("A labelling config flywheel's model cannot answer."),
@@ -159,13 +216,18 @@ async def create_setup(
     return {"model_version": model_version(predictor.backend.version)}
 
 
-@router.get("/versions", summary="The model versions, as Label Studio names them")
+@router.get(
+    "/versions",
+    summary="The model versions, as Label Studio names them",
+    response_model=VersionsPublic,
+)
 def list_versions(project: ProjectDep) -> dict[str, Any]:
     return {"versions": [model_version(v.version) for v in project.models()]}
 
 
 @router.post(
     "/predict",
+    response_model=PredictionsPublic,
     summary="Pre-annotations: one logged prediction per task, in order",
     responses={
         415: error("A task's file is not of a type the model takes."),
@@ -204,6 +266,7 @@ async def create_predictions(
 @router.post(
     "/train",
     status_code=200,
+    response_model=TrainingPublic,
     summary="Label Studio's Start Training (its older path): queue a retrain",
     responses={409: error("A retrain with other options is already queued.")},
 )
@@ -231,6 +294,7 @@ class _Event:
 
 @router.post(
     "/webhook",
+    response_model=EventPublic,  # documents the answer; the fields of its kind are sent
     summary="Label Studio's events: annotations become feedback; Start Training retrains",
     responses={
         403: error("START_TRAINING with a key that is not an admin's."),
@@ -248,6 +312,17 @@ async def receive_event(
     predictor: PredictorDep,
     metrics: MetricsDep,
     runner: RunnerDep,
+) -> JSONResponse:
+    return JSONResponse(await _receive(request, body, project, predictor, metrics, runner))
+
+
+async def _receive(
+    request: Request,
+    body: WebhookEvent,
+    project: Project,
+    predictor: Predictor,
+    metrics: Metrics,
+    runner: JobRunner,
 ) -> dict[str, Any]:
     payload = body.model_dump()
     action = body.action
