@@ -31,6 +31,33 @@ __all__ = [
 ]
 
 
+def add_version(
+    s: Session,
+    spec: dict[str, Any],
+    *,
+    parent: int | None,
+    dataset_version: int,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    gate: dict[str, Any] | None,
+) -> ModelVersion:
+    """A new version's row, its number assigned (flushed); its files are the caller's."""
+    mv = ModelVersion(
+        arch=str(spec["arch"]),
+        parent_version=parent,
+        dataset_version_id=dataset_version,
+        training_config=config,
+        spec=spec,
+        metrics=metrics,
+        gate=gate,
+        artifact_dir="",
+        weights_sha256="",
+    )
+    s.add(mv)
+    s.flush()
+    return mv
+
+
 def aliases_of(s: Session) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for a in s.scalars(select(ModelAlias).order_by(ModelAlias.name)):

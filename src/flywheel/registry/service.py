@@ -175,19 +175,10 @@ class RegistryService:
         """
         metrics, gate = finite_json(metrics), finite_json(gate)  # stored values stay valid JSON
         with self.ctx.db.session() as s:
-            mv = ModelVersion(
-                arch=spec.arch,
-                parent_version=parent,
-                dataset_version_id=dataset_version,
-                training_config=config,
-                spec=spec.to_json(),
-                metrics=metrics,
-                gate=gate,
-                artifact_dir="",
-                weights_sha256="",
-            )
-            s.add(mv)
-            s.flush()
+            mv = repo.add_version(
+                s, spec.to_json(), parent=parent, dataset_version=dataset_version,
+                config=config, metrics=metrics, gate=gate,
+            )  # fmt: skip
             erased_now = s.scalar(
                 select(DatasetVersion.erased).where(DatasetVersion.id == dataset_version)
             )
@@ -251,19 +242,10 @@ class RegistryService:
         metrics = finite_json(metrics)
         gate = {"imported": True, "promote": None, "reason": f"{reason}: not gated on import"}
         with self.ctx.db.session() as s:
-            mv = ModelVersion(
-                arch=spec.arch,
-                parent_version=None,
-                dataset_version_id=dataset_version,
-                training_config={"imported": source},
-                spec=spec.to_json(),
-                metrics=metrics,
-                gate=gate,
-                artifact_dir="",
-                weights_sha256="",
-            )
-            s.add(mv)
-            s.flush()
+            mv = repo.add_version(
+                s, spec.to_json(), parent=None, dataset_version=dataset_version,
+                config={"imported": source}, metrics=metrics, gate=gate,
+            )  # fmt: skip
             folder = self.ctx.settings.models_dir / f"v{mv.version}"
             try:
                 hashes = save_imported(graph, spec, folder)
