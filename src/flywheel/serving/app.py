@@ -310,6 +310,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Refusal, refused)
     columns = project.dataset().preprocessing.get("columns") if project.task.is_regression else None
+    app.state.columns = list(columns or [])  # a tabular project's features, read once
     app.include_router(predict.build_router(project.task, columns))
     app.include_router(inference.router)
     app.include_router(label_studio.router)

@@ -161,7 +161,7 @@ def _metadata(request: Request, backend: Any, name: str) -> ModelMetadata:
     elif task.modality == "text":
         inputs = [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}]
     else:
-        columns = list(project.dataset().preprocessing.get("columns") or [])
+        columns: list[str] = request.app.state.columns
         params["feature_names"] = ",".join(columns)
         inputs = [{"name": INPUT, "datatype": "FP32", "shape": [-1, len(columns)]}]
     if backend.labels:
@@ -332,8 +332,7 @@ def _inputs(req: InferRequest, request: Request, backend: Any) -> list[Any]:
     """Each item of the request as (what is kept, the decoded input or None)."""
     task = request.app.state.project.task
     if task.modality == "tabular":
-        columns = list(request.app.state.project.dataset().preprocessing["columns"])
-        return [(c, None) for c in _features(req, columns)]
+        return [(c, None) for c in _features(req, request.app.state.columns)]
     tensor = _the_input(req)
     if tensor.datatype == "BYTES":
         items = _bytes_items(tensor)

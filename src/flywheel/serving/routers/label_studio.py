@@ -243,7 +243,7 @@ async def create_predictions(
     metrics: MetricsDep,
 ) -> dict[str, Any]:
     cfg = _config(body.label_config, project, predictor)
-    media, columns = _media(request, project), await run_in_threadpool(_columns, project)
+    media, columns = _media(request, project), request.app.state.columns
     # Every task is checked before anything is fetched or predicted; then a few at a time
     # are fetched and predicted (Label Studio sends all the tasks it wants predicted at
     # once: their media are not all held at once).
