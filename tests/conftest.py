@@ -26,6 +26,10 @@ POSTGRES_URL = os.environ.get(
 )
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
+# The Ray tests run inside a network namespace of their own, started by
+# tests/test_on_ray.py (which sets FLYWHEEL_ON_RAY there): not collected here.
+collect_ignore = [] if os.environ.get("FLYWHEEL_ON_RAY") else ["on_ray"]
+
 
 def _postgres_reason() -> str | None:
     try:

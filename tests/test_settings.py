@@ -210,3 +210,17 @@ def test_the_served_name_is_the_folders_unless_given(tmp_path: Path) -> None:
     assert Settings(project_dir=folder, model_name="digits").served_name == "digits"
     with pytest.raises(ValidationError, match="model_name"):
         Settings(project_dir=folder, model_name="a/b")
+
+
+def test_ray_address_forms(tmp_path) -> None:
+    for ok in ("local", "auto", "ray://head:10001", "10.0.0.5:6379", None):
+        assert Settings(project_dir=tmp_path, ray_address=ok).ray_address == ok
+    for bad in ("ray://head", "http://head:80", "head", "ray://:10001"):
+        with pytest.raises(ValidationError, match="ray_address"):
+            Settings(project_dir=tmp_path, ray_address=bad)
+
+
+def test_train_workers_need_ray(tmp_path) -> None:
+    with pytest.raises(ValidationError, match="train_workers = 2 needs Ray"):
+        Settings(project_dir=tmp_path, train_workers=2)
+    assert Settings(project_dir=tmp_path, train_workers=2, ray_address="local").train_workers == 2

@@ -453,6 +453,57 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1, ge=1, le=64, description="Server processes (`flywheel serve --workers`)."
     )
+    # Past one machine (README "Scale-out"): Ray, storage every machine reaches, the jobs.
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray: unset: none at all; 'local': an in-process Ray on this machine; "
+        "'auto' (the cluster `ray start` joined this machine to) or 'ray://host:10001' (Ray "
+        "Client) or 'host:port' (a head's GCS): an existing cluster.",
+    )
+    ray_num_cpus: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPUs an in-process Ray ('local') may use; default: all of this machine's.",
+    )
+    train_workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Ray Train workers for train and retrain (DDP over gloo, or NCCL on GPUs); "
+        "more than 1 needs ray_address.",
+    )
+    train_use_gpu: bool = Field(
+        default=False, description="Give each Ray Train worker a GPU (the cluster must have them)."
+    )
+    batch_actors: int = Field(
+        default=2,
+        ge=1,
+        le=1024,
+        description="Actors of `flywheel predict-batch` on Ray Data, each holding the production "
+        "model (ONNX Runtime).",
+    )
+    batch_size: int = Field(
+        default=256, ge=1, le=65536, description="Inputs scored together by `predict-batch`."
+    )
+    serve_replicas: int = Field(
+        default=2,
+        ge=1,
+        le=1024,
+        description="Replicas of the app on Ray Serve (`flywheel serve --on ray`).",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Where models, checkpoints and blobs live, as an fsspec URL every machine "
+        "reaches (a shared folder path, file:///..., s3://bucket/prefix); default: the "
+        "project folder.",
+    )
+    job_attempts: int = Field(
+        default=2,
+        ge=1,
+        le=10,
+        description="Tries a job gets: one whose worker died is queued again until it has "
+        "been tried this often, then failed with the reason.",
+    )
     # Differential privacy: on for every run (retrains too) when dp_epsilon is set.
     dp_epsilon: float | None = Field(
         default=None,
@@ -570,6 +621,31 @@ class Settings(BaseSettings):
             raise ValueError(
                 "label_studio_token is set but label_studio_url is not: set the address the "
                 "token belongs to (media are fetched from there alone)"
+            )
+        return self
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str | None) -> str | None:
+        if v is None or v in ("local", "auto"):
+            return v
+        parts = urlsplit(v if "://" in v else f"gcs://{v}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("ray", "gcs") or not parts.hostname or port is None:
+            raise ValueError(
+                f"ray_address {v!r} is not 'local', 'auto', 'ray://host:port' or 'host:port'"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _workers_need_ray(self) -> Settings:
+        if self.train_workers > 1 and self.ray_address is None:
+            raise ValueError(
+                f"train_workers = {self.train_workers} needs Ray: set ray_address ('local' for "
+                "this machine, 'auto' or 'ray://host:10001' for a cluster)"
             )
         return self
 
