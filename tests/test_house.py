@@ -37,7 +37,10 @@ PLACES = (
     ("flywheel.demo", "shells"),
     ("flywheel.serving", "shells"),
     ("flywheel.serving.*", "shells"),
+    ("flywheel.scale.serve", "shells"),  # the app behind a Ray Serve deployment
     ("flywheel.project", "facade"),
+    ("flywheel.operations", "facade"),  # Project's verbs of running a service
+    ("flywheel.scale.batch", "workflows"),  # scoring a pool, logged like served calls
     ("flywheel.loop", "workflows"),
     ("flywheel.loop.*", "workflows"),
     ("flywheel.*.service", "services"),
@@ -72,6 +75,8 @@ PLACES = (
     ("flywheel.jobs.policy", "cores"),
     ("flywheel.events", "cores"),
     ("flywheel.events.*", "cores"),
+    ("flywheel.scale", "training"),  # Ray: connecting, the fit loop on Ray Train
+    ("flywheel.scale.*", "training"),
     ("flywheel.training", "training"),
     ("flywheel.training.*", "training"),
     ("flywheel.models", "models"),
@@ -105,12 +110,16 @@ LAZY = {
     "sklearn",
     "scipy",
     "kornia",
+    "ray",  # the [ray] extra
+    "pyarrow",  # Ray's (the [ray] extra): Ray Train's checkpoints in a remote storage_url
 }
 #: the public API imports Project lazily, so that the torch-free parts (an exported
 #: bundle's runtime) import without torch, and the client lazily, so that the rest
 #: imports without httpx
 #: the CLI loads the project's modules (torch) under a spinner, when a command needs them
-CLI_LAZY = ("project", "outputs", "data", "serving", "export.onnx", "demo")
+CLI_LAZY = (
+    "project", "outputs", "data", "serving", "serving.jobs", "export.onnx", "demo", "scale.serve",
+)  # fmt: skip
 LAZY_INTERNAL = {
     ("flywheel", "flywheel.project"),
     ("flywheel", "flywheel.client"),

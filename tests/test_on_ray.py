@@ -39,7 +39,6 @@ def test_the_ray_tests_pass_on_a_two_node_cluster(tmp_path: Path) -> None:
            "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]  # fmt: skip
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     out = (run.stdout + run.stderr)[-12000:]
-    print(out)
     assert run.returncode == 0, f"the Ray tests failed (exit {run.returncode}):\n{out}"
     suite = ET.parse(junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")

@@ -21,7 +21,8 @@ SURFACE = {
     "train_config", "train", "has_interrupted_run", "evaluate", "find_label_issues",
     "curate", "retrain", "export",
     # serving
-    "predict", "log_predictions", "prediction_journal", "scrubs_inputs", "at_the_door",
+    "predict", "predict_batch", "log_predictions", "prediction_journal", "scrubs_inputs",
+    "at_the_door",
     "pseudonym", "serving_model", "stored_input",
     # feedback, users, explanations, monitoring
     "record_feedback", "record_feedback_many", "revise_feedback", "review_queue", "users",
@@ -37,8 +38,8 @@ SURFACE = {
     "create_key", "list_keys", "revoke_key", "has_keys", "authenticate", "open_ui_session",
     "ui_session", "end_ui_session",
     # jobs
-    "create_job", "run_job", "job_log", "jobs", "job", "fail_interrupted_jobs",
-    "heartbeat_jobs", "lease", "release_lease", "retrain_policy",
+    "create_job", "claim_job", "run_job", "job_log", "jobs", "job", "wait_job",
+    "recover_jobs", "heartbeat_jobs", "lease", "release_lease", "retrain_policy",
     # webhooks
     "deliver_webhooks", "webhook_deliveries",
 }  # fmt: skip

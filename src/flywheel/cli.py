@@ -7,8 +7,10 @@ import importlib
 import inspect
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -610,6 +612,18 @@ LocalEpochsT = Annotated[
         rich_help_panel="Federated",
     ),
 ]
+TrainWorkersT = Annotated[
+    int | None,
+    _topt(
+        "train_workers",
+        "Ray Train workers (DDP; each takes its share of every batch); more than 1 trains "
+        "on Ray and needs ray_address.",
+        "--train-workers",
+        min=1,
+        max=256,
+        rich_help_panel="Ray",
+    ),
+]
 
 
 def _training_options(
@@ -634,6 +648,7 @@ def _training_options(
     clients: ClientsT = 5,
     rounds: RoundsT = 10,
     local_epochs: LocalEpochsT = 1,
+    train_workers: TrainWorkersT = None,
 ) -> None:
     """The options of a training run, shared by ``train`` and ``retrain`` (only its
     signature is used: see ``_with_training_options``)."""
@@ -658,8 +673,13 @@ def _with_training_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _config(p: Project, t: dict[str, Any]) -> Any:
+    return p.train_config(**_overrides(t))
+
+
+def _overrides(t: dict[str, Any]) -> dict[str, Any]:
+    """The training options as ``train_config`` takes them (None: the setting's)."""
     federated = t["federated"]
-    return p.train_config(
+    return dict(
         arch=t["arch"],
         epochs=t["epochs"],
         batch_size=t["batch_size"],
@@ -680,6 +700,7 @@ def _config(p: Project, t: dict[str, Any]) -> Any:
         federated_clients=t["clients"] if federated else None,
         federated_rounds=t["rounds"] if federated else None,
         local_epochs=t["local_epochs"] if federated else None,
+        workers=t["train_workers"],
     )
 
 
@@ -719,7 +740,8 @@ def _as_job(p: Project, kind: str, params: dict[str, Any], bar: _EpochBar, work:
         out: dict[str, Any] = caught["result"].to_json()
         return out
 
-    p.run_job(job_id, run)
+    if not p.run_job(job_id, run, owner=owner, on_wait=bar.on_stage):
+        return p.wait_job(job_id, on_line=bar.on_stage)  # another worker took it: followed
     if "error" in caught:
         raise caught["error"]
     return caught["result"]
@@ -759,13 +781,25 @@ def retrain(
     training: dict[str, Any],
 ) -> None:
     """One turn of the loop: curate new feedback, train, gate, promote (the training
-    options as for train; a retrain starts warm from production unless --cold-start)."""
+    options as for train; a retrain starts warm from production unless --cold-start).
+    It is queued like a server's: run here, or followed here if a worker takes it first."""
     p = _open(project)
     config = _config(p, training)
+    asked = {k: v for k, v in _overrides(training).items() if v is not None}
     with _EpochBar(quiet=as_json) as bar:
         result = _as_job(
-            p, "retrain", training, bar, lambda on_epoch: p.retrain(config, on_epoch=on_epoch)
+            p, "retrain", asked, bar, lambda on_epoch: p.retrain(config, on_epoch=on_epoch)
         )
+    if isinstance(result, dict):  # the job as another worker finished it
+        if result["status"] == "failed":
+            _fail(f"job {result['job_id']} failed on {result['owner']}: {_job_outcome(result)}")
+        if as_json:
+            _print_json(result["result"])
+        else:
+            out.print(
+                f"job {result['job_id'][:8]} ran on {result['owner']}: {_job_outcome(result)}"
+            )
+        return
     if as_json:
         _print_json(result.to_json())
         return
@@ -909,9 +943,10 @@ def jobs(
         _print_json({"jobs": rows, "policy": policy})
         return
     t = _Table(title="jobs")
-    for col in ("job", "kind", "trigger", "status"):
+    for col in ("job", "kind", "trigger", "status", "tries"):
         t.add_column(col, key=True)
     t.add_column("created", optional=True)
+    t.add_column("worker", optional=True)
     for col in ("took", "outcome"):
         t.add_column(col)
     for j in rows:
@@ -924,12 +959,39 @@ def jobs(
             j["kind"],
             j["trigger"],
             j["status"],
+            str(j["attempts"]),
             j["created_at"][:19].replace("T", " "),
+            j["owner"] or "-",
             took,
             _job_outcome(j),
         )
     out.print(t)
     out.print(f"retrain policy: {policy['why']} ({policy['new_answers']} new answers)")
+
+
+@app.command()
+def worker(project: ProjectOpt = Path(".")) -> None:
+    """Take jobs from the project's queue (retrains asked of any server, or queued by
+    `flywheel retrain`) one at a time, without HTTP, until SIGINT or SIGTERM, which
+    finish the running job first: a training machine on the project's database."""
+    p = _open(project)
+    from flywheel.serving.jobs import JobRunner
+
+    runner = JobRunner(p, decide=False)
+    runner.on_line = lambda line: err.print(
+        f"[dim]{datetime.now():%H:%M:%S}[/] {line}", soft_wrap=True, highlight=False
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(f"worker {runner.owner} on {p.settings.project_dir}: taking jobs", soft_wrap=True)
+    runner.start()
+    while not stop.wait(1.0):
+        pass
+    err.print("stopping" + (": finishing the running job" if runner.current else ""))
+    runner.shutdown()
+    p.close()
+    err.print("stopped")
 
 
 @app.command()
@@ -1014,15 +1076,30 @@ def promote(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Point the production alias at VERSION (a running server picks it up)."""
-    info = _open(project).promote(version)
+    opened = _open(project)
+    info = opened.promote(version)
     out.print(f"production → v{info.version}")
+    _tell_ray_serve(opened)
 
 
 @app.command()
 def rollback(project: ProjectOpt = Path(".")) -> None:
     """Point production back at the version it held before."""
-    old, new = _open(project).rollback()
+    opened = _open(project)
+    old, new = opened.rollback()
     out.print(f"production: v{old} → v{new}")
+    _tell_ray_serve(opened)
+
+
+def _tell_ray_serve(opened: Project) -> None:
+    """With ray_address naming a cluster, `serve --on ray`'s replicas reconfigured at once
+    (they see the move within reload_interval_s in any case)."""
+    if opened.settings.ray_address in (None, "local"):
+        return
+    from flywheel.scale.serve import tell_replicas
+
+    if tell_replicas(opened):
+        err.print("Ray Serve: its replicas reconfigure to it in place")
 
 
 @app.command()
@@ -1038,19 +1115,39 @@ def serve(
     backend: Annotated[
         str | None, typer.Option(help="Model backend: onnx (default) or torch.")
     ] = None,
+    on: Annotated[
+        str,
+        typer.Option(
+            "--on",
+            help="uvicorn: this machine's processes (--workers); ray: Ray Serve, "
+            "serve_replicas replicas of the app (needs ray_address).",
+        ),
+    ] = "uvicorn",
 ) -> None:
     """Serve the HTTP API and the dashboard (at /; OpenAPI docs at /docs). SIGTERM or
     Ctrl-C drains requests in flight and commits every logged prediction before exit."""
+    if on not in ("uvicorn", "ray"):
+        raise typer.BadParameter(f"must be 'uvicorn' or 'ray'; got {on!r}", param_hint="--on")
+    if on == "ray" and workers is not None:
+        raise typer.BadParameter(
+            "--workers is for --on uvicorn; on Ray Serve set serve_replicas", param_hint="--workers"
+        )
     given = {"host": host, "port": port, "workers": workers, "serving_backend": backend}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings.load(project, **overrides)
+    n, unit = (settings.serve_replicas, "replica") if on == "ray" else (settings.workers, "worker")
     err.print(
         f"starting {settings.project_dir} on {settings.host}:{settings.port} "
-        f"({settings.workers} worker{'s' if settings.workers > 1 else ''}) ...",
+        f"({n} {unit}{'s' if n > 1 else ''}{' on Ray Serve' if on == 'ray' else ''}) ...",
         soft_wrap=True,
         highlight=False,
     )
     _heavy()
+    if on == "ray":
+        from flywheel.scale.serve import serve_on_ray
+
+        serve_on_ray(settings)  # says "ready on http://..." once every replica answers
+        return
     from flywheel.serving import serve as run_server
 
     run_server(settings)  # binds first; says "ready on http://..." once it answers
@@ -1161,6 +1258,110 @@ def export(
         f"opset {manifest['opset']}{calibrated}); against torch on {p['n']} held-out rows: "
         f"max |diff| {p['max_abs_diff']:.2e}, arg-max agreement {p['argmax_agreement']:.4f}"
     )
+
+
+class _RowsBar:
+    """predict-batch's progress: rows done of all, rows/s, bad rows so far."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]scoring[/]"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} rows"),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[bad]}"),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err,
+            disable=quiet,
+            transient=True,
+        )
+        self.task = self.progress.add_task("scoring", total=None, rate="", bad="")
+        self.started = time.monotonic()
+
+    def __enter__(self) -> _RowsBar:
+        self.progress.__enter__()
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def __call__(self, done: int, bad: int, total: int) -> None:
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        self.progress.update(
+            self.task, completed=done, total=total, rate=f"{rate:,.0f} rows/s",
+            bad=f"[yellow]{bad} bad[/]" if bad else "",
+        )  # fmt: skip
+
+
+@app.command("predict-batch")
+def predict_batch(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder of inputs (searched recursively) or a manifest (.csv, .jsonl) of "
+            "file paths, texts or feature columns."
+        ),
+    ],
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the answers (and the bad rows) to this .jsonl or .csv."),
+    ] = None,
+    on: Annotated[
+        str | None,
+        typer.Option(
+            "--on",
+            help="'ray': Ray Data on the cluster of ray_address; 'local': this process "
+            "(default: ray when ray_address is set).",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, _topt("predict_batch_size", "Inputs scored together.", min=1)
+    ] = None,
+    actors: Annotated[
+        int | None, _topt("batch_actors", "Ray actors, each holding the model.", min=1)
+    ] = None,
+    path_column: PathColOpt = "path",
+    text_column: TextColOpt = "text",
+    id_column: Annotated[
+        str, typer.Option(help="Manifest: the column naming each row in the output.")
+    ] = "id",
+    encoding: EncodingOpt = "utf-8",
+    user: Annotated[
+        str | None, typer.Option("--user", help="The end user the predictions are for.")
+    ] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a folder or manifest with production; every row is logged as a served call
+    is (the review queue and the drift windows see it), bad rows are reported and skipped."""
+    if on not in (None, "ray", "local"):
+        raise typer.BadParameter(f"must be 'ray' or 'local'; got {on!r}", param_hint="--on")
+    p = _open(project)
+    from flywheel.data import InputOptions
+
+    options = InputOptions(path_column, text_column, id_column, encoding)
+    with _RowsBar(quiet=as_json) as bar:
+        report = p.predict_batch(
+            path, on=on, out=out_file, options=options, user_id=user, batch_size=batch_size,
+            actors=actors, on_progress=bar,
+        )  # fmt: skip
+    if as_json:
+        _print_json(report.to_json())
+        return
+    where = f"on Ray, {report.actors} actors" if report.on == "ray" else "in process"
+    out.print(
+        f"v{report.version}: [bold]{report.scored}[/] of {report.rows} inputs scored and logged "
+        f"in {report.seconds:.1f} s ({report.rows_per_s:,.0f} rows/s, {where})"
+        + (f"; answers in {report.out}" if report.out else "")
+    )
+    if report.bad:
+        err.print(f"[yellow]{report.bad} bad input(s) skipped[/]" + (
+            f" (each in {report.out.name} with its reason)" if report.out else ""
+        ))  # fmt: skip
+        for name, reason in report.examples[:10]:
+            err.print(f"  {name}: {reason}", soft_wrap=True)
 
 
 def _split(text: str | None, option: str, kind: type = str) -> list[Any] | None:

@@ -15,7 +15,8 @@ are wrapped at the boundary so that callers catch one tree::
     │   └── ContractError      an architecture (a plugin's) breaks the zoo's contract: the clause
     ├── ConflictError          the request conflicts with the state (HTTP 409)
     │   └── RegistryError      a registry operation is not possible (e.g. nothing to roll back to)
-    └── AuthError              a key is missing, unknown, revoked or lacks the scope
+    ├── AuthError              a key is missing, unknown, revoked or lacks the scope
+    └── StorageError           storage_url (models, checkpoints, blobs) cannot be reached or written
 
 Messages name the thing, what was expected and what came.
 """
@@ -37,6 +38,7 @@ __all__ = [
     "NotFoundError",
     "ProjectError",
     "RegistryError",
+    "StorageError",
     "UnsupportedMediaError",
     "did_you_mean",
 ]
@@ -133,3 +135,8 @@ class AuthError(FlywheelError):
         super().__init__(message)
         #: set when the key is valid but lacks this scope (HTTP 403 rather than 401)
         self.missing_scope = missing_scope
+
+
+class StorageError(FlywheelError):
+    """Where models, checkpoints and blobs live (``storage_url``) cannot be reached, read
+    or written: the message names the storage, the key and what went wrong (HTTP 503)."""

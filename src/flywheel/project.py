@@ -4,14 +4,12 @@ shells around its verbs, each delegating to a service or a ``flywheel.loop`` wor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from flywheel.context import Context, PendingLog
 from flywheel.data import Arrays, DatasetInfo, Source
 from flywheel.errors import FlywheelError, ProjectError
-from flywheel.events.service import Send
 from flywheel.feedback.records import FeedbackIn, FeedbackResult, PredictionResult
 from flywheel.keys import SCOPES
 from flywheel.loop import evaluate as evaluation
@@ -20,8 +18,10 @@ from flywheel.loop import imports as importing
 from flywheel.loop import retrain as retraining
 from flywheel.loop import train as training
 from flywheel.loop.services import Services
+from flywheel.operations import Operations
 from flywheel.registry import LoadedModel, VersionInfo
 from flywheel.registry.cache import ModelCache
+from flywheel.scale import batch as batching
 from flywheel.settings import CONFIG_FILE, Settings, config_text, new_project_folder
 from flywheel.store import BlobStore, Database
 from flywheel.store.journal import Journal
@@ -31,8 +31,9 @@ from flywheel.training import TrainConfig, model_spec, train_config
 __all__ = ["SCOPES", "Project"]
 
 
-class Project:
-    """One flywheel project: a folder with ``flywheel.toml``, a database and blobs."""
+class Project(Operations):
+    """One flywheel project: a folder with ``flywheel.toml``, a database and blobs. Its
+    verbs of running a service (keys, sessions, jobs, leases, webhooks): ``Operations``."""
 
     def __init__(self, settings: Settings) -> None:
         if not (settings.project_dir / CONFIG_FILE).is_file():
@@ -174,6 +175,10 @@ class Project:
     def predict(self, content: bytes, *, user_id: str | None = None) -> PredictionResult:
         """Predict one input (the stored form of the task's input) and log the call."""
         return self.services.predictions.predict(content, user_id)
+
+    def predict_batch(self, path: str | Path, **options: Any) -> batching.BatchReport:
+        """Score a folder or manifest with production, each row logged as a served call is."""
+        return batching.predict_batch(self.services, path, **options)
 
     def log_predictions(self, rows: Sequence[dict[str, Any]]) -> None:
         """Commit predictions made elsewhere (the server's batched log) in one transaction."""
@@ -319,82 +324,3 @@ class Project:
     def reload_user_key(self) -> bool:
         """Pick up a key rotation made by another process; True when the chain changed."""
         return self.services.identity.reload()
-
-    # -- API keys, dashboard sessions and jobs --------------------------------------------
-
-    def create_key(
-        self, scopes: list[str], name: str = "", *, expires_in: timedelta | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        """A new API key, returned once (only its hash is kept); ``expires_in``: its life."""
-        return self.services.keys.create(scopes, name, expires_in)
-
-    def revoke_key(self, ident: str) -> dict[str, Any]:
-        """Revoke a key named by its id, prefix or name; its dashboard sessions end."""
-        return self.services.keys.revoke(ident)
-
-    def list_keys(self) -> list[dict[str, Any]]:
-        return self.services.keys.list_keys()
-
-    def has_keys(self) -> bool:
-        return self.services.keys.has_keys()
-
-    def authenticate(self, key: str, scope: str | None) -> tuple[str, list[str]]:
-        """The name and scopes of ``key``; ``AuthError`` unless live with ``scope`` (None: any)."""
-        return self.services.keys.authenticate(key, scope)
-
-    def open_ui_session(self, key: str) -> tuple[str, str, list[str]]:
-        """Sign in to the dashboard: (cookie token, CSRF token, the key's scopes)."""
-        return self.services.keys.open_session(key)
-
-    def ui_session(self, token: str) -> dict[str, Any] | None:
-        return self.services.keys.session(token)
-
-    def end_ui_session(self, token: str) -> None:
-        self.services.keys.end_session(token)
-
-    def create_job(
-        self,
-        kind: str,
-        params: dict[str, Any] | None = None,
-        *,
-        trigger: str = "manual",
-        owner: str | None = None,
-    ) -> str:
-        return self.services.jobs.create(kind, params, trigger=trigger, owner=owner)
-
-    def run_job(self, job_id: str, work: Callable[[], dict[str, Any]]) -> None:
-        """Run ``work`` as job ``job_id``, recording its status, result or error."""
-        self.services.jobs.run(job_id, work)
-
-    def job_log(self, job_id: str, line: str) -> None:
-        self.services.jobs.log(job_id, line)
-
-    def jobs(self, limit: int = 50) -> list[dict[str, Any]]:
-        return self.services.jobs.recent(limit)
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self.services.jobs.get(job_id)
-
-    def fail_interrupted_jobs(self, stale_s: float | None = None) -> int:
-        return self.services.jobs.fail_interrupted(stale_s)
-
-    def heartbeat_jobs(self, owner: str) -> int:
-        return self.services.jobs.heartbeat(owner)
-
-    def lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take or renew a lease held in the database, across processes and machines."""
-        return self.services.jobs.lease(name, owner, ttl_s)
-
-    def release_lease(self, name: str, owner: str) -> None:
-        self.services.jobs.release(name, owner)
-
-    def deliver_webhooks(self, send: Send) -> int:
-        """Send the webhook deliveries that are due through ``send``; how many tried."""
-        return self.services.events.deliver_due(send)
-
-    def webhook_deliveries(self, limit: int = 50) -> list[dict[str, Any]]:
-        return self.services.events.deliveries(limit)
-
-    def retrain_policy(self) -> tuple[str | None, dict[str, Any]]:
-        """The retrain policy's state and the trigger due now (None: none)."""
-        return self.services.jobs.policy()

@@ -7,6 +7,7 @@ variables, ``<project_dir>/flywheel.toml``, defaults.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fsspec.registry import known_implementations
+from fsspec.registry import registry as fsspec_registry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -34,6 +37,7 @@ __all__ = [
     "EVENTS",
     "Settings",
     "Webhook",
+    "check_storage_url",
     "config_text",
     "is_loopback",
     "keep_private",
@@ -256,8 +260,8 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(
         default=60.0,
         gt=0,
-        description="A running retrain holds the database's lease this long, renewed while it "
-        "works; a job whose process shows no sign of life for 3x this is marked failed.",
+        description="A running job's worker shows a sign of life every policy_check_s; one "
+        "silent for 3x this is taken as dead, and its job queued again (job_attempts).",
     )
     gate_alpha: float = Field(
         default=0.05,
@@ -482,7 +486,9 @@ class Settings(BaseSettings):
         description="Actors of `flywheel predict-batch` on Ray Data, each holding the production "
         "model (ONNX Runtime).",
     )
-    batch_size: int = Field(
+    # Not ``batch_size``: that is training's (below), and a second field of the same name
+    # would replace this one silently.
+    predict_batch_size: int = Field(
         default=256, ge=1, le=65536, description="Inputs scored together by `predict-batch`."
     )
     serve_replicas: int = Field(
@@ -491,11 +497,24 @@ class Settings(BaseSettings):
         le=1024,
         description="Replicas of the app on Ray Serve (`flywheel serve --on ray`).",
     )
+    serve_replica_cpus: float = Field(
+        default=1.0,
+        ge=0,
+        le=1024,
+        description="CPUs Ray reserves for each Serve replica (fractions allowed; 0: none, "
+        "replicas then go wherever Ray puts them).",
+    )
     storage_url: str | None = Field(
         default=None,
         description="Where models, checkpoints and blobs live, as an fsspec URL every machine "
         "reaches (a shared folder path, file:///..., s3://bucket/prefix); default: the "
         "project folder.",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options for storage_url's fsspec filesystem, e.g. for an S3-compatible "
+        'server {"endpoint_url": "http://10.0.0.5:9000"} (credentials: better the '
+        "environment's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).",
     )
     job_attempts: int = Field(
         default=2,
@@ -640,6 +659,23 @@ class Settings(BaseSettings):
             )
         return v
 
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_storage_url(v)
+
+    @model_validator(mode="after")
+    def _storage_holds_the_blobs(self) -> Settings:
+        if self.storage_url is not None and self.blob_dir is not None:
+            raise ValueError(
+                f"blob_dir ({str(self.blob_dir)!r}) and storage_url ({self.storage_url!r}) are "
+                "both set: with storage_url the blobs live in <storage_url>/blobs, where "
+                "every machine reaches them; unset blob_dir"
+            )
+        if self.storage_options and self.storage_url is None:
+            raise ValueError("storage_options is set but storage_url is not: set storage_url")
+        return self
+
     @model_validator(mode="after")
     def _workers_need_ray(self) -> Settings:
         if self.train_workers > 1 and self.ray_address is None:
@@ -753,6 +789,8 @@ def _problem(err: Any, overrides: dict[str, Any], toml: Path) -> str:
         return f"unknown setting {name!r} {where}{near or ' (README: Configuration)'}"
     value = err.get("input")
     shown = f" = {value!r}" if value is not None and not isinstance(value, dict) else ""
+    if key == "storage_url":
+        shown = ""  # it may hold credentials; its own message names it without them
     return f"{name}{shown} ({where}): {err['msg']}"
 
 
@@ -771,8 +809,8 @@ def config_text(source: str, values: dict[str, Any]) -> str:
             lines.append(f'{key} = "off"')  # TOML has no null
         elif isinstance(value, bool):
             lines.append(f"{key} = {'true' if value else 'false'}")
-        elif isinstance(value, int | float):
-            lines.append(f"{key} = {value}")
+        elif isinstance(value, int | float | dict | list):
+            lines.append(f"{key} = {_toml(value)}")
         else:
             lines.append(f"{key} = {json.dumps(str(value))}")
     lines += [
@@ -786,6 +824,19 @@ def config_text(source: str, values: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    """A TOML value: a number, a boolean, a string, an array, an inline table."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))
 
 
 def set_config_value(project_dir: Path, key: str, value: str) -> None:
@@ -825,6 +876,79 @@ def keep_private(path: Path) -> None:
                 path,
                 mode & 0o777,
             )
+
+
+#: fsspec protocols that name a folder on this machine (or one it mounts)
+_LOCAL_PROTOCOLS = ("file", "local")
+#: protocols fsspec knows that cannot hold a project's files: read-only, or a wrapper
+#: around another URL (flywheel keeps its own cache)
+_NOT_STORES = frozenset(
+    {
+        "http", "https", "github", "gist", "git", "zip", "tar", "libarchive", "data",
+        "reference", "jupyter", "jlab", "pyscript", "dvc", "wandb", "dir", "generic",
+        "blockcache", "filecache", "simplecache", "cached", "async_wrapper",
+        "asyncwrapper", "asynclocal", "dask", "arrow_hdfs",
+    }
+)  # fmt: skip
+
+
+def check_storage_url(url: str) -> str:
+    """``url`` as a ``storage_url`` (a folder path is made absolute); ``ValueError``
+    naming the problem. Nothing is contacted: reachability is checked on open."""
+    url = url.strip()
+    if not url:
+        raise ValueError("storage_url is empty; leave it unset for the project folder")
+    if "::" in url:
+        raise ValueError(
+            f"storage_url {url!r} chains fsspec URLs; give one (flywheel caches what it needs)"
+        )
+    protocol, rest = _split(url)
+    if protocol in _LOCAL_PROTOCOLS:
+        path = Path(rest).expanduser()
+        if not path.is_absolute():
+            raise ValueError(
+                f"storage_url {url!r} is a relative path; give the absolute path of a folder "
+                "that every machine mounts at the same place"
+            )
+        return str(path)
+    known = set(known_implementations) | set(fsspec_registry)
+    if protocol not in known or protocol in _NOT_STORES:
+        stores = sorted(known - _NOT_STORES)
+        raise ValueError(
+            f"storage_url {url!r}: {protocol!r} is not a storage fsspec can write to"
+            + did_you_mean(protocol, stores, list_all=False)
+            + " (e.g. 's3://bucket/prefix', a folder path)"
+        )
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        bare = f"{protocol}://{parts.hostname or ''}{parts.path}"
+        raise ValueError(
+            f"storage_url {bare!r} with credentials: give them in the environment "
+            "(AWS_ACCESS_KEY_ID, ...) or storage_options, never in the URL"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"storage_url {url!r} has a query or fragment; use storage_options")
+    if not rest.strip("/"):
+        raise ValueError(
+            f"storage_url {url!r} names no bucket or host (e.g. '{protocol}://bucket/prefix')"
+        )
+    impl = known_implementations.get(protocol)
+    if protocol not in fsspec_registry and impl is not None:
+        module = str(impl["class"]).split(".", 1)[0]
+        if importlib.util.find_spec(module) is None:
+            extra = "s3" if protocol in ("s3", "s3a") else None
+            hint = f"pip install 'flywheel-ml[{extra}]'" if extra else impl.get("err", module)
+            raise ValueError(f"storage_url {url!r} needs {module}: {hint}")
+    return url.rstrip("/")
+
+
+def _split(url: str) -> tuple[str, str]:
+    """(protocol, the rest): a bare path is ``file``."""
+    if "://" not in url:
+        return "file", url
+    protocol, rest = url.split("://", 1)
+    protocol = protocol.lower()
+    return protocol, rest if protocol not in _LOCAL_PROTOCOLS else rest or "/"
 
 
 @contextlib.contextmanager

@@ -1,11 +1,13 @@
 """The retrain policy run by the server's job runner: it fires at its threshold, says
 why, records its trigger; and across processes on one database at most one retrain
-runs at a time (the lease), however many runners decide or are asked at once."""
+runs at a time (the queue in the database), however many runners decide or are asked
+at once."""
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from flywheel import Project
+from flywheel.errors import RegistryError
 from flywheel.serving.jobs import JobRunner
 from tests.factories import digit_png, make_project
 
@@ -24,6 +27,17 @@ def _answer(project: Project, n: int, start: int = 0) -> None:
     for i in range(1000 + start, 1000 + start + n):  # images the project does not hold
         pid = project.predict(digit_png(i), user_id=f"u{i % 4}").prediction_id
         project.record_feedback(pid, label=str(labels[i]), user_id=f"u{i % 4}")
+
+
+def _asked(runner: JobRunner, options: dict[str, Any]) -> str:
+    """A retrain asked for, again while one with other options waits (a deadline)."""
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            return runner.submit_retrain(options)
+        except RegistryError:
+            assert time.monotonic() < deadline, "the waiting retrain never started"
+            time.sleep(0.05)
 
 
 def test_the_policy_retrains_at_its_threshold_and_records_the_trigger(tmp_path: Path) -> None:
@@ -78,9 +92,10 @@ def test_runners_of_several_processes_never_retrain_at_once(
         for t in threads:
             t.join(60)
         assert sum(s is not None for s in started) == 1
-        # And all are asked at once, with new answers for the first to learn from.
+        # And all are asked, with new answers for the first to learn from; with other
+        # options than the one waiting, each is refused until that one starts.
         _answer(projects[0], 4, start=4)
-        asked = [r.submit_retrain({"seed": k}) for k, r in enumerate(runners)]
+        asked = [_asked(r, {"seed": k}) for k, r in enumerate(runners)]
         for r, job_id in zip(runners, asked, strict=True):
             r.futures[job_id].result(300)
         for r in runners:

@@ -38,6 +38,7 @@ from flywheel.data.images import (
     encode_png,
     probe_image,
 )
+from flywheel.data.inputs import BatchInputs, InputOptions
 from flywheel.data.modalities import SourceOptions, create_codec, resolve_source
 from flywheel.data.sources import (
     AUDIO_SUFFIXES,
@@ -61,6 +62,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "TRAIN",
     "Arrays",
+    "BatchInputs",
     "Cleaned",
     "Codec",
     "CsvManifestSource",
@@ -70,6 +72,7 @@ __all__ = [
     "ImageCodec",
     "ImageFolderSource",
     "ImagePreprocessing",
+    "InputOptions",
     "ListSource",
     "RawExample",
     "Row",

@@ -140,7 +140,8 @@ class DatasetService:
     def arrays(self, rows: Sequence[Row], spec: ModelSpec) -> Arrays:
         """Rows decoded from the blob folder as a model of ``spec`` reads them."""
         labels = list(spec.labels) if spec.labels else None
-        return load_arrays(rows, self.ctx.blobs.get, self.ctx.codec, spec.preprocessing, labels)
+        read = self.ctx.blobs.reader([r[0] for r in rows])  # remote: fetched together
+        return load_arrays(rows, read, self.ctx.codec, spec.preprocessing, labels)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -192,8 +193,7 @@ class DatasetService:
         with self.ctx.db.session() as s:
             for user in sorted(set(users.values())):
                 ensure_user(s, user)
-            for ex in examples:
-                self.ctx.blobs.put(ex.content)
+            self.ctx.blobs.put_many([ex.content for ex in examples])
             rows = [
                 Example(
                     input_hash=digest,

@@ -49,7 +49,7 @@ class PredictionLog:
     def log(self, rows: Sequence[dict[str, Any]]) -> None:
         """Commit predictions (rows of ``answer``) in one transaction; their inputs go to
         the blob folder first."""
-        digests = [self.ctx.blobs.put(r["content"]) for r in rows]
+        digests = self.ctx.blobs.put_many([r["content"] for r in rows])
         values = [
             {k: v for k, v in r.items() if k != "content"} | {"input_hash": digest}
             for r, digest in zip(rows, digests, strict=True)

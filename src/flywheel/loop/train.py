@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from flywheel.loop.services import Services
 from flywheel.models import ModelSpec, create_model
 from flywheel.registry import LoadedModel, VersionInfo
 from flywheel.registry.service import Champion, Charge
+from flywheel.scale.train import has_ray_run, ray_trainer
 from flywheel.training import (
     EpochReport,
     FitResult,
@@ -42,6 +42,7 @@ from flywheel.training import (
     seed_everything,
     train_config,
 )
+from flywheel.training.checkpoint import CheckpointSlot
 
 __all__ = [
     "CHECKPOINT",
@@ -52,7 +53,8 @@ __all__ = [
     "train",
 ]
 
-#: where the running training's checkpoint lives, inside the project folder
+#: where the running training's checkpoint lives: a folder of the project's storage (the
+#: project folder, or storage_url, where another machine can resume it)
 CHECKPOINT = "checkpoints/current"
 
 ProgressFn = Callable[[EpochReport], None]
@@ -84,7 +86,7 @@ class TrainResult:
 
 
 def has_interrupted_run(sv: Services) -> bool:
-    return (sv.ctx.settings.project_dir / CHECKPOINT).is_dir()
+    return CheckpointSlot(sv.ctx.storage, CHECKPOINT).exists() or has_ray_run(sv.ctx.storage)
 
 
 def check_arch(sv: Services, arch: str | None) -> None:
@@ -107,10 +109,13 @@ def train(
     """Train a challenger on the newest dataset version, gate it, promote if it passes.
 
     Each epoch is checkpointed; ``resume`` finishes an interrupted run of the same data
-    and config where it stopped.
+    and config where it stopped. With ``ray_address`` and ``train_workers`` > 1 (or
+    ``train_use_gpu``) the fit runs on Ray Train (``flywheel.scale.train``); the rest is
+    the same.
     """
     ctx = sv.ctx
     stage = stages(on_epoch)
+    on_ray = ray_trainer(ctx.settings, config)  # what Ray Train cannot train: refused now
     stage("reading the dataset version")
     ds = sv.data.training_set()
     spec = model_spec(ctx.task, ds.preprocessing, ds.labels, config)
@@ -129,20 +134,23 @@ def train(
 
     model, champion_model = _set_up(sv, spec, config, champion, privacy)
     parent = None if champion is None else champion.version
-    checkpoint_dir = ctx.settings.project_dir / CHECKPOINT
+    checkpoint_dir = CheckpointSlot(ctx.storage, CHECKPOINT)
+    run_id = _run_id(ds.content_hash, config, spec, parent)
+    augment = make_augment(ctx.task.modality) if config.augment else None
+    users = sampling_units(weighted) if config.private or config.federated_clients else None
     started = time.perf_counter()
-    result = fit(
-        model,
-        rows,
-        config,
-        regression=ctx.task.is_regression,
-        augment=make_augment(ctx.task.modality) if config.augment else None,
-        on_epoch=on_epoch,
-        checkpoint_dir=checkpoint_dir,
-        run_id=_run_id(ds.content_hash, config, spec, parent),
-        resume=resume,
-        users=sampling_units(weighted) if config.private or config.federated_clients else None,
-    )
+    if on_ray is None:
+        result = fit(
+            model, rows, config, regression=ctx.task.is_regression, augment=augment,
+            on_epoch=on_epoch, checkpoint_dir=checkpoint_dir, run_id=run_id, resume=resume,
+            users=users,
+        )  # fmt: skip
+    else:
+        stage(f"training on Ray Train: {on_ray.describe()}")
+        result = on_ray.fit(
+            model, rows, config, spec=spec, regression=ctx.task.is_regression,
+            augment=augment, on_epoch=on_epoch, run_id=run_id, resume=resume, users=users,
+        )  # fmt: skip
     train_seconds = time.perf_counter() - started
 
     report, decision, parity = _gate(
@@ -155,6 +163,8 @@ def train(
         metrics["privacy"] = {**result.privacy.to_json(), **privacy}
     if result.federated is not None:
         metrics["federated"] = result.federated
+    if on_ray is not None:
+        metrics["ray_train"] = on_ray.record()
     promoted = decision.promote and (ctx.settings.auto_promote or parent is None)
     stage("registering the model" + (" and promoting it" if promoted else ""))
     registered = sv.registry.register(
@@ -174,7 +184,9 @@ def train(
         else Charge([u for *_, u in weighted], result.privacy.epsilon, result.privacy.delta),
     )
     # The run is on record (or withdrawn): its checkpoint has done its job.
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    checkpoint_dir.clear()
+    if on_ray is not None:
+        on_ray.discard()
     if registered.withdrawn:
         raise RegistryError(
             f"v{registered.info.version} was trained on rows a forget erased during the run; "
@@ -371,6 +383,11 @@ def _reference(
     data.weights = _weights(rows, flagged, sv.ctx.settings.label_issue_mode)
     reference, _ = _start_model(spec, config.seed, lambda: champion, warm=config.warm_start)
     augment = make_augment(sv.ctx.task.modality) if config.augment else None
-    fit(reference, data, config, augment=augment)
+    on_ray = ray_trainer(sv.ctx.settings, config)  # where the challenger trained
+    if on_ray is None:
+        fit(reference, data, config, augment=augment)
+    else:
+        on_ray.fit(reference, data, config, spec=spec, augment=augment, name="reference")
+        on_ray.discard("reference")
     ref_correct = LoadedModel(0, reference, spec, sv.ctx.codec).score(holdout)[1]
     return Reference(ref_correct, rows=len(rows), held_back=held_back)

@@ -16,9 +16,7 @@ values (regression), so the batcher and the routes do not care which one runs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from flywheel.errors import ConfigError
 from flywheel.export.onnx import compare, write_graph
 from flywheel.models import arch_info
 from flywheel.outputs import softmax
+from flywheel.registry.artifacts import ArtifactFolder
 from flywheel.registry.imported import OnnxGraph
 from flywheel.registry.loaded import LoadedModel
 
@@ -158,36 +157,36 @@ def _onnx_session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _serving_graph(loaded: LoadedModel, folder: Path, sha256: str | None) -> tuple[Path, str]:
-    """The version's serving graph and its SHA-256: exported on first use (atomic:
-    workers may race), checked against ``sha256`` (the hash recorded when it was first
-    exported) afterwards. A graph that no longer matches is not used: it is exported
-    again from the version's weights (which were verified when they were loaded)."""
-    path = folder / GRAPH_FILE
-    if path.exists():
-        found = hashlib.sha256(path.read_bytes()).hexdigest()
-        if sha256 is None or found == sha256:
-            return path, found
+def _serving_graph(
+    loaded: LoadedModel, folder: ArtifactFolder, sha256: str | None
+) -> tuple[Path, str]:
+    """The version's serving graph (a file on this machine) and its SHA-256: exported on
+    first use (atomic: workers may race), checked against ``sha256`` (the hash recorded
+    when it was first exported) afterwards. A graph that no longer matches is not used:
+    it is exported again from the version's weights (which were verified when they were
+    loaded)."""
+    found = folder.fetch(GRAPH_FILE, sha256)
+    if found is not None:
+        path, digest = found
+        if sha256 is None or digest == sha256:
+            return path, digest
         log.warning(
             "v%d: %s does not match the SHA-256 recorded when it was exported "
             "(expected %s…, found %s…); exporting it again from the verified weights",
             loaded.version,
             GRAPH_FILE,
             sha256[:12],
-            found[:12],
+            digest[:12],
         )
-    tmp = folder / f".{GRAPH_FILE}.{os.getpid()}.{threading.get_ident()}"
     example = np.zeros((1, *loaded.spec.input_shape), np.float32)
-    write_graph(loaded.model, example, tmp)
-    os.replace(tmp, path)
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    return folder.write_with(GRAPH_FILE, lambda tmp: write_graph(loaded.model, example, tmp))
 
 
 def load_backend(
     loaded: LoadedModel,
     kind: str,
     *,
-    artifact_dir: Path,
+    artifact_dir: Path | ArtifactFolder,
     threads: int = 1,
     graph_sha256: str | None = None,
 ) -> TorchBackend | OnnxBackend:
@@ -212,7 +211,8 @@ def load_backend(
             why = "onnxruntime is not installed (pip install 'flywheel-ml[onnx]')"
     if not why:
         try:
-            path, digest = _serving_graph(loaded, artifact_dir, graph_sha256)
+            folder = ArtifactFolder.at(artifact_dir)
+            path, digest = _serving_graph(loaded, folder, graph_sha256)
             backend = OnnxBackend(loaded, _onnx_session(path, threads), digest)
             x = np.random.default_rng(0).normal(size=(4, *loaded.spec.input_shape))
             x = x.astype(np.float32)

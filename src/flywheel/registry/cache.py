@@ -16,7 +16,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -26,6 +25,7 @@ from flywheel.data import HOLDOUT
 from flywheel.data import repo as data_repo
 from flywheel.errors import FlywheelError, ModelError
 from flywheel.registry import repo
+from flywheel.registry.artifacts import ArtifactFolder
 from flywheel.registry.backends import Backend, OnnxBackend, load_backend
 from flywheel.registry.loaded import LoadedModel, load_model
 from flywheel.registry.versions import PRODUCTION, VersionInfo
@@ -141,18 +141,19 @@ class ModelCache:
             info = repo.get_version(s, version)
         return self._load(info)
 
+    def _folder(self, info: VersionInfo) -> ArtifactFolder:
+        return ArtifactFolder.of(self.ctx.storage, info.artifact_dir, self.ctx.object_cache)
+
     def _load(self, info: VersionInfo) -> LoadedModel:
-        folder = info.resolved(self.ctx.settings.project_dir).artifact_dir
-        return load_model(info.version, folder, self.ctx.codec, info.hashes)
+        return load_model(info.version, self._folder(info), self.ctx.codec, info.hashes)
 
     def _prepare(self, info: VersionInfo, held: Served | None) -> Served:
         """``info``'s version ready to serve: loaded (or the held one reused), its
         backend built, its self-check passed."""
         loaded = held.loaded if held is not None and held.version == info.version else None
         loaded = loaded or self._load(info)
-        folder = Path(info.resolved(self.ctx.settings.project_dir).artifact_dir)
         backend = load_backend(
-            loaded, self._kind, artifact_dir=folder, threads=self._threads,
+            loaded, self._kind, artifact_dir=self._folder(info), threads=self._threads,
             graph_sha256=info.graph_sha256,
         )  # fmt: skip
         if isinstance(backend, OnnxBackend) and backend.graph_sha256 != info.graph_sha256:

@@ -29,7 +29,7 @@ from torch import nn
 from flywheel.errors import InputError, ModelError
 from flywheel.models import IMPORTED_ARCH, ModelSpec
 from flywheel.outputs import softmax
-from flywheel.registry.artifacts import SPEC, Hashes, read_verified
+from flywheel.registry.artifacts import SPEC, ArtifactFolder, Hashes
 
 __all__ = [
     "GRAPH",
@@ -283,27 +283,38 @@ def needs_weights(spec: ModelSpec, what: str, version: int | None = None) -> Non
         )
 
 
-def save_imported(data: bytes, spec: ModelSpec, folder: Path) -> Hashes:
-    """Write the graph and its spec into ``folder``; their SHA-256, read back."""
+def save_imported(data: bytes, spec: ModelSpec, folder: Path | ArtifactFolder) -> Hashes:
+    """Write the graph and its spec into ``folder``; their SHA-256 (read back, for a
+    folder on this machine)."""
     assert spec.arch == IMPORTED_ARCH
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (GRAPH + ".tmp")
+    spec_text = json.dumps(spec.to_json(), indent=2, sort_keys=True)
+    here = folder if isinstance(folder, Path) else folder.local()
+    if here is None:
+        assert isinstance(folder, ArtifactFolder)
+        return Hashes(
+            weights=folder.write(GRAPH, data), spec=folder.write(SPEC, spec_text.encode())
+        )
+    here.mkdir(parents=True, exist_ok=True)
+    tmp = here / (GRAPH + ".tmp")
     tmp.write_bytes(data)
-    os.replace(tmp, folder / GRAPH)
-    (folder / SPEC).write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True))
+    os.replace(tmp, here / GRAPH)
+    (here / SPEC).write_text(spec_text)
     return Hashes(
-        weights=hashlib.sha256((folder / GRAPH).read_bytes()).hexdigest(),
-        spec=hashlib.sha256((folder / SPEC).read_bytes()).hexdigest(),
+        weights=hashlib.sha256((here / GRAPH).read_bytes()).hexdigest(),
+        spec=hashlib.sha256((here / SPEC).read_bytes()).hexdigest(),
     )
 
 
-def load_imported(folder: Path, hashes: Hashes, *, what: str) -> tuple[OnnxGraph, ModelSpec]:
+def load_imported(
+    folder: Path | ArtifactFolder, hashes: Hashes, *, what: str
+) -> tuple[OnnxGraph, ModelSpec]:
     """An imported version's graph and spec, each verified against ``hashes``."""
-    spec_bytes = read_verified(folder / SPEC, hashes.spec, what)
-    data = read_verified(folder / GRAPH, hashes.weights, what)
+    files = ArtifactFolder.at(folder)
+    spec_bytes = files.read(SPEC, hashes.spec, what)
+    data = files.read(GRAPH, hashes.weights, what)
     try:
         spec = ModelSpec.from_json(json.loads(spec_bytes))
         graph = OnnxGraph(data, spec)
     except (ValueError, KeyError, TypeError, InputError) as exc:
-        raise ModelError(f"{what} in {str(folder)!r} cannot be loaded: {exc}") from exc
+        raise ModelError(f"{what} in {str(files)!r} cannot be loaded: {exc}") from exc
     return graph, spec

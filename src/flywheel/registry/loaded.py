@@ -11,10 +11,11 @@ import numpy as np
 from torch import nn
 
 from flywheel.data import Arrays, Codec
+from flywheel.errors import FlywheelError
 from flywheel.evaluation.scoring import score
 from flywheel.models import IMPORTED_ARCH, ModelSpec
 from flywheel.outputs import softmax
-from flywheel.registry.artifacts import SPEC, Hashes, load_artifact
+from flywheel.registry.artifacts import SPEC, ArtifactFolder, Hashes, load_artifact
 from flywheel.registry.imported import OnnxGraph, load_imported
 from flywheel.training import predict_outputs
 
@@ -62,14 +63,17 @@ class LoadedModel:
 
 
 def load_model(
-    version: int, artifact_dir: str | Path, codec: Codec, hashes: Hashes | None = None
+    version: int,
+    artifact_dir: str | Path | ArtifactFolder,
+    codec: Codec,
+    hashes: Hashes | None = None,
 ) -> LoadedModel:
     """Load a version's artifact (safetensors + spec, or an imported ONNX graph + spec),
     each file verified against the ``hashes`` recorded at registration, and warm its
-    codec up."""
-    folder, what = Path(artifact_dir), f"model v{version}"
+    codec up. ``artifact_dir``: a folder here, or a folder of the project's storage."""
+    folder, what = ArtifactFolder.at(artifact_dir), f"model v{version}"
     model: nn.Module
-    if _is_imported(folder):
+    if _is_imported(folder, (hashes or Hashes()).spec):
         model, spec = load_imported(folder, hashes or Hashes(), what=what)
     else:
         model, spec = load_artifact(folder, hashes, what=what)
@@ -77,10 +81,11 @@ def load_model(
     return LoadedModel(version, model, spec, codec)
 
 
-def _is_imported(folder: Path) -> bool:
-    """The spec names the imported graph's arch (read unverified only to choose the
-    loader: each loader verifies it before using it)."""
+def _is_imported(folder: ArtifactFolder, sha256: str | None) -> bool:
+    """The spec names the imported graph's arch (read only to choose the loader, which
+    says what is wrong with a spec that does not verify; by its hash, a remote one comes
+    from this machine's cache)."""
     try:
-        return bool(json.loads((folder / SPEC).read_text()).get("arch") == IMPORTED_ARCH)
-    except (OSError, ValueError, AttributeError):
+        return bool(json.loads(folder.read(SPEC, sha256, "spec")).get("arch") == IMPORTED_ARCH)
+    except (FlywheelError, OSError, ValueError, AttributeError):
         return False  # the artifact loader says what is wrong with it

@@ -4,22 +4,22 @@ rollback swaps at once."""
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
 from torch import nn
 
 from flywheel.context import Context
-from flywheel.errors import NotFoundError, RegistryError
+from flywheel.errors import FlywheelError, NotFoundError, RegistryError
 from flywheel.events import repo as events
 from flywheel.models import ModelSpec
 from flywheel.outputs import finite_json
 from flywheel.privacy import ledger
 from flywheel.registry import repo
-from flywheel.registry.artifacts import save_artifact
+from flywheel.registry.artifacts import ArtifactFolder, save_artifact
 from flywheel.registry.cache import ModelCache
 from flywheel.registry.imported import save_imported
 from flywheel.registry.loaded import LoadedModel
@@ -75,7 +75,11 @@ class RegistryService:
             return self._resolved(repo.get_version(s, version))
 
     def _resolved(self, info: VersionInfo) -> VersionInfo:
-        return info.resolved(self.ctx.settings.project_dir)
+        """With its artifact folder's full name: a path here, or the storage's URL."""
+        return replace(info, artifact_dir=str(self._folder(info.artifact_dir)))
+
+    def _folder(self, artifact_dir: str) -> ArtifactFolder:
+        return ArtifactFolder.of(self.ctx.storage, artifact_dir, self.ctx.object_cache)
 
     def production(self) -> int | None:
         with self.ctx.db.session() as s:
@@ -193,12 +197,13 @@ class RegistryService:
                 mv.metrics = {k: v for k, v in metrics.items() if k not in ("privacy",)}
                 s.commit()
                 return Registered(self._resolved(repo.get_version(s, mv.version)), withdrawn=True)
-            folder = self.ctx.settings.models_dir / f"v{mv.version}"
+            folder = self._folder(_models_key(mv.version))
             try:
                 hashes = save_artifact(model, spec, folder)
                 mv.weights_sha256, mv.spec_sha256 = str(hashes.weights), hashes.spec
-                # Relative to the project: a copied project loads its own models.
-                mv.artifact_dir = str(folder.relative_to(self.ctx.settings.project_dir))
+                # A key of the storage (the project folder by default): a copied project
+                # loads its own models, and every machine of a storage_url the same ones.
+                mv.artifact_dir = folder.key
                 s.flush()
                 if charge is not None:
                     metrics["privacy"]["users_charged"] = ledger.charge(
@@ -218,7 +223,7 @@ class RegistryService:
                     )
                 s.commit()
             except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
+                _remove(folder)
                 raise
             info = self._resolved(repo.get_version(s, mv.version))
         if promote is not None:
@@ -246,17 +251,17 @@ class RegistryService:
                 s, spec.to_json(), parent=None, dataset_version=dataset_version,
                 config={"imported": source}, metrics=metrics, gate=gate,
             )  # fmt: skip
-            folder = self.ctx.settings.models_dir / f"v{mv.version}"
+            folder = self._folder(_models_key(mv.version))
             try:
                 hashes = save_imported(graph, spec, folder)
                 # The graph is what serves: its hash is both the "weights" and the graph's.
                 mv.weights_sha256, mv.spec_sha256 = str(hashes.weights), hashes.spec
                 mv.graph_sha256 = hashes.weights
-                mv.artifact_dir = str(folder.relative_to(self.ctx.settings.project_dir))
+                mv.artifact_dir = folder.key
                 repo.set_alias(s, CANDIDATE, mv.version, action="set", reason=reason)
                 s.commit()
             except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
+                _remove(folder)
                 raise
             return self._resolved(repo.get_version(s, mv.version))
 
@@ -269,9 +274,30 @@ class RegistryService:
             mv.metrics = {**mv.metrics, **metrics}
 
     def delete_weights(self, versions: Sequence[int]) -> None:
-        """Remove the artifact folders of ``versions`` (withdrawn: never served again)."""
+        """Remove the artifact folders of ``versions`` (withdrawn: never served again),
+        and this machine's cached copies of their files."""
+        cache = self.ctx.object_cache
         for v in versions:
-            shutil.rmtree(self.ctx.settings.models_dir / f"v{v}", ignore_errors=True)
+            self._folder(_models_key(v)).remove()
+            if cache is not None:
+                with self.ctx.db.session() as s:
+                    row = s.get(ModelVersion, v)
+                    if row is not None:
+                        cache.discard(
+                            [row.weights_sha256, row.spec_sha256 or "", row.graph_sha256 or ""]
+                        )
+
+
+def _models_key(version: int) -> str:
+    """Where a version's files go in the storage."""
+    return f"models/v{version}"
+
+
+def _remove(folder: ArtifactFolder) -> None:
+    """A half-written version's files gone, best effort (the error that got us here is
+    the one to report)."""
+    with contextlib.suppress(FlywheelError):
+        folder.remove()
 
 
 def _decision_event(mv: ModelVersion, dataset_version: int, reason: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from flywheel.errors import (
     FlywheelError,
     ModelError,
     NotFoundError,
+    StorageError,
     UnsupportedMediaError,
 )
 from flywheel.project import Project
@@ -69,6 +70,7 @@ _STATUS: list[tuple[type[FlywheelError], int]] = [
     (AuthError, 401),
     (ConflictError, 409),  # includes RegistryError
     (ModelError, 503),
+    (StorageError, 503),  # storage_url unreachable: the service, not the request
     (ConfigError, 500),
 ]
 

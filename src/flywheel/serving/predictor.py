@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,9 @@ class Predictor:
         self.metrics = metrics
         self._fixed = backend  # a test's backend: never swapped
         self._shown: int | None = None  # the version the server's log last named
+        #: called with the version after every swap, under the model cache's lock: each
+        #: must return at once (Ray Serve's replicas wake a thread to tell the others)
+        self.swap_listeners: list[Callable[[int], object]] = []
         self.writer = PredictionWriter(
             self._write,
             max_queue=st.log_queue_size,
@@ -102,6 +105,8 @@ class Predictor:
                 "production v%d -> v%d (%s); serving it (%s backend)",
                 before, served.version, self._why_moved(served.version), served.backend.name,
             )  # fmt: skip
+        for listener in self.swap_listeners:
+            listener(served.version)
 
     def _why_moved(self, version: int) -> str:
         """The newest move of production to ``version``: its action and reason."""

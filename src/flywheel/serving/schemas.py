@@ -224,6 +224,17 @@ class JobPublic(BaseModel):
         "and eta_s (seconds left in the phase, from its pace; an upper bound while early "
         "stopping may end it sooner).",
     )
+    attempts: int = Field(
+        0, description="Claims so far: a job whose worker died is queued again (job_attempts)."
+    )
+    owner: str | None = Field(
+        None, description="The worker (host:pid:tag) running it, or that ran it last."
+    )
+    tries: list[dict[str, Any]] = Field(
+        default=[],
+        description="Each attempt: attempt, owner, started_at, ended_at, outcome (running, "
+        "succeeded, failed, or stopped: its worker died, and why).",
+    )
     created_at: str
     started_at: str | None
     finished_at: str | None

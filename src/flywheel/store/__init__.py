@@ -1,8 +1,20 @@
-"""Store: the SQL schema (SQLite by default, PostgreSQL by URL), the blob folder and the
-prediction log's journal."""
+"""Store: the SQL schema (SQLite by default, PostgreSQL by URL), the storage that models,
+checkpoints and blobs live in (the project folder, a shared one, or an fsspec URL), the
+blobs and the prediction log's journal."""
 
 from flywheel.store.blobs import BlobStore, sha256
 from flywheel.store.db import Database, make_engine, retry_locked
 from flywheel.store.queries import ensure_user
+from flywheel.store.storage import ObjectCache, Storage, open_storage
 
-__all__ = ["BlobStore", "Database", "ensure_user", "make_engine", "retry_locked", "sha256"]
+__all__ = [
+    "BlobStore",
+    "Database",
+    "ObjectCache",
+    "Storage",
+    "ensure_user",
+    "make_engine",
+    "open_storage",
+    "retry_locked",
+    "sha256",
+]

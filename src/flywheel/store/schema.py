@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -23,6 +24,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "JSON_SUMMARIES",
+    "RETRAIN_KINDS",
     "AliasEvent",
     "ApiKey",
     "AuditRecord",
@@ -274,10 +276,31 @@ class ReviewItem(Base):
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 
+#: the jobs that run one at a time everywhere (their claim is refused while one runs)
+RETRAIN_KINDS = ("retrain", "forget-retrain")
+_ONE_RUNNING = "status = 'running' AND kind IN ('retrain', 'forget-retrain')"
+_ONE_WAITING = "status = 'queued' AND kind = 'retrain' AND attempts = 0"
+
+
 class Job(Base):
-    """A background job (retrain) and its outcome."""
+    """A background job (retrain) and its outcome: the queue every server and worker on
+    the database takes work from (``kind`` and ``params`` describe the work whole)."""
 
     __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        # The database itself keeps one retrain running at a time, and one fresh retrain
+        # waiting (others asked for join it or are refused): a unique index over the
+        # rows where ``status`` is the same value admits one of them.
+        Index(
+            "ux_jobs_one_retrain_running", "status", unique=True,
+            sqlite_where=text(_ONE_RUNNING), postgresql_where=text(_ONE_RUNNING),
+        ),
+        Index(
+            "ux_jobs_one_retrain_waiting", "status", unique=True,
+            sqlite_where=text(_ONE_WAITING), postgresql_where=text(_ONE_WAITING),
+        ),
+    )  # fmt: skip
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))  # queued, running, succeeded, failed
@@ -291,6 +314,11 @@ class Job(Base):
     #: the process running it (host:pid:nonce) and its last sign of life
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    #: claims so far; a job whose worker stopped is queued again until ``job_attempts``
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: one entry per claim: attempt, owner, started_at, ended_at, outcome (running,
+    #: succeeded, failed, stopped: its worker died) and, when stopped, why
+    tries: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)

@@ -23,24 +23,24 @@ local copies named by their SHA-256, verified by the reader before use.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import functools
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from typing import IO, Any, TypeVar
 
-from flywheel.errors import FlywheelError, NotFoundError, StorageError, did_you_mean
+from fsspec.core import url_to_fs
 
-if TYPE_CHECKING:
-    from flywheel.settings import Settings
+from flywheel.errors import FlywheelError, NotFoundError, StorageError
+from flywheel.settings import Settings, check_storage_url
 
 __all__ = [
     "FsspecStorage",
@@ -48,7 +48,6 @@ __all__ = [
     "ObjectCache",
     "Storage",
     "blob_storage",
-    "check_storage_url",
     "open_storage",
     "project_storage",
 ]
@@ -59,29 +58,16 @@ T = TypeVar("T")
 
 #: where the models, checkpoints and blobs go below a ``storage_url``
 BLOBS = "blobs"
-#: fsspec protocols that name a local (or mounted) folder
-_LOCAL = ("file", "local")
 #: object stores: one PUT is atomic, and there are no folders to create or rename
 _OBJECT_STORES = frozenset(
     {"s3", "s3a", "gcs", "gs", "abfs", "az", "adl", "oci", "oss", "tos", "tosfs", "memory"}
 )
-#: protocols fsspec knows that cannot hold a project's files: read-only, or a wrapper
-#: around another URL (flywheel keeps its own cache)
-_NOT_STORES = frozenset(
-    {
-        "http", "https", "github", "gist", "git", "zip", "tar", "libarchive", "data",
-        "reference", "jupyter", "jlab", "pyscript", "dvc", "wandb", "dir", "generic",
-        "blockcache", "filecache", "simplecache", "cached", "async_wrapper",
-        "asyncwrapper", "asynclocal", "dask", "arrow_hdfs",
-    }
-)  # fmt: skip
-#: the extra that brings a protocol's implementation
-_EXTRAS = {"s3": "s3", "s3a": "s3"}
 
 
 class Storage(ABC):
-    """Objects under keys. Every method raises ``StorageError`` when the storage cannot
-    be reached; ``get`` and ``open`` raise ``NotFoundError`` for a missing key."""
+    """Objects under keys. ``get`` and ``open`` raise ``NotFoundError`` for a missing
+    key; a remote store's every method raises ``StorageError`` when it cannot be
+    reached (a folder's failed write is the ``OSError`` it always was)."""
 
     #: the root, as configured (a folder or an fsspec URL), for messages
     url: str
@@ -105,7 +91,7 @@ class Storage(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         """Every key below ``prefix`` (a folder-like prefix), sorted, relative to the root."""
 
     @abstractmethod
@@ -120,7 +106,7 @@ class Storage(ABC):
     def child(self, prefix: str) -> Storage:
         """The same storage rooted at ``prefix``."""
 
-    def get_many(self, keys: list[str]) -> list[bytes]:
+    def get_many(self, keys: Sequence[str]) -> builtins.list[bytes]:
         """The objects of ``keys``, in order (an object store fetches them concurrently)."""
         return [self.get(k) for k in keys]
 
@@ -143,6 +129,7 @@ class Storage(ABC):
         """The file of ``key`` on this machine, when it is one (None: a remote object)."""
         return None
 
+    @abstractmethod
     def check(self) -> None:
         """Raise ``StorageError`` unless the root can be reached (and exists)."""
 
@@ -202,7 +189,7 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         base = self._path(prefix)
         if not base.is_dir():
             return []
@@ -280,23 +267,26 @@ class FsspecStorage(Storage):
         except FlywheelError:
             raise
         except Exception as exc:  # botocore's, aiohttp's, the network's: all of them
-            raise StorageError(f"storage {self.url!r} cannot {verb} {key!r}: {_brief(exc)}") from exc
+            raise StorageError(
+                f"storage {self.url!r} cannot {verb} {key!r}: {_brief(exc)}"
+            ) from exc
 
     def get(self, key: str) -> bytes:
         return self._call("read", key, lambda: bytes(self.fs.cat_file(self._path(key))))
 
-    def get_many(self, keys: list[str]) -> list[bytes]:
+    def get_many(self, keys: Sequence[str]) -> builtins.list[bytes]:
         if len(keys) < 2:
             return [self.get(k) for k in keys]
         paths = [self._path(k) for k in keys]
         got = self._call("read", keys[0], lambda: self.fs.cat(paths, on_error="return"))
         out = []
         for key, path in zip(keys, paths, strict=True):
-            value = got.get(path, FileNotFoundError(path))
-            if isinstance(value, BaseException):
-                out.append(self._call("read", key, lambda v=value: _reraise(v)))  # type: ignore[misc]
-            else:
+            value = got.get(path, got.get(self.fs._strip_protocol(path)))
+            if isinstance(value, bytes | bytearray):
                 out.append(bytes(value))
+                continue
+            failure = value if isinstance(value, BaseException) else FileNotFoundError(path)
+            out.append(self._call("read", key, functools.partial(_reraise, failure)))
         return out
 
     def put(self, key: str, data: bytes) -> None:
@@ -329,9 +319,20 @@ class FsspecStorage(Storage):
         return self._call("read", key, lambda: self.fs.open(self._path(key), "rb"))
 
     def exists(self, key: str) -> bool:
-        return bool(self._call("read", key, lambda: self.fs.exists(self._path(key))))
+        path = self._path(key)
 
-    def list(self, prefix: str = "") -> list[str]:
+        def probe() -> bool:  # not fs.exists: it answers False when the store is unreachable
+            try:
+                self.fs.info(path)
+            except FileNotFoundError as exc:
+                if _no_bucket(exc):
+                    raise
+                return False
+            return True
+
+        return self._call("read", key, probe)
+
+    def list(self, prefix: str = "") -> builtins.list[str]:
         base = self._path(prefix)
         found = self._call("list", prefix, lambda: self.fs.find(base))
         start = len(self.fs._strip_protocol(self.root).rstrip("/")) + 1
@@ -341,13 +342,10 @@ class FsspecStorage(Storage):
     def delete(self, key: str) -> bool:
         path = self._path(key)
 
-        def rm() -> bool:
-            if not self.fs.exists(path):
-                return False
-            self.fs.rm_file(path)
-            return True
-
-        return self._call("delete", key, rm)
+        if not self.exists(key):
+            return False
+        self._call("delete", key, lambda: self.fs.rm_file(path))
+        return True
 
     def delete_tree(self, prefix: str) -> None:
         for key in self.list(prefix):
@@ -358,14 +356,16 @@ class FsspecStorage(Storage):
 
     def check(self) -> None:
         bucket = self.root.split("/", 1)[0]
-        if self.protocol in _OBJECT_STORES and self.protocol != "memory":
-            if not self._call("reach", "", lambda: self.fs.exists(bucket)):
-                raise StorageError(
-                    f"storage {self.url!r}: bucket {bucket!r} does not exist (or these "
-                    "credentials cannot see it); create it first"
-                )
-        else:
+        if self.protocol not in _OBJECT_STORES or self.protocol == "memory":
             self._call("reach", "", lambda: self.fs.makedirs(self.root, exist_ok=True))
+            return
+        try:
+            self._call("reach", "", lambda: self.fs.info(bucket))
+        except NotFoundError:
+            raise StorageError(
+                f"storage {self.url!r}: bucket {bucket!r} does not exist (or these "
+                "credentials cannot see it); create it first"
+            ) from None
 
 
 class ObjectCache:
@@ -401,7 +401,7 @@ class ObjectCache:
             LocalStorage(self.folder).put(path.relative_to(self.folder).as_posix(), data)
         return path
 
-    def discard(self, sha256s: list[str]) -> None:
+    def discard(self, sha256s: Sequence[str]) -> None:
         """Drop the copies of these hashes (a withdrawn version's files)."""
         for digest in sha256s:
             if digest:
@@ -409,55 +409,6 @@ class ObjectCache:
 
 
 # -- from settings --------------------------------------------------------------------
-
-
-def check_storage_url(url: str) -> str:
-    """``url`` as a ``storage_url`` (a folder path is made absolute); ``ValueError``
-    naming the problem. Nothing is contacted: reachability is checked on open."""
-    url = url.strip()
-    if not url:
-        raise ValueError("storage_url is empty; leave it unset for the project folder")
-    if "::" in url:
-        raise ValueError(
-            f"storage_url {url!r} chains fsspec URLs; give one (flywheel caches what it needs)"
-        )
-    protocol, rest = _split(url)
-    if protocol in _LOCAL:
-        path = Path(rest).expanduser()
-        if not path.is_absolute():
-            raise ValueError(
-                f"storage_url {url!r} is a relative path; give the absolute path of a folder "
-                "that every machine mounts at the same place"
-            )
-        return str(path)
-    from fsspec.registry import known_implementations, registry
-
-    known = set(known_implementations) | set(registry)
-    if protocol not in known or protocol in _NOT_STORES:
-        stores = sorted(known - _NOT_STORES)
-        raise ValueError(
-            f"storage_url {url!r}: {protocol!r} is not a storage fsspec can write to"
-            + did_you_mean(protocol, stores, list_all=False)
-            + " (e.g. 's3://bucket/prefix', a folder path)"
-        )
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        raise ValueError(
-            f"storage_url {url!r} holds credentials: give them in the environment "
-            "(AWS_ACCESS_KEY_ID, ...) or storage_options, never in the URL"
-        )
-    if parts.query or parts.fragment:
-        raise ValueError(f"storage_url {url!r} has a query or fragment; use storage_options")
-    if protocol in _OBJECT_STORES and not rest.strip("/"):
-        raise ValueError(f"storage_url {url!r} names no bucket (e.g. '{protocol}://bucket/prefix')")
-    impl = known_implementations.get(protocol)
-    if protocol not in registry and impl is not None:
-        module = str(impl["class"]).split(".", 1)[0]
-        if importlib.util.find_spec(module) is None:
-            extra = _EXTRAS.get(protocol)
-            hint = f"pip install 'flywheel-ml[{extra}]'" if extra else impl.get("err", module)
-            raise ValueError(f"storage_url {url!r} needs {module}: {hint}")
-    return url.rstrip("/")
 
 
 def open_storage(url: str, options: Mapping[str, Any] | None = None) -> Storage:
@@ -468,11 +419,8 @@ def open_storage(url: str, options: Mapping[str, Any] | None = None) -> Storage:
         url = check_storage_url(url)
     except ValueError as exc:
         raise StorageError(str(exc)) from None
-    protocol, rest = _split(url)
-    if protocol in _LOCAL:
-        return LocalStorage(Path(rest))
-    from fsspec.core import url_to_fs
-
+    if "://" not in url:  # a folder (checked: absolute)
+        return LocalStorage(Path(url))
     try:
         fs, root = url_to_fs(url, **dict(options or {}))
     except Exception as exc:  # an option the filesystem does not take, a missing module
@@ -499,15 +447,6 @@ def blob_storage(settings: Settings, root: Storage) -> Storage:
 # -- helpers --------------------------------------------------------------------------
 
 
-def _split(url: str) -> tuple[str, str]:
-    """(protocol, the rest): a bare path is ``file``."""
-    if "://" not in url:
-        return "file", url
-    protocol, rest = url.split("://", 1)
-    protocol = protocol.lower()
-    return protocol, rest if protocol not in _LOCAL else rest or "/"
-
-
 def _clean(key: str) -> str:
     """A key as a relative path of plain parts; one that would climb out is refused."""
     parts = [p for p in key.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -529,10 +468,5 @@ def _brief(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _reraise(exc: BaseException) -> Any:
+def _reraise(exc: BaseException) -> bytes:
     raise exc
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:  # pragma: no cover - kept for symmetry in tests
-    yield

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
-from flywheel.errors import ModelError
+from flywheel.errors import FlywheelError, ModelError
+from flywheel.store.storage import LocalStorage, Storage
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointSlot", "load_checkpoint", "save_checkpoint"]
 
 TENSORS = "state.safetensors"
 META = "state.json"
+#: the key of the JSON that records the tensors' SHA-256
+TENSORS_SHA256 = "tensors_sha256"
 
 
 @dataclass
@@ -57,34 +60,69 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(folder: Path, ck: Checkpoint) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint whole."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+@dataclass(frozen=True)
+class CheckpointSlot:
+    """Where a run's checkpoint lives: a folder (``key``) of a storage, the project
+    folder's ``checkpoints/current`` by default, so that any machine of a
+    ``storage_url`` can resume the run."""
+
+    storage: Storage
+    key: str
+
+    @classmethod
+    def at(cls, folder: Path | CheckpointSlot) -> CheckpointSlot:
+        if isinstance(folder, CheckpointSlot):
+            return folder
+        return cls(LocalStorage(folder.parent), folder.name)
+
+    def __str__(self) -> str:
+        return self.storage.where(self.key)
+
+    def exists(self) -> bool:
+        """A checkpoint is there (its JSON, written last, is)."""
+        here = self.storage.local_path(self.key)
+        if here is not None:
+            return here.exists()
+        return self.storage.exists(f"{self.key}/{META}")
+
+    def clear(self) -> None:
+        """The checkpoint gone (nothing there is not an error)."""
+        self.storage.delete_tree(self.key)
+
+
+def save_checkpoint(folder: Path | CheckpointSlot, ck: Checkpoint) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint whole (a
+    folder is swapped whole; on an object store the JSON, written last, records the
+    tensors' SHA-256, and a checkpoint whose tensors do not match it is refused)."""
+    slot = CheckpointSlot.at(folder)
     opt_tensors, opt_meta = _flatten_optimizer(ck.optimizer)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in ck.model.items()}
     tensors |= {f"best.{k}": v.detach().contiguous() for k, v in ck.best_model.items()}
     tensors |= opt_tensors
     tensors["rng.torch"] = ck.rng
     tensors["rng.global"] = ck.global_rng
-    save_file(tensors, str(tmp / TENSORS))
-    meta = {"epoch": ck.epoch, "optimizer": opt_meta, "scheduler": ck.scheduler, **ck.meta}
-    (tmp / META).write_text(json.dumps(meta))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    data = save(tensors)
+    meta = {
+        "epoch": ck.epoch,
+        "optimizer": opt_meta,
+        "scheduler": ck.scheduler,
+        **ck.meta,
+        TENSORS_SHA256: hashlib.sha256(data).hexdigest(),
+    }
+    slot.storage.replace_tree(slot.key, {TENSORS: data, META: json.dumps(meta).encode()})
 
 
-def load_checkpoint(folder: Path) -> Checkpoint:
+def load_checkpoint(folder: Path | CheckpointSlot) -> Checkpoint:
+    slot = CheckpointSlot.at(folder)
     try:
-        tensors = load_file(str(folder / TENSORS))
-        meta = json.loads((folder / META).read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"checkpoint in {str(folder)!r} cannot be read: {exc}") from exc
+        data = slot.storage.get(f"{slot.key}/{TENSORS}")
+        meta = json.loads(slot.storage.get(f"{slot.key}/{META}"))
+        digest = meta.pop(TENSORS_SHA256, None)
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"{TENSORS} is not the one {META} was written with (a torn write)")
+        tensors = load(data)
+    except (FlywheelError, OSError, ValueError, SafetensorError) as exc:
+        raise ModelError(f"checkpoint in {str(slot)!r} cannot be read: {exc}") from exc
     model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     epoch = int(meta.pop("epoch"))

@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -17,11 +17,17 @@ from torch import nn
 
 from flywheel.data.datasets import Arrays
 from flywheel.errors import ModelError
-from flywheel.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from flywheel.training.checkpoint import (
+    Checkpoint,
+    CheckpointSlot,
+    load_checkpoint,
+    save_checkpoint,
+)
 from flywheel.training.dp import PrivacyRecord, fit_private
 from flywheel.training.federated import assign_clients, fit_federated
 
 __all__ = [
+    "DataParallel",
     "EpochReport",
     "FitResult",
     "TrainConfig",
@@ -34,6 +40,48 @@ __all__ = [
 ]
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class DataParallel(Protocol):
+    """The processes of one data-parallel run (``flywheel.scale.train`` makes them on Ray
+    Train). Each runs this same fit loop on all the rows, draws the same batches from the
+    same seeded generator, and computes the ``rank``-th stride of every batch; the
+    gradients are averaged across them (DDP), so each step is the one a single process
+    takes on the whole batch, and the batch size and learning rate mean what they mean
+    in one process."""
+
+    rank: int
+    size: int
+    device: torch.device | None  # where the model and its batches go (None: where they are)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """``module`` as it takes its training steps (DDP: it averages the gradients)."""
+        ...
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Each of ``values`` summed over the processes (every process gets the sums)."""
+        ...
+
+    def sync(self, module: nn.Module) -> None:
+        """Rank 0's buffers (batch-norm statistics) copied to every process."""
+        ...
+
+
+class _Alone:
+    """The whole run in this process."""
+
+    rank: int = 0
+    size: int = 1
+    device: torch.device | None = None
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def sum(self, values: list[float]) -> list[float]:
+        return values
+
+    def sync(self, module: nn.Module) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -68,12 +116,17 @@ class TrainConfig:
     # validation split, train again from the same start on training + validation rows
     # for that many epochs, replaying the search's learning rates (non-private runs).
     refit: bool = True
+    # Ray Train workers the run takes (``flywheel.scale.train``: more than one trains there,
+    # with the same batches and steps; ``fit`` itself is always one of them).
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("none", "cosine", "plateau"):
             raise ValueError(
                 f"lr_schedule must be one of none, cosine, plateau; got {self.lr_schedule!r}"
             )
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1; got {self.workers}")
         if self.dp_epsilon is not None and self.dp_epsilon <= 0:
             raise ValueError(f"dp_epsilon must be > 0; got {self.dp_epsilon}")
         if not 0 < self.dp_delta < 1:
@@ -158,6 +211,16 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _seed(seed: int, group: DataParallel) -> torch.Generator:
+    """``seed_everything``; in a data-parallel run every process then draws dropout (and
+    kornia's augmentation) from torch's global generator on a stream of its own, while
+    the generator returned (the batches' order) is the same in all of them."""
+    gen = seed_everything(seed)
+    if group.rank > 0:
+        torch.manual_seed((seed + 1_000_003 * group.rank) % 2**63)
+    return gen
+
+
 def split_validation(data: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
     """A seeded train/validation split of the training rows (stratified for classes)."""
     tr, va = _split_indices(data, fraction, seed)
@@ -235,15 +298,38 @@ def _encode(
     x: np.ndarray,
     batch_size: int = 128,
     on_batch: Callable[[int], None] | None = None,
+    device: torch.device | None = None,
 ) -> np.ndarray:
     """The frozen prefix's features of ``x`` (``on_batch(rows done)`` after each batch)."""
     prefix.eval()
     parts = []
     for i in range(0, len(x), batch_size):
-        parts.append(prefix(torch.from_numpy(x[i : i + batch_size])))
+        parts.append(prefix(_to(torch.from_numpy(x[i : i + batch_size]), device)).cpu())
         if on_batch is not None:
             on_batch(min(i + batch_size, len(x)))
     return torch.cat(parts).numpy()
+
+
+def _features(
+    model: nn.Module,
+    x_train: np.ndarray,
+    x_val: np.ndarray,
+    on_epoch: Any,
+    device: torch.device | None,
+) -> tuple[nn.Module, np.ndarray, np.ndarray, bool]:
+    """The part of ``model`` that trains, the rows it reads, and whether it has a frozen
+    prefix. A model with a frozen prefix (a pre-trained encoder) is run through it once:
+    training the rest on cached features gives the same gradients, many times faster."""
+    split = getattr(model, "split_frozen", None)
+    frozen = split() if callable(split) else None
+    if frozen is None:
+        return model, x_train, x_val, False
+    prefix, head = frozen
+    hook = _on_batch(on_epoch, "features", 1, 1)  # the encoder's pass: a minute or more
+    n, total = len(x_train), len(x_train) + len(x_val)
+    x_train = _encode(prefix, x_train, on_batch=hook and (lambda k: hook(k, total)), device=device)
+    x_val = _encode(prefix, x_val, on_batch=hook and (lambda k: hook(n + k, total)), device=device)
+    return head, x_train, x_val, True
 
 
 def _scheduler(opt: torch.optim.Optimizer, config: TrainConfig) -> Any:
@@ -262,10 +348,11 @@ def fit(
     regression: bool = False,
     augment: Augment | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
-    checkpoint_dir: Path | None = None,
+    checkpoint_dir: Path | CheckpointSlot | None = None,
     run_id: str = "",
     resume: bool = False,
     users: np.ndarray | None = None,
+    parallel: DataParallel | None = None,
 ) -> FitResult:
     """Train ``model`` in place; it ends with the weights of its best validation epoch,
     or, with ``config.refit`` (the default), with those of a second run from the same
@@ -277,8 +364,14 @@ def fit(
     A private config (``dp_epsilon`` or ``dp_noise_multiplier``) trains with user-level
     DP-SGD instead (``users[i]``: the user of row ``i``; default one user per row),
     runs every epoch and keeps the last (see ``flywheel.training.dp``).
+
+    With ``parallel`` this is one process of a data-parallel run (``DataParallel``); it
+    checkpoints only on rank 0. Private and federated runs train in one process.
     """
-    gen = seed_everything(config.seed)
+    group = _Alone() if parallel is None else parallel
+    if group.size > 1 and (config.private or config.federated_clients):
+        raise ModelError("private and federated runs train in one process, not data-parallel")
+    gen = _seed(config.seed, group)
     if config.private and users is not None and not config.federated_clients:
         # Whole users on one side, chosen by their own number alone: removing a user
         # moves no one else's rows across the split (the user-level argument needs it).
@@ -288,18 +381,10 @@ def fit(
     train_part, val = _take(train, tr_idx), _take(train, va_idx)
     loss_fn = _loss_fn(model, regression)
 
-    # A model with a frozen prefix (a pre-trained encoder) is run through it once:
-    # training the rest on cached features gives the same gradients, many times faster.
-    split = getattr(model, "split_frozen", None)
-    frozen = split() if callable(split) else None
-    trainable: nn.Module = model
-    x_train, x_val = train_part.x, val.x
-    if frozen is not None:
-        prefix, trainable = frozen
-        hook = _on_batch(on_epoch, "features", 1, 1)  # the encoder's pass: a minute or more
-        n, total = len(x_train), len(x_train) + len(x_val)
-        x_train = _encode(prefix, x_train, on_batch=hook and (lambda k: hook(k, total)))
-        x_val = _encode(prefix, x_val, on_batch=hook and (lambda k: hook(n + k, total)))
+    trainable, x_train, x_val, frozen = _features(
+        model, train_part.x, val.x, on_epoch, group.device
+    )
+    if frozen:
         augment = None
     x = torch.from_numpy(x_train)
     y = torch.from_numpy(train_part.y)
@@ -333,10 +418,11 @@ def fit(
             regression=regression, augment=augment, on_epoch=on_epoch, units=units,
         )  # fmt: skip
     start = copy.deepcopy(model.state_dict()) if config.refit else None
+    net = group.wrap(trainable)  # what takes the steps: DDP in a data-parallel run
     result = _fit_epochs(
         model, trainable, (x, y, w), (xv, yv, wv), opt, gen, loss_fn, config,
         regression=regression, augment=augment, on_epoch=on_epoch,
-        checkpoint_dir=checkpoint_dir, run_id=run_id, resume=resume,
+        checkpoint_dir=checkpoint_dir, run_id=run_id, resume=resume, net=net, group=group,
     )  # fmt: skip
     if start is not None:
         both = (
@@ -344,7 +430,9 @@ def fit(
             torch.cat([y, yv]),
             None if w is None and wv is None else torch.cat([_ones(w, y), _ones(wv, yv)]),
         )
-        _refit(model, trainable, start, both, result, loss_fn, config, augment, on_epoch)
+        _refit(
+            model, trainable, start, both, result, loss_fn, config, augment, on_epoch, net, group
+        )
     return result
 
 
@@ -362,12 +450,14 @@ def _refit(
     config: TrainConfig,
     augment: Augment | None,
     on_epoch: Callable[[EpochReport], None] | None,
+    net: nn.Module,
+    group: DataParallel,
 ) -> None:
     """From the search's starting weights, ``result.best_epoch`` epochs on all ``rows``
     (training + validation), each at the learning rate the search used in that epoch;
     the model ends with the last epoch's weights (nothing is left to choose them on)."""
     model.load_state_dict(start)
-    gen = seed_everything(config.seed)
+    gen = _seed(config.seed, group)
     opt = torch.optim.Adam(
         [p for p in trainable.parameters() if p.requires_grad],
         lr=config.learning_rate,
@@ -376,10 +466,10 @@ def _refit(
     epochs = result.best_epoch
     for e in range(1, epochs + 1):
         lr = result.history[e - 1].lr
-        for group in opt.param_groups:
-            group["lr"] = lr
+        for param_group in opt.param_groups:
+            param_group["lr"] = lr
         batch = _on_batch(on_epoch, "refit", e, epochs)
-        loss = _epoch(trainable, rows, opt, gen, loss_fn, augment, config.batch_size, batch)
+        loss = _epoch(net, rows, opt, gen, loss_fn, augment, config.batch_size, batch, group)
         if on_epoch is not None:
             on_epoch(EpochReport(e, epochs, loss, math.nan, math.nan, lr, phase="refit"))
     model.eval()
@@ -414,12 +504,15 @@ def _fit_epochs(
     regression: bool,
     augment: Augment | None,
     on_epoch: Callable[[EpochReport], None] | None,
-    checkpoint_dir: Path | None,
+    checkpoint_dir: Path | CheckpointSlot | None,
     run_id: str,
     resume: bool,
+    net: nn.Module,
+    group: DataParallel,
 ) -> FitResult:
-    """Epochs of mini-batch steps with early stopping on the validation loss; each epoch
-    checkpointed when ``checkpoint_dir`` is given; the best epoch's weights kept."""
+    """Epochs of mini-batch steps (by ``net``: ``trainable`` as it steps) with early
+    stopping on the validation loss; each epoch checkpointed when ``checkpoint_dir`` is
+    given (by rank 0 alone); the best epoch's weights kept."""
     sched = _scheduler(opt, config)
     best = _Best(copy.deepcopy(model.state_dict()))
     start, resumed_from = 1, None
@@ -431,8 +524,8 @@ def _fit_epochs(
     epoch = start - 1
     for epoch in range(start, config.epochs + 1):
         batch = _on_batch(on_epoch, "fit", epoch, config.epochs)
-        train_loss = _epoch(trainable, rows, opt, gen, loss_fn, augment, config.batch_size, batch)
-        val_loss, val_metric = _validate(trainable, *val, loss_fn, regression)
+        train_loss = _epoch(net, rows, opt, gen, loss_fn, augment, config.batch_size, batch, group)
+        val_loss, val_metric = _validate(trainable, *val, loss_fn, regression, group)
         lr = opt.param_groups[0]["lr"]
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val_loss)
@@ -445,7 +538,7 @@ def _fit_epochs(
             best.state = copy.deepcopy(model.state_dict())
         else:
             best.since += 1
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and group.rank == 0:
             _checkpoint(checkpoint_dir, epoch, model, opt, sched, gen, run_id, best)
         if on_epoch is not None:
             on_epoch(report)
@@ -466,10 +559,15 @@ def _epoch(
     augment: Augment | None,
     batch_size: int,
     on_batch: Callable[[int, int], None] | None = None,
+    group: DataParallel | None = None,
 ) -> float:
     """One pass over the training rows in shuffled mini-batches; the mean training loss
-    (``on_batch(done, batches)`` after each step)."""
+    (``on_batch(done, batches)`` after each step). In a data-parallel run every process
+    draws the same order and augments the same whole batch (so their generators stay in
+    step), then computes its own stride of it (``_share``)."""
     x, y, w = rows
+    group = _Alone() if group is None else group
+    dev = group.device
     trainable.train()
     order = torch.randperm(len(y), generator=gen)
     running, seen = 0.0, 0
@@ -479,23 +577,58 @@ def _epoch(
         if augment is not None:
             xb = augment(xb, gen)
         opt.zero_grad(set_to_none=True)
-        per_row = loss_fn(trainable(xb), y[idx])
-        if w is None:
-            loss = per_row.mean()
+        if group.size > 1:
+            loss = _share(trainable, loss_fn, xb, y[idx], None if w is None else w[idx], group)
         else:
-            wb = w[idx]
-            loss = (per_row * wb).sum() / wb.sum().clamp_min(1e-12)
+            per_row = loss_fn(trainable(_to(xb, dev)), _to(y[idx], dev))
+            if w is None:
+                loss = per_row.mean()
+            else:
+                wb = _to(w[idx], dev)
+                loss = (per_row * wb).sum() / wb.sum().clamp_min(1e-12)
         loss.backward()
         opt.step()
         running += loss.item() * len(idx)
         seen += len(idx)
         if on_batch is not None:
             on_batch(i // batch_size + 1, -(-len(order) // batch_size))
+    if group.size > 1:  # each process's loss was its share of the batch's, times size
+        running = group.sum([running])[0] / group.size
     return running / max(seen, 1)
 
 
+def _share(
+    net: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    wb: torch.Tensor | None,
+    group: DataParallel,
+) -> torch.Tensor:
+    """This process's part of a batch's loss: the loss of its stride of the rows, scaled
+    so that the gradients DDP averages over the processes are those of the whole batch's
+    (weighted) mean loss."""
+    n, dev = len(yb), group.device
+    mine, scale = torch.arange(group.rank, n, group.size), float(group.size)
+    if len(mine) == 0:
+        # A last batch of fewer rows than processes: this process steps too (DDP waits
+        # for every one of them), on a row that counts for nothing.
+        mine, scale = torch.arange(1), 0.0
+    per_row = loss_fn(net(_to(xb[mine], dev)), _to(yb[mine], dev))
+    if wb is None:
+        loss: torch.Tensor = per_row.sum() * (scale / n)
+    else:
+        mass = float(wb.sum().clamp_min(1e-12))
+        loss = (per_row * _to(wb[mine], dev)).sum() * (scale / mass)
+    return loss
+
+
+def _to(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    return t if device is None else t.to(device)
+
+
 def _resume(
-    checkpoint_dir: Path | None,
+    checkpoint_dir: Path | CheckpointSlot | None,
     run_id: str,
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -526,7 +659,7 @@ def _resume(
 
 
 def _checkpoint(
-    folder: Path,
+    folder: Path | CheckpointSlot,
     epoch: int,
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -692,20 +825,31 @@ def _validate(
     w: torch.Tensor | None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
     regression: bool,
+    group: DataParallel | None = None,
 ) -> tuple[float, float]:
     """(loss, metric), weighted like training: accuracy for classes, MSE for regression.
 
     Validation rows carry their weights too: a row the training ignores must not
-    decide early stopping either.
+    decide early stopping either. In a data-parallel run each process scores its stride
+    of the rows with rank 0's buffers and the sums are shared: every process sees the
+    same numbers, so all of them stop early at the same epoch.
     """
     model.eval()
+    group = _Alone() if group is None else group
+    dev = group.device
+    if group.size > 1:
+        group.sync(model)
+        x, y = x[group.rank :: group.size], y[group.rank :: group.size]
+        w = None if w is None else w[group.rank :: group.size]
     total, metric, mass = 0.0, 0.0, 0.0
     for i in range(0, len(y), 256):
-        out = model(x[i : i + 256])
-        yb = y[i : i + 256]
-        wb = torch.ones(len(yb)) if w is None else w[i : i + 256]
+        out = model(_to(x[i : i + 256], dev))
+        yb = _to(y[i : i + 256], dev)
+        wb = torch.ones(len(yb), device=yb.device) if w is None else _to(w[i : i + 256], dev)
         total += float((loss_fn(out, yb) * wb).sum())
         hits = ((out - yb) ** 2) if regression else (out.argmax(1) == yb).float()
         metric += float((hits * wb).sum())
         mass += float(wb.sum())
+    if group.size > 1:
+        total, metric, mass = group.sum([total, metric, mass])
     return total / max(mass, 1e-12), metric / max(mass, 1e-12)

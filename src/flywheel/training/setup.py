@@ -43,6 +43,7 @@ def train_config(settings: Settings, **overrides: Any) -> TrainConfig:
         dp_epsilon=st.dp_epsilon,
         dp_delta=st.dp_delta,
         dp_max_grad_norm=st.dp_max_grad_norm,
+        workers=st.train_workers,
     )
     arch = overrides.get("arch") or st.arch or TASKS[st.task].default_arch
     try:
