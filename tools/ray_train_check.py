@@ -10,8 +10,8 @@ the test split (100 a class). The plain loop runs ``--threads`` torch threads (d
 the CPUs of one node, what each Ray worker has; then one worker gives the plain loop's
 weights to the bit). Seconds per epoch are the steady state, between the first and the
 last epoch's report as the caller hears them; "wall" counts the whole run (a Ray Train
-run's start included). The two-worker run must come within 1 point of the
-plain loop's accuracy (exit 1 otherwise). Skips, saying so, without the data set.
+run's start included). The two-worker run must reach the plain loop's
+accuracy within 1 point, i.e. be at most 1 point short of it (exit 1 otherwise). Skips, saying so, without the data set.
 """
 
 from __future__ import annotations
@@ -151,8 +151,9 @@ def main() -> int:
     print(f"\n1 Ray worker vs the plain loop: max |weight difference| {gap:.3g}"
           + ("" if threads == 1 else f" (the plain loop ran {threads} torch threads, the "
              "worker 1: sums in another order)"))  # fmt: skip
-    within = abs(rows[2]["acc"] - base["acc"]) <= 0.01
-    print(f"2 workers within 1 point of the plain loop: {'yes' if within else 'NO'}")
+    # "reaches the single-process accuracy within 1 point": at most 1 point short of it
+    within = rows[2]["acc"] >= base["acc"] - 0.01
+    print(f"2 workers reach the plain loop's accuracy within 1 point: {'yes' if within else 'NO'}")
     return 0 if within else 1
 
 
