@@ -10,8 +10,9 @@ the test split (100 a class). The plain loop runs ``--threads`` torch threads (d
 the CPUs of one node, what each Ray worker has; then one worker gives the plain loop's
 weights to the bit). Seconds per epoch are the steady state, between the first and the
 last epoch's report as the caller hears them; "wall" counts the whole run (a Ray Train
-run's start included). The two-worker run must reach the plain loop's
-accuracy within 1 point, i.e. be at most 1 point short of it (exit 1 otherwise). Skips, saying so, without the data set.
+run's start included). The two-worker run must reach the plain loop's accuracy
+within 1 point, i.e. be at most 1 point short of it (exit 1 otherwise). Skips, saying
+so, without the data set.
 """
 
 from __future__ import annotations
