@@ -26,7 +26,7 @@ from flywheel.data import repo as data_repo
 from flywheel.errors import InputError, ProjectError
 from flywheel.feedback import repo
 from flywheel.feedback.records import FeedbackIn, ValueRange, check_feedback, fingerprint
-from flywheel.store import retry_locked
+from flywheel.store import lock_training_rows, retry_locked
 from flywheel.store.schema import Example, Feedback
 
 __all__ = ["REVISED", "RevisionService"]
@@ -62,6 +62,7 @@ class RevisionService:
         self, ids: list[str], label: str | None, value: float | None, withdraw: bool
     ) -> dict[str, Any]:
         with self.ctx.db.session() as s:
+            lock_training_rows(s)  # the newest version read here is still the newest
             rows = list(s.scalars(select(Feedback).where(Feedback.external_id.in_(ids))))
             if not withdraw:
                 self._check(s, rows, label, value)

@@ -29,7 +29,7 @@ from flywheel.feedback.records import (
 )
 from flywheel.feedback.trust import PRIOR_TRUST, UserTrust, answer_weight
 from flywheel.privacy.identity import IdentityService
-from flywheel.store import retry_locked
+from flywheel.store import lock_training_rows, retry_locked
 from flywheel.store.schema import Example, utcnow
 
 __all__ = ["FeedbackService"]
@@ -178,6 +178,7 @@ class FeedbackService:
         as its training weight. One transaction."""
         regression = self.ctx.task.is_regression
         with self.ctx.db.session() as s:
+            lock_training_rows(s)  # a forget erases none of what is read here meanwhile
             dv = data_repo.latest(s)
             if dv is None:
                 raise ProjectError(

@@ -15,6 +15,7 @@ from flywheel.feedback import repo
 from flywheel.feedback.trust import Vote, estimate_trust
 from flywheel.privacy.identity import IdentityService
 from flywheel.privacy.pseudonym import find_user
+from flywheel.store import lock_training_rows
 from flywheel.store.schema import User, utcnow
 
 __all__ = ["UserService"]
@@ -36,6 +37,7 @@ class UserService:
         self.ctx.settle()
         st = self.ctx.settings
         with self.ctx.db.session() as s:
+            lock_training_rows(s)  # no forget deletes a user row loaded here meanwhile
             dv = data_repo.latest(s)
             if dv is None:
                 raise ProjectError("the project has no dataset version", path=st.project_dir)

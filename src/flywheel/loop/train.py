@@ -98,6 +98,14 @@ def check_arch(sv: Services, arch: str | None) -> None:
         model_spec(sv.ctx.task, ds.preprocessing, ds.labels, config)
 
 
+#: runs trained again when a forget erased rows of their dataset version meanwhile
+RUNS_AFTER_WITHDRAWN = 2
+
+
+class WithdrawnDuringRun(RegistryError):
+    """The run's version was recorded withdrawn: a forget erased rows it trained on."""
+
+
 def train(
     sv: Services,
     config: TrainConfig,
@@ -111,8 +119,22 @@ def train(
     Each epoch is checkpointed; ``resume`` finishes an interrupted run of the same data
     and config where it stopped. With ``ray_address`` and ``train_workers`` > 1 (or
     ``train_use_gpu``) the fit runs on Ray Train (``flywheel.scale.train``); the rest is
-    the same.
+    the same. A run whose rows a forget erased while it trained is recorded withdrawn and
+    trained again on the version the forget left (up to ``RUNS_AFTER_WITHDRAWN`` times).
     """
+    for run in range(RUNS_AFTER_WITHDRAWN + 1):
+        try:
+            return _train(sv, config, on_epoch, reason, resume and run == 0)
+        except WithdrawnDuringRun as exc:
+            if run == RUNS_AFTER_WITHDRAWN:
+                raise
+            stages(on_epoch)(f"{exc}: training again")
+    raise AssertionError("unreachable")
+
+
+def _train(
+    sv: Services, config: TrainConfig, on_epoch: ProgressFn | None, reason: str, resume: bool
+) -> TrainResult:
     ctx = sv.ctx
     stage = stages(on_epoch)
     on_ray = ray_trainer(ctx.settings, config)  # what Ray Train cannot train: refused now
@@ -188,7 +210,7 @@ def train(
     if on_ray is not None:
         on_ray.discard()
     if registered.withdrawn:
-        raise RegistryError(
+        raise WithdrawnDuringRun(
             f"v{registered.info.version} was trained on rows a forget erased during the run; "
             "it is recorded as withdrawn; train again"
         )

@@ -26,7 +26,7 @@ from flywheel.privacy.identity import IdentityService
 from flywheel.privacy.pseudonym import find_user
 from flywheel.registry import PRODUCTION
 from flywheel.registry import repo as registry_repo
-from flywheel.store import journal
+from flywheel.store import journal, lock_training_rows
 from flywheel.store.schema import AuditRecord, Example, Prediction, utcnow
 from flywheel.training import TrainConfig, sampling_units
 from flywheel.training.dp import plan
@@ -165,8 +165,15 @@ class PrivacyService:
         versions that held them marked, a new dataset version without them, every model
         version trained on them withdrawn (aliases moved off), and the audit record."""
         self.ctx.settle()
+        # Opened (or created) before the lock: opening the chain may write through a
+        # session of its own, which SQLite would make wait on this one's write lock.
+        chain = self.identity.chain
         with self.ctx.db.session() as s:
-            pid = find_user(s, user_id, self.identity.chain).id
+            # After any curation, trust update or registration that read their rows: the
+            # newest version read here stays the newest, and every model version on them
+            # is on record (affected_versions sees it).
+            lock_training_rows(s)
+            pid = find_user(s, user_id, chain).id
             production = registry_repo.get_alias(s, PRODUCTION)
             latest = data_repo.latest(s)
             if latest is None:

@@ -24,6 +24,7 @@ from flywheel.registry.cache import ModelCache
 from flywheel.registry.imported import save_imported
 from flywheel.registry.loaded import LoadedModel
 from flywheel.registry.versions import CANDIDATE, PRODUCTION, VersionInfo
+from flywheel.store import lock_training_rows
 from flywheel.store.schema import DatasetVersion, ModelVersion, utcnow
 
 __all__ = ["Champion", "Charge", "Registered", "RegistryService"]
@@ -179,6 +180,9 @@ class RegistryService:
         """
         metrics, gate = finite_json(metrics), finite_json(gate)  # stored values stay valid JSON
         with self.ctx.db.session() as s:
+            # A forget either committed before (its erased mark is read below) or waits
+            # for this commit (and then withdraws this version with the others).
+            lock_training_rows(s)
             mv = repo.add_version(
                 s, spec.to_json(), parent=parent, dataset_version=dataset_version,
                 config=config, metrics=metrics, gate=gate,

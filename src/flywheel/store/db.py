@@ -13,13 +13,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from flywheel.errors import ConfigError
 
-__all__ = ["Database", "alembic_config", "make_engine", "retry_locked"]
+__all__ = ["Database", "alembic_config", "lock_training_rows", "make_engine", "retry_locked"]
 
 T = TypeVar("T")
 
@@ -50,12 +50,40 @@ def retry_locked(work: Callable[[], T], attempts: int = 8) -> T:
         try:
             return work()
         except OperationalError as exc:
-            text = str(exc.orig).lower()
-            if attempt == attempts or not ("locked" in text or "busy" in text):
+            said = str(exc.orig).lower()
+            if attempt == attempts or not ("locked" in said or "busy" in said):
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
     raise AssertionError("unreachable")
+
+
+#: pg_advisory_xact_lock key of the transactions that read users' rows and then write
+#: what depends on them (curation, trust, revisions, registration) or erase them (forget)
+TRAINING_ROWS_LOCK = 0x666C_7977_726F_7773  # b"flywrows"
+
+
+def lock_training_rows(s: Session) -> None:
+    """Serialize this transaction with every other that reads feedback, examples, users
+    or dataset versions and then writes on what it read, or erases them (a forget).
+
+    Call it first in the transaction: what is read after it is what the previous holder
+    committed (READ COMMITTED: each statement reads afresh). PostgreSQL: a transaction-
+    scoped advisory lock, released at commit or rollback. SQLite: BEGIN IMMEDIATE, the
+    database's write lock taken up front (busy_timeout waits for it), so no other writer
+    commits between this transaction's reads and its writes. (The engine sets no BEGIN
+    of its own: pysqlite opens a deferred transaction only at the first write, so a
+    session's reads before it run outside any transaction and this BEGIN is the first.
+    A connection already in a transaction has written, and holds the lock already.)
+    """
+    conn = s.connection()
+    name = conn.dialect.name
+    if name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": TRAINING_ROWS_LOCK})
+    elif name == "sqlite":
+        raw = conn.connection.dbapi_connection
+        if raw is not None and not raw.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _hide_password(url: str) -> str:
